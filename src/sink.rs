@@ -1,0 +1,89 @@
+//! Where batches go: the [`Sink`] contract and the in-memory sink.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::future::Future;
+
+use parking_lot::Mutex;
+
+use crate::entry::Entry;
+use crate::uuid7::Uuid;
+
+/// Why a batch could not be written. Its text never holds a password.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteError {
+    /// What went wrong, free of secrets.
+    pub message: String,
+    /// PostgreSQL's SQLSTATE, when the server gave one.
+    pub sqlstate: Option<String>,
+}
+
+impl WriteError {
+    pub fn new(message: impl Into<String>) -> Self {
+        WriteError {
+            message: message.into(),
+            sqlstate: None,
+        }
+    }
+}
+
+impl fmt::Display for WriteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.sqlstate {
+            Some(code) => write!(f, "{} (SQLSTATE {code})", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for WriteError {}
+
+/// A destination for batches of entries.
+///
+/// The batcher calls [`Sink::write`] with one batch at a time, oldest entries first, and never two at once.
+pub trait Sink: Send + Sync + 'static {
+    /// Stores `batch` atomically, in order: when it returns `Ok`, every entry is durable; when it returns
+    /// `Err`, the batch may or may not have been stored (a lost reply), and the batcher will send the same
+    /// entries again. A sink must store an entry whose id it already holds only once.
+    fn write(&self, batch: &[Entry]) -> impl Future<Output = Result<(), WriteError>> + Send;
+
+    /// Releases the sink's resources (connections); later writes fail.
+    fn close(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// Keeps written entries in memory, for users' own test suites: same batching, no database.
+#[derive(Default)]
+pub struct MemorySink {
+    inner: Mutex<MemoryInner>,
+}
+
+#[derive(Default)]
+struct MemoryInner {
+    entries: Vec<Entry>,
+    ids: HashSet<Uuid>,
+}
+
+impl MemorySink {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Copies of the entries written so far, in write order; an id written twice appears once.
+    pub fn entries(&self) -> Vec<Entry> {
+        self.inner.lock().entries.clone()
+    }
+}
+
+impl Sink for MemorySink {
+    async fn write(&self, batch: &[Entry]) -> Result<(), WriteError> {
+        let mut inner = self.inner.lock();
+        for entry in batch {
+            if inner.ids.insert(entry.id()) {
+                inner.entries.push(entry.clone());
+            }
+        }
+        Ok(())
+    }
+
+    async fn close(&self) {}
+}
