@@ -239,7 +239,7 @@ impl<S: Sink> Batcher<S> {
     async fn flush_to(&self, target: u64) -> Result<(), FlushError> {
         let _writer = self.writer.lock().await;
         loop {
-            let mut batch = {
+            let batch = {
                 let mut st = self.state.lock();
                 if st.settled >= target {
                     return Ok(());

@@ -10,3 +10,5 @@ pub mod batcher;
 pub mod entry;
 pub mod sink;
 pub mod uuid7;
+pub mod pg;
+mod napi;

@@ -1,0 +1,322 @@
+//! Reading JavaScript values into the core's types, with errors that name the option or field at fault.
+
+use std::time::Duration;
+
+use napi::bindgen_prelude::{Function, JsObjectValue, JsValue, Object, Unknown};
+use napi::{Env, JsDate, ValueType};
+
+use crate::batcher::BatcherConfig;
+use crate::entry::{EntryDraft, InvalidEntry, TextField, Timestamp};
+use crate::pg::columns::ColumnMap;
+use crate::pg::ident::TableName;
+use crate::pg::PgSettings;
+use crate::uuid7::Uuid;
+
+/// A conversion that failed: the value was wrong, or JavaScript threw while it was read (a throwing getter).
+pub enum ConvertError<E> {
+    Invalid(E),
+    Js(napi::Error),
+}
+
+impl<E> From<napi::Error> for ConvertError<E> {
+    fn from(e: napi::Error) -> Self {
+        ConvertError::Js(e)
+    }
+}
+
+/// An option that was refused, and why.
+pub struct InvalidOption {
+    pub option: String,
+    pub reason: String,
+}
+
+impl InvalidOption {
+    fn new(option: impl Into<String>, reason: impl Into<String>) -> ConvertError<InvalidOption> {
+        ConvertError::Invalid(InvalidOption {
+            option: option.into(),
+            reason: reason.into(),
+        })
+    }
+}
+
+fn type_name(v: &Unknown) -> napi::Result<&'static str> {
+    Ok(match v.get_type()? {
+        ValueType::Undefined => "undefined",
+        ValueType::Null => "null",
+        ValueType::Boolean => "a boolean",
+        ValueType::Number => "a number",
+        ValueType::String => "a string",
+        ValueType::Symbol => "a symbol",
+        ValueType::Object if v.is_array()? => "an array",
+        ValueType::Object => "an object",
+        ValueType::Function => "a function",
+        ValueType::External => "an external",
+        ValueType::BigInt => "a bigint",
+        _ => "an unknown value",
+    })
+}
+
+/// Absent means `undefined` or `null`.
+fn is_absent(v: &Unknown) -> napi::Result<bool> {
+    Ok(matches!(v.get_type()?, ValueType::Undefined | ValueType::Null))
+}
+
+fn as_plain_object<'a>(v: &Unknown<'a>) -> napi::Result<Option<Object<'a>>> {
+    if v.get_type()? == ValueType::Object && !v.is_array()? && !v.is_date()? {
+        // SAFETY: the value was just checked to be an object.
+        Ok(Some(unsafe { v.cast::<Object>()? }))
+    } else {
+        Ok(None)
+    }
+}
+
+fn string_or_absent(v: &Unknown) -> napi::Result<Option<Result<String, &'static str>>> {
+    if is_absent(v)? {
+        return Ok(None);
+    }
+    if v.get_type()? == ValueType::String {
+        // SAFETY: the value was just checked to be a string.
+        return Ok(Some(Ok(unsafe { v.cast::<String>()? })));
+    }
+    Ok(Some(Err(type_name(v)?)))
+}
+
+/// Reads the entry object given to `log()`.
+pub fn entry_from_js(env: &Env, value: &Unknown) -> Result<EntryDraft, ConvertError<InvalidEntry>> {
+    let invalid = |field, reason: String| ConvertError::Invalid(InvalidEntry::new(field, reason));
+    let Some(obj) = as_plain_object(value)? else {
+        return Err(invalid("entry", format!("must be an object, got {}", type_name(value)?)));
+    };
+    let mut draft = EntryDraft::default();
+    let action: Unknown = obj.get_named_property("action")?;
+    match string_or_absent(&action)? {
+        Some(Ok(s)) if !s.is_empty() => draft.action = s,
+        Some(Ok(_)) => return Err(invalid("action", "must be a non-empty string, got an empty string".into())),
+        Some(Err(got)) => return Err(invalid("action", format!("must be a non-empty string, got {got}"))),
+        None => return Err(invalid("action", "is required (a non-empty string)".into())),
+    }
+    for field in TextField::ALL {
+        let v: Unknown = obj.get_named_property(field.js_name())?;
+        let slot = match field {
+            TextField::TenantId => &mut draft.tenant_id,
+            TextField::Actor => &mut draft.actor,
+            TextField::Resource => &mut draft.resource,
+            TextField::Outcome => &mut draft.outcome,
+        };
+        match string_or_absent(&v)? {
+            Some(Ok(s)) => *slot = Some(s),
+            Some(Err(got)) => return Err(invalid(field.js_name(), format!("must be a string, got {got}"))),
+            None => {}
+        }
+    }
+    let payload: Unknown = obj.get_named_property("payload")?;
+    if payload.get_type()? != ValueType::Undefined {
+        draft.payload_json = Some(stringify_payload(env, payload)?);
+    }
+    let id: Unknown = obj.get_named_property("id")?;
+    match string_or_absent(&id)? {
+        Some(Ok(s)) => match Uuid::parse(&s) {
+            Some(uuid) => draft.id = Some(uuid),
+            None => {
+                return Err(invalid(
+                    "id",
+                    format!("must be a UUID in canonical 8-4-4-4-12 hex form, got {s:?}"),
+                ))
+            }
+        },
+        Some(Err(got)) => return Err(invalid("id", format!("must be a UUID string, got {got}"))),
+        None => {}
+    }
+    let at: Unknown = obj.get_named_property("occurredAt")?;
+    if !is_absent(&at)? {
+        draft.occurred_at = Some(occurred_at_from_js(&at)?);
+    }
+    Ok(draft)
+}
+
+fn occurred_at_from_js(at: &Unknown) -> Result<Timestamp, ConvertError<InvalidEntry>> {
+    const RANGE: &str = "between the years 1 and 9999";
+    let invalid = |reason: String| ConvertError::Invalid(InvalidEntry::new("occurredAt", reason));
+    let parsed = match at.get_type()? {
+        ValueType::Object if at.is_date()? => {
+            // SAFETY: the value was just checked to be a Date.
+            let ms = unsafe { at.cast::<JsDate>()? }.value_of()?;
+            Timestamp::from_millis_f64(ms).ok_or_else(|| {
+                invalid(format!("must be a valid Date {RANGE}, got an invalid or out-of-range Date"))
+            })
+        }
+        ValueType::Number => {
+            // SAFETY: the value was just checked to be a number.
+            let ms = unsafe { at.cast::<f64>()? };
+            Timestamp::from_millis_f64(ms)
+                .ok_or_else(|| invalid(format!("must be finite epoch milliseconds {RANGE}, got {ms}")))
+        }
+        ValueType::String => {
+            // SAFETY: the value was just checked to be a string.
+            let s = unsafe { at.cast::<String>()? };
+            Timestamp::parse_rfc3339(&s).ok_or_else(|| {
+                invalid(format!(
+                    "must be an ISO 8601 date-time with an offset (e.g. 2026-01-02T03:04:05.678Z) {RANGE}, got {s:?}"
+                ))
+            })
+        }
+        _ => Err(invalid(format!(
+            "must be a Date, an ISO 8601 string or epoch milliseconds, got {}",
+            type_name(at)?
+        ))),
+    };
+    parsed
+}
+
+/// `JSON.stringify(payload)`, refusing what has no JSON form.
+fn stringify_payload(env: &Env, payload: Unknown) -> Result<String, ConvertError<InvalidEntry>> {
+    let invalid = |reason: String| ConvertError::Invalid(InvalidEntry::new("payload", reason));
+    let kind = type_name(&payload)?;
+    let json: Object = env.get_global()?.get_named_property("JSON")?;
+    let stringify: Function<Unknown, Unknown> = json.get_named_property("stringify")?;
+    let out = stringify
+        .call(payload)
+        .map_err(|e| invalid(format!("is not JSON-serialisable: {}", e.reason)))?;
+    if out.get_type()? != ValueType::String {
+        return Err(invalid(format!("is not JSON-serialisable: {kind} has no JSON form")));
+    }
+    // SAFETY: the value was just checked to be a string.
+    Ok(unsafe { out.cast::<String>()? })
+}
+
+/// Which sink the batcher writes to.
+pub enum SinkChoice {
+    Postgres(PgSettings),
+    Memory,
+}
+
+/// Everything the constructor accepts, checked.
+pub struct Options {
+    pub sink: SinkChoice,
+    pub batcher: BatcherConfig,
+}
+
+const OPTION_NAMES: [&str; 7] = [
+    "connectionString",
+    "table",
+    "columns",
+    "poolSize",
+    "maxBatchRows",
+    "connectTimeoutMs",
+    "sink",
+];
+
+fn integer_option(
+    obj: &Object,
+    name: &'static str,
+    min: u32,
+    max: u32,
+    default: u32,
+) -> Result<u32, ConvertError<InvalidOption>> {
+    let v: Unknown = obj.get_named_property(name)?;
+    if v.get_type()? == ValueType::Undefined {
+        return Ok(default);
+    }
+    let range = format!("an integer from {min} to {max}");
+    if v.get_type()? != ValueType::Number {
+        return Err(InvalidOption::new(name, format!("must be {range}, got {}", type_name(&v)?)));
+    }
+    // SAFETY: the value was just checked to be a number.
+    let n = unsafe { v.cast::<f64>()? };
+    if n.fract() != 0.0 || n < min as f64 || n > max as f64 {
+        return Err(InvalidOption::new(name, format!("must be {range}, got {n}")));
+    }
+    Ok(n as u32)
+}
+
+fn string_option(obj: &Object, name: &'static str) -> Result<Option<String>, ConvertError<InvalidOption>> {
+    let v: Unknown = obj.get_named_property(name)?;
+    if v.get_type()? == ValueType::Undefined {
+        return Ok(None);
+    }
+    match string_or_absent(&v)? {
+        Some(Ok(s)) => Ok(Some(s)),
+        _ => Err(InvalidOption::new(name, format!("must be a string, got {}", type_name(&v)?))),
+    }
+}
+
+/// Reads the constructor's options object.
+pub fn options_from_js(value: &Unknown) -> Result<Options, ConvertError<InvalidOption>> {
+    let Some(obj) = as_plain_object(value)? else {
+        return Err(InvalidOption::new(
+            "options",
+            format!("must be an object, got {}", type_name(value)?),
+        ));
+    };
+    let keys: Vec<String> = Object::keys(&obj)?;
+    if let Some(unknown) = keys.iter().find(|k| !OPTION_NAMES.contains(&k.as_str())) {
+        return Err(InvalidOption::new(
+            unknown.clone(),
+            format!("is not an option (known options: {})", OPTION_NAMES.join(", ")),
+        ));
+    }
+    let batcher = BatcherConfig {
+        max_batch_rows: integer_option(&obj, "maxBatchRows", 1, 100_000, 1000)? as usize,
+    };
+    let pool_size = integer_option(&obj, "poolSize", 1, 1000, 2)? as usize;
+    let connect_timeout_ms = integer_option(&obj, "connectTimeoutMs", 1, 600_000, 10_000)?;
+    let table_text = string_option(&obj, "table")?.unwrap_or_else(|| "audit_log".to_owned());
+    let table = TableName::parse(&table_text)
+        .map_err(|e| InvalidOption::new("table", format!("{e}")))?;
+    let columns = columns_option(&obj)?;
+    let sink = string_option(&obj, "sink")?;
+    let connection_string = string_option(&obj, "connectionString")?;
+    let sink = match sink.as_deref() {
+        Some("memory") => SinkChoice::Memory,
+        None | Some("postgres") => match connection_string {
+            Some(s) if !s.trim().is_empty() => SinkChoice::Postgres(PgSettings {
+                connection_string: s,
+                table,
+                columns,
+                pool_size,
+                connect_timeout: Duration::from_millis(connect_timeout_ms as u64),
+            }),
+            _ => {
+                return Err(InvalidOption::new(
+                    "connectionString",
+                    "is required (a postgres:// URL or key=value string) unless sink is 'memory'",
+                ))
+            }
+        },
+        Some(other) => {
+            return Err(InvalidOption::new(
+                "sink",
+                format!("must be 'postgres' or 'memory', got {other:?}"),
+            ))
+        }
+    };
+    Ok(Options { sink, batcher })
+}
+
+fn columns_option(obj: &Object) -> Result<ColumnMap, ConvertError<InvalidOption>> {
+    let v: Unknown = obj.get_named_property("columns")?;
+    if is_absent(&v)? {
+        return Ok(ColumnMap::default());
+    }
+    let Some(map) = as_plain_object(&v)? else {
+        return Err(InvalidOption::new(
+            "columns",
+            format!("must be an object mapping entry fields to column names, got {}", type_name(&v)?),
+        ));
+    };
+    let mut renames = Vec::new();
+    for field in Object::keys(&map)? {
+        let column: Unknown = map.get_named_property(&field)?;
+        match string_or_absent(&column)? {
+            Some(Ok(name)) => renames.push((field, name)),
+            _ => {
+                return Err(InvalidOption::new(
+                    format!("columns.{field}"),
+                    format!("must be a column name (a string), got {}", type_name(&column)?),
+                ))
+            }
+        }
+    }
+    ColumnMap::with_renames(renames.iter().map(|(f, c)| (f.as_str(), c.as_str())))
+        .map_err(|(field, why)| InvalidOption::new(format!("columns.{field}"), why))
+}

@@ -1,0 +1,146 @@
+//! The PostgreSQL sink: a deadpool-postgres pool and one idempotent multi-row insert per batch.
+
+pub mod columns;
+pub mod config;
+mod encode;
+pub mod ident;
+pub mod schema;
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::NoTls;
+
+use self::columns::{Column, ColumnMap};
+use self::config::{ConnectionConfig, Redactor};
+use self::encode::ColumnArray;
+use self::ident::TableName;
+use crate::entry::Entry;
+use crate::sink::{Sink, WriteError};
+
+/// How to reach PostgreSQL and where to write.
+#[derive(Clone, Debug)]
+pub struct PgSettings {
+    /// A `postgres://` URL or a `key=value` string.
+    pub connection_string: String,
+    pub table: TableName,
+    pub columns: ColumnMap,
+    /// The most connections the pool opens.
+    pub pool_size: usize,
+    /// How long opening one connection may take.
+    pub connect_timeout: Duration,
+}
+
+/// Writes batches to a PostgreSQL table, each in one `INSERT ... ON CONFLICT (id) DO NOTHING` statement.
+///
+/// Connections are opened when first needed, and a connection found broken is replaced on the next write.
+pub struct PgSink {
+    pool: Pool,
+    table: TableName,
+    columns: ColumnMap,
+    insert_sql: String,
+    redactor: Redactor,
+}
+
+impl PgSink {
+    /// Checks the settings and makes the pool, without connecting. The error names the option at fault.
+    pub fn new(settings: PgSettings) -> Result<PgSink, (&'static str, String)> {
+        let ConnectionConfig { pg, redactor } =
+            ConnectionConfig::parse(&settings.connection_string, settings.connect_timeout)
+                .map_err(|e| ("connectionString", e))?;
+        let manager = Manager::from_config(
+            pg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(settings.pool_size)
+            .runtime(Runtime::Tokio1)
+            .create_timeout(Some(settings.connect_timeout))
+            .recycle_timeout(Some(Duration::from_secs(5)))
+            .build()
+            .map_err(|e| ("poolSize", redactor.redact(&e.to_string())))?;
+        Ok(PgSink {
+            pool,
+            insert_sql: schema::insert_statement(&settings.table, &settings.columns),
+            table: settings.table,
+            columns: settings.columns,
+            redactor,
+        })
+    }
+
+    /// The statement each batch is written with.
+    pub fn insert_sql(&self) -> &str {
+        &self.insert_sql
+    }
+
+    /// Creates the default table (and its schema and index) when missing. Safe to call from several
+    /// processes at once: they take turns on an advisory lock.
+    pub async fn ensure_schema(&self) -> Result<(), WriteError> {
+        let mut client = self.pool.get().await.map_err(|e| self.pool_error(e))?;
+        let tx = client.transaction().await.map_err(|e| self.db_error(&e))?;
+        let key = format!("audit-batcher:{}", self.table.plain());
+        tx.execute_typed(
+            "SELECT pg_advisory_xact_lock(hashtext($1))",
+            &[(&key, Type::TEXT)],
+        )
+        .await
+        .map_err(|e| self.db_error(&e))?;
+        for statement in schema::create_statements(&self.table, &self.columns) {
+            tx.batch_execute(&statement)
+                .await
+                .map_err(|e| self.db_error(&e))?;
+        }
+        tx.commit().await.map_err(|e| self.db_error(&e))
+    }
+
+    fn db_error(&self, e: &tokio_postgres::Error) -> WriteError {
+        match e.as_db_error() {
+            Some(db) => {
+                let mut message = format!("{}: {}", db.severity(), db.message());
+                if let Some(constraint) = db.constraint() {
+                    message.push_str(&format!(" (constraint {constraint})"));
+                }
+                WriteError {
+                    message: self.redactor.redact(&message),
+                    sqlstate: Some(db.code().code().to_owned()),
+                }
+            }
+            None => WriteError::new(self.redactor.redact(&e.to_string())),
+        }
+    }
+
+    fn pool_error(&self, e: PoolError) -> WriteError {
+        match e {
+            PoolError::Backend(e) => self.db_error(&e),
+            PoolError::Timeout(kind) => {
+                WriteError::new(format!("timed out waiting for a connection ({kind:?})"))
+            }
+            PoolError::Closed => WriteError::new("the connection pool is closed"),
+            other => WriteError::new(self.redactor.redact(&other.to_string())),
+        }
+    }
+}
+
+impl Sink for PgSink {
+    async fn write(&self, batch: &[Entry]) -> Result<(), WriteError> {
+        let client = self.pool.get().await.map_err(|e| self.pool_error(e))?;
+        let arrays = Column::ALL.map(|column| ColumnArray { batch, column });
+        let params: Vec<(&(dyn ToSql + Sync), Type)> = arrays
+            .iter()
+            .map(|a| (a as &(dyn ToSql + Sync), ColumnArray::array_type(a.column)))
+            .collect();
+        client
+            .execute_typed(&self.insert_sql, &params)
+            .await
+            .map_err(|e| self.db_error(&e))?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.pool.close();
+    }
+}

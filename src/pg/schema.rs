@@ -1,0 +1,101 @@
+//! SQL text: the insert statement and the default table's definition.
+
+use super::columns::{Column, ColumnMap};
+use super::encode::ColumnArray;
+use super::ident::TableName;
+
+/// `INSERT INTO <table> (<columns>) SELECT * FROM unnest($1::uuid[], ...) ON CONFLICT (<id>) DO NOTHING`.
+///
+/// `ON CONFLICT DO NOTHING` on the id makes a write idempotent: resending a batch whose commit was not
+/// acknowledged stores each entry once.
+pub fn insert_statement(table: &TableName, columns: &ColumnMap) -> String {
+    let names: Vec<String> = Column::ALL
+        .iter()
+        .map(|c| columns.name(*c).to_string())
+        .collect();
+    let params: Vec<String> = Column::ALL
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let ty = ColumnArray::array_type(*c);
+            format!("${}::{}", i + 1, sql_type_name(&ty))
+        })
+        .collect();
+    format!(
+        "INSERT INTO {table} ({}) SELECT * FROM unnest({}) ON CONFLICT ({}) DO NOTHING",
+        names.join(", "),
+        params.join(", "),
+        columns.name(Column::Id)
+    )
+}
+
+fn sql_type_name(ty: &tokio_postgres::types::Type) -> &'static str {
+    use tokio_postgres::types::Type;
+    match *ty {
+        Type::UUID_ARRAY => "uuid[]",
+        Type::TIMESTAMPTZ_ARRAY => "timestamptz[]",
+        Type::JSONB_ARRAY => "jsonb[]",
+        _ => "text[]",
+    }
+}
+
+/// The statements that create the default table and its `(tenant_id, occurred_at)` index when missing.
+pub fn create_statements(table: &TableName, columns: &ColumnMap) -> Vec<String> {
+    let col = |c: Column| columns.name(c).to_string();
+    let mut statements = Vec::new();
+    if let Some(schema) = &table.schema {
+        statements.push(format!("CREATE SCHEMA IF NOT EXISTS {schema}"));
+    }
+    statements.push(format!(
+        "CREATE TABLE IF NOT EXISTS {table} (\n  {} uuid PRIMARY KEY,\n  {} timestamptz NOT NULL,\n  {} text,\n  {} text,\n  {} text NOT NULL,\n  {} text,\n  {} text,\n  {} jsonb NOT NULL DEFAULT '{{}}'\n)",
+        col(Column::Id),
+        col(Column::OccurredAt),
+        col(Column::TenantId),
+        col(Column::Actor),
+        col(Column::Action),
+        col(Column::Resource),
+        col(Column::Outcome),
+        col(Column::Payload),
+    ));
+    let mut index = format!(
+        "{}_{}_{}_idx",
+        table.name.as_str(),
+        columns.name(Column::TenantId).as_str(),
+        columns.name(Column::OccurredAt).as_str()
+    );
+    index.truncate(63); // identifiers are ASCII, so this cuts on a character boundary
+    statements.push(format!(
+        "CREATE INDEX IF NOT EXISTS \"{index}\" ON {table} ({}, {})",
+        col(Column::TenantId),
+        col(Column::OccurredAt)
+    ));
+    statements
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_names_every_column_quoted_and_is_idempotent() {
+        let t = TableName::parse("audit.events").unwrap();
+        let m = ColumnMap::with_renames([("actor", "userId")]).unwrap();
+        let sql = insert_statement(&t, &m);
+        assert_eq!(
+            sql,
+            "INSERT INTO \"audit\".\"events\" (\"id\", \"occurred_at\", \"tenant_id\", \"userId\", \"action\", \
+             \"resource\", \"outcome\", \"payload\") SELECT * FROM unnest($1::uuid[], $2::timestamptz[], \
+             $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::jsonb[]) ON CONFLICT (\"id\") DO NOTHING"
+        );
+    }
+
+    #[test]
+    fn schema_statements_create_schema_table_and_index() {
+        let t = TableName::parse("audit.events").unwrap();
+        let s = create_statements(&t, &ColumnMap::default());
+        assert_eq!(s.len(), 3);
+        assert!(s[0].starts_with("CREATE SCHEMA IF NOT EXISTS \"audit\""));
+        assert!(s[1].contains("\"payload\" jsonb NOT NULL DEFAULT '{}'"), "{}", s[1]);
+        assert!(s[2].contains("\"events_tenant_id_occurred_at_idx\""), "{}", s[2]);
+    }
+}
