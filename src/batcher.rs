@@ -102,6 +102,46 @@ struct State {
     stats: Stats,
 }
 
+/// A flush whose extent is fixed: the entries accepted before [`Batcher::begin_flush`].
+#[must_use = "a flush ticket does nothing until it is run"]
+pub struct FlushTicket {
+    settled_at_call: u64,
+    target: u64,
+}
+
+impl FlushTicket {
+    /// Writes the ticket's entries (and waits for any flush writing them already).
+    pub async fn run<S: Sink>(self, batcher: &Batcher<S>) -> Result<FlushOutcome, FlushError> {
+        batcher.flush_to(self.target).await?;
+        Ok(FlushOutcome {
+            written: self.target - self.settled_at_call,
+            pending: batcher.pending(),
+        })
+    }
+}
+
+/// A close in progress: `log()` already refuses; running it writes what is left and closes the sink.
+#[must_use = "a close ticket does nothing until it is run"]
+pub struct CloseTicket {
+    target: u64,
+}
+
+impl CloseTicket {
+    /// Writes what was accepted before the close, then closes the sink (once).
+    pub async fn run<S: Sink>(self, batcher: &Batcher<S>) -> Result<(), FlushError> {
+        if batcher.state.lock().sink_closed {
+            return Ok(());
+        }
+        batcher.flush_to(self.target).await?;
+        let _writer = batcher.writer.lock().await;
+        let already = std::mem::replace(&mut batcher.state.lock().sink_closed, true);
+        if !already {
+            batcher.sink.close().await;
+        }
+        Ok(())
+    }
+}
+
 /// An ordered, flushable buffer of audit entries in front of a [`Sink`].
 ///
 /// Guarantees, whatever the interleaving of calls:
@@ -182,18 +222,20 @@ impl<S: Sink> Batcher<S> {
     /// When another flush is writing, this one waits for it and then writes what is still unwritten, so
     /// entries logged while a write is under way go into a later batch.
     pub async fn flush(&self) -> Result<FlushOutcome, FlushError> {
-        let (settled_at_call, target) = {
-            let mut st = self.state.lock();
-            if st.closing {
-                return Err(FlushError::Closed);
-            }
-            st.requested = st.requested.max(st.accepted);
-            (st.settled, st.accepted)
-        };
-        self.flush_to(target).await?;
-        Ok(FlushOutcome {
-            written: target - settled_at_call,
-            pending: self.pending(),
+        self.begin_flush()?.run(self).await
+    }
+
+    /// The synchronous half of [`Batcher::flush`]: fixes, at the moment of the call, which entries the
+    /// flush must write. Run the returned ticket to write them.
+    pub fn begin_flush(&self) -> Result<FlushTicket, FlushError> {
+        let mut st = self.state.lock();
+        if st.closing {
+            return Err(FlushError::Closed);
+        }
+        st.requested = st.requested.max(st.accepted);
+        Ok(FlushTicket {
+            settled_at_call: st.settled,
+            target: st.accepted,
         })
     }
 
@@ -202,22 +244,15 @@ impl<S: Sink> Batcher<S> {
     /// When the final flush fails, the unwritten entries stay buffered, the sink stays open and the error is
     /// returned; calling `close()` again tries again. Once it has succeeded, further calls return at once.
     pub async fn close(&self) -> Result<(), FlushError> {
-        let target = {
-            let mut st = self.state.lock();
-            st.closing = true;
-            if st.sink_closed {
-                return Ok(());
-            }
-            st.requested = st.requested.max(st.accepted);
-            st.accepted
-        };
-        self.flush_to(target).await?;
-        let _writer = self.writer.lock().await;
-        let already = std::mem::replace(&mut self.state.lock().sink_closed, true);
-        if !already {
-            self.sink.close().await;
-        }
-        Ok(())
+        self.begin_close().run(self).await
+    }
+
+    /// The synchronous half of [`Batcher::close`]: from this moment `log()` and `flush()` refuse.
+    pub fn begin_close(&self) -> CloseTicket {
+        let mut st = self.state.lock();
+        st.closing = true;
+        st.requested = st.requested.max(st.accepted);
+        CloseTicket { target: st.accepted }
     }
 
     /// Whether `close()` was called.

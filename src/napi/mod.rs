@@ -8,7 +8,7 @@ mod errors;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use napi::bindgen_prelude::{PromiseRaw, Unknown};
+use napi::bindgen_prelude::{Either, Null, PromiseRaw, Unknown};
 use napi::Env;
 use napi_derive::napi;
 
@@ -56,7 +56,9 @@ pub struct AuditBatcherOptions {
     /// Column name per entry field, for an existing table: `{ actor: 'user_id', occurredAt: 'createdAt' }`.
     /// Fields not named keep the default column (`id`, `occurred_at`, `tenant_id`, `actor`, `action`,
     /// `resource`, `outcome`, `payload`).
-    #[napi(ts_type = "Partial<Record<AuditEntryField, string>>")]
+    #[napi(
+        ts_type = "Partial<Record<'id' | 'occurredAt' | 'tenantId' | 'actor' | 'action' | 'resource' | 'outcome' | 'payload', string>>"
+    )]
     pub columns: Option<HashMap<String, String>>,
     /// Most connections in the pool. Default 2.
     pub pool_size: Option<u32>,
@@ -145,7 +147,8 @@ pub struct AuditStats {
     /// Flush attempts that failed (their entries stayed buffered).
     pub failed_flushes: i64,
     /// The last flush failure, or null.
-    pub last_error: Option<AuditLastError>,
+    #[napi(ts_type = "AuditLastError | null")]
+    pub last_error: Either<AuditLastError, Null>,
 }
 
 /// An entry held by the memory sink, as written.
@@ -160,27 +163,6 @@ pub struct MemoryEntry {
     pub outcome: Option<String>,
     #[napi(ts_type = "unknown")]
     pub payload: serde_json::Value,
-}
-
-/// Entry field names, as used in the `columns` option.
-#[napi(string_enum)]
-pub enum AuditEntryField {
-    #[napi(value = "id")]
-    Id,
-    #[napi(value = "occurredAt")]
-    OccurredAt,
-    #[napi(value = "tenantId")]
-    TenantId,
-    #[napi(value = "actor")]
-    Actor,
-    #[napi(value = "action")]
-    Action,
-    #[napi(value = "resource")]
-    Resource,
-    #[napi(value = "outcome")]
-    Outcome,
-    #[napi(value = "payload")]
-    Payload,
 }
 
 /// Records audit entries cheaply on the hot path and writes them to PostgreSQL in batches.
@@ -216,7 +198,7 @@ fn flush_error(env: &Env, e: FlushError, what: &str) -> napi::Error {
                 env,
                 Kind::Error,
                 errors::FLUSH_FAILED,
-                &format!("audit-batcher: {what} failed: {cause}; {pending} entries remain buffered"),
+                &format!("audit-batcher: {what} failed: {cause}; entries still buffered: {pending}"),
                 &extra,
             )
         }
@@ -313,10 +295,18 @@ impl AuditBatcher {
     #[napi(ts_return_type = "Promise<FlushResult>")]
     pub fn flush<'env>(&self, env: &'env Env) -> napi::Result<PromiseRaw<'env, FlushResult>> {
         let core = self.core.clone();
-        env.spawn_future_with_callback(async move { Ok(core.flush().await) }, |env, result| {
+        // The flush's extent is fixed here, synchronously: entries logged after this call wait for the next.
+        let ticket = core.begin_flush();
+        let work = async move {
+            Ok(match ticket {
+                Ok(ticket) => ticket.run(&core).await,
+                Err(e) => Err(e),
+            })
+        };
+        env.spawn_future_with_callback(work, |env, result| {
             result
                 .map(FlushResult::from)
-                .map_err(|e| flush_error(env, e, "flush"))
+                .map_err(|e| flush_error(env, e, "flush()"))
         })
     }
 
@@ -357,7 +347,9 @@ impl AuditBatcher {
     #[napi(ts_return_type = "Promise<void>")]
     pub fn close<'env>(&self, env: &'env Env) -> napi::Result<PromiseRaw<'env, ()>> {
         let core = self.core.clone();
-        env.spawn_future_with_callback(async move { Ok(core.close().await) }, |env, result| {
+        // From this call on, log() and flush() refuse.
+        let ticket = core.begin_close();
+        env.spawn_future_with_callback(async move { Ok(ticket.run(&core).await) }, |env, result| {
             result.map_err(|e| flush_error(env, e, "close()"))
         })
     }
@@ -374,11 +366,14 @@ impl AuditBatcher {
             sanitized: s.sanitized as i64,
             batches: s.batches as i64,
             failed_flushes: s.failed_flushes as i64,
-            last_error: s.last_error.map(|(e, at)| AuditLastError {
-                message: e.message,
-                sqlstate: e.sqlstate,
-                at: utc(at),
-            }),
+            last_error: match s.last_error {
+                Some((e, at)) => Either::A(AuditLastError {
+                    message: e.message,
+                    sqlstate: e.sqlstate,
+                    at: utc(at),
+                }),
+                None => Either::B(Null),
+            },
         }
     }
 

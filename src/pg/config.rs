@@ -105,9 +105,11 @@ impl ConnectionConfig {
             redactor.add(&pw);
         }
         let mut pg: tokio_postgres::Config = conn.parse().map_err(|e: tokio_postgres::Error| {
-            redactor.redact(&format!(
-                "is not a valid PostgreSQL connection string ({e})"
-            ))
+            let mut why = e.to_string();
+            if let Some(cause) = std::error::Error::source(&e) {
+                why = format!("{why}: {cause}");
+            }
+            redactor.redact(&format!("is not a valid PostgreSQL connection string ({why})"))
         })?;
         if let Some(pw) = pg.get_password() {
             redactor.add(&String::from_utf8_lossy(pw));

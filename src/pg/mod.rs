@@ -109,7 +109,7 @@ impl PgSink {
                     sqlstate: Some(db.code().code().to_owned()),
                 }
             }
-            None => WriteError::new(self.redactor.redact(&e.to_string())),
+            None => WriteError::new(self.redactor.redact(&with_causes(e))),
         }
     }
 
@@ -123,6 +123,22 @@ impl PgSink {
             other => WriteError::new(self.redactor.redact(&other.to_string())),
         }
     }
+}
+
+/// `e` followed by each of its causes: tokio-postgres keeps the interesting part ("Connection refused")
+/// in the source chain.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 impl Sink for PgSink {

@@ -1,0 +1,86 @@
+/**
+ * Shared pieces of the addon's test suites: a private database per test file, row readers, and a
+ * statement counter that proves how many INSERT statements reached the table.
+ */
+import { randomBytes } from 'node:crypto';
+import { inject } from 'vitest';
+import { createTestDatabase, dropTestDatabase, withClient } from '../../scripts/database.ts';
+
+export { withClient };
+
+/** A fresh database for one test file; drop it with `dropDatabase` in afterAll. */
+export async function freshDatabase(): Promise<string> {
+  return createTestDatabase(inject('databaseUrl'));
+}
+
+export async function dropDatabase(url: string): Promise<void> {
+  await dropTestDatabase(url);
+}
+
+/** A table name no other test uses. */
+export function uniqueTable(prefix = 'audit'): string {
+  return `${prefix}_${randomBytes(4).toString('hex')}`;
+}
+
+export interface AuditRow {
+  id: string;
+  occurred_at: Date;
+  tenant_id: string | null;
+  actor: string | null;
+  action: string;
+  resource: string | null;
+  outcome: string | null;
+  payload: unknown;
+}
+
+/** Every row of `table`, ordered by id (which is log order for generated ids). */
+export async function readRows(url: string, table: string): Promise<AuditRow[]> {
+  return withClient(url, async (c) => (await c.query<AuditRow>(`SELECT * FROM ${table} ORDER BY id`)).rows);
+}
+
+export async function countRows(url: string, table: string): Promise<number> {
+  return withClient(url, async (c) => {
+    const r = await c.query<{ n: string }>(`SELECT count(*) AS n FROM ${table}`);
+    return Number(r.rows[0]?.n);
+  });
+}
+
+/**
+ * Installs a statement-level trigger on `table` that counts INSERT statements (not rows) into
+ * `<table>_statements`. Returns a reader for the count.
+ */
+export async function countStatements(url: string, table: string): Promise<() => Promise<number>> {
+  const counter = `${table}_statements`;
+  await withClient(url, (c) =>
+    c.query(`
+      CREATE TABLE ${counter} (n int NOT NULL);
+      INSERT INTO ${counter} VALUES (0);
+      CREATE FUNCTION ${counter}_bump() RETURNS trigger LANGUAGE plpgsql AS
+        $$ BEGIN UPDATE ${counter} SET n = n + 1; RETURN NULL; END $$;
+      CREATE TRIGGER ${counter}_trg AFTER INSERT ON ${table}
+        FOR EACH STATEMENT EXECUTE FUNCTION ${counter}_bump();
+    `),
+  );
+  return () =>
+    withClient(url, async (c) => Number((await c.query<{ n: number }>(`SELECT n FROM ${counter}`)).rows[0]?.n));
+}
+
+/** The error a promise rejected with (fails the test when it resolves). */
+export async function rejectionOf(p: Promise<unknown>): Promise<Error & Record<string, unknown>> {
+  try {
+    await p;
+  } catch (e) {
+    return e as Error & Record<string, unknown>;
+  }
+  throw new Error('expected the promise to reject, but it resolved');
+}
+
+/** The error a call threw (fails the test when it returns). */
+export function thrownBy(fn: () => unknown): Error & Record<string, unknown> {
+  try {
+    fn();
+  } catch (e) {
+    return e as Error & Record<string, unknown>;
+  }
+  throw new Error('expected the call to throw, but it returned');
+}
