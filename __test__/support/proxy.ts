@@ -64,6 +64,10 @@ interface Pair {
   done: boolean;
 }
 
+/**
+ * Start a proxy on 127.0.0.1 (`listenPort`, default: a free port) that
+ * forwards every connection to targetHost:targetPort.
+ */
 export async function startProxy(targetHost: string, targetPort: number, listenPort = 0): Promise<Proxy> {
   const host = '127.0.0.1';
   const pairs = new Set<Pair>();
