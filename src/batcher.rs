@@ -252,7 +252,9 @@ impl<S: Sink> Batcher<S> {
         let mut st = self.state.lock();
         st.closing = true;
         st.requested = st.requested.max(st.accepted);
-        CloseTicket { target: st.accepted }
+        CloseTicket {
+            target: st.accepted,
+        }
     }
 
     /// Whether `close()` was called.
@@ -434,7 +436,13 @@ mod tests {
         let ids = log_n(&b, 5);
         assert_eq!(b.pending(), 5);
         let out = b.flush().await.unwrap();
-        assert_eq!(out, FlushOutcome { written: 5, pending: 0 });
+        assert_eq!(
+            out,
+            FlushOutcome {
+                written: 5,
+                pending: 0
+            }
+        );
         assert_eq!(sink.batches.lock().len(), 1);
         assert_eq!(written_ids(&sink), ids);
         let mut sorted = ids.clone();
@@ -465,7 +473,10 @@ mod tests {
         let mut ids = log_n(&b, 3);
         sink.fail.store(true, Ordering::SeqCst);
         let err = b.flush().await.unwrap_err();
-        assert!(matches!(err, FlushError::Failed { pending: 3, .. }), "{err:?}");
+        assert!(
+            matches!(err, FlushError::Failed { pending: 3, .. }),
+            "{err:?}"
+        );
         assert_eq!(b.stats().failed_flushes, 1);
         ids.extend(log_n(&b, 2));
         sink.fail.store(false, Ordering::SeqCst);
@@ -502,7 +513,10 @@ mod tests {
         sink.fail.store(true, Ordering::SeqCst);
         gate.notify_one(); // second fails
         let err = flush.await.unwrap().unwrap_err();
-        assert!(matches!(err, FlushError::Failed { pending: 3, .. }), "{err:?}");
+        assert!(
+            matches!(err, FlushError::Failed { pending: 3, .. }),
+            "{err:?}"
+        );
         assert_eq!(written_ids(&sink), ids[..2]);
         *sink.gate.lock() = None;
         sink.fail.store(false, Ordering::SeqCst);
@@ -591,7 +605,13 @@ mod tests {
         let (b, _) = batcher(1000);
         log_n(&b, 2);
         let err = b.log(EntryDraft::new("")).unwrap_err();
-        assert!(matches!(err, LogError::Invalid(InvalidEntry { field: "action", .. })));
+        assert!(matches!(
+            err,
+            LogError::Invalid(InvalidEntry {
+                field: "action",
+                ..
+            })
+        ));
         let s = b.stats();
         assert_eq!((s.logged, s.buffered, s.written), (2, 2, 0));
     }

@@ -8,7 +8,7 @@
 
 pub mod batcher;
 pub mod entry;
+mod napi;
+pub mod pg;
 pub mod sink;
 pub mod uuid7;
-pub mod pg;
-mod napi;

@@ -58,7 +58,10 @@ fn type_name(v: &Unknown) -> napi::Result<&'static str> {
 
 /// Absent means `undefined` or `null`.
 fn is_absent(v: &Unknown) -> napi::Result<bool> {
-    Ok(matches!(v.get_type()?, ValueType::Undefined | ValueType::Null))
+    Ok(matches!(
+        v.get_type()?,
+        ValueType::Undefined | ValueType::Null
+    ))
 }
 
 fn as_plain_object<'a>(v: &Unknown<'a>) -> napi::Result<Option<Object<'a>>> {
@@ -85,14 +88,27 @@ fn string_or_absent(v: &Unknown) -> napi::Result<Option<Result<String, &'static 
 pub fn entry_from_js(env: &Env, value: &Unknown) -> Result<EntryDraft, ConvertError<InvalidEntry>> {
     let invalid = |field, reason: String| ConvertError::Invalid(InvalidEntry::new(field, reason));
     let Some(obj) = as_plain_object(value)? else {
-        return Err(invalid("entry", format!("must be an object, got {}", type_name(value)?)));
+        return Err(invalid(
+            "entry",
+            format!("must be an object, got {}", type_name(value)?),
+        ));
     };
     let mut draft = EntryDraft::default();
     let action: Unknown = obj.get_named_property("action")?;
     match string_or_absent(&action)? {
         Some(Ok(s)) if !s.is_empty() => draft.action = s,
-        Some(Ok(_)) => return Err(invalid("action", "must be a non-empty string, got an empty string".into())),
-        Some(Err(got)) => return Err(invalid("action", format!("must be a non-empty string, got {got}"))),
+        Some(Ok(_)) => {
+            return Err(invalid(
+                "action",
+                "must be a non-empty string, got an empty string".into(),
+            ))
+        }
+        Some(Err(got)) => {
+            return Err(invalid(
+                "action",
+                format!("must be a non-empty string, got {got}"),
+            ))
+        }
         None => return Err(invalid("action", "is required (a non-empty string)".into())),
     }
     for field in TextField::ALL {
@@ -105,7 +121,12 @@ pub fn entry_from_js(env: &Env, value: &Unknown) -> Result<EntryDraft, ConvertEr
         };
         match string_or_absent(&v)? {
             Some(Ok(s)) => *slot = Some(s),
-            Some(Err(got)) => return Err(invalid(field.js_name(), format!("must be a string, got {got}"))),
+            Some(Err(got)) => {
+                return Err(invalid(
+                    field.js_name(),
+                    format!("must be a string, got {got}"),
+                ))
+            }
             None => {}
         }
     }
@@ -142,14 +163,19 @@ fn occurred_at_from_js(at: &Unknown) -> Result<Timestamp, ConvertError<InvalidEn
             // SAFETY: the value was just checked to be a Date.
             let ms = unsafe { at.cast::<JsDate>()? }.value_of()?;
             Timestamp::from_millis_f64(ms).ok_or_else(|| {
-                invalid(format!("must be a valid Date {RANGE}, got an invalid or out-of-range Date"))
+                invalid(format!(
+                    "must be a valid Date {RANGE}, got an invalid or out-of-range Date"
+                ))
             })
         }
         ValueType::Number => {
             // SAFETY: the value was just checked to be a number.
             let ms = unsafe { at.cast::<f64>()? };
-            Timestamp::from_millis_f64(ms)
-                .ok_or_else(|| invalid(format!("must be finite epoch milliseconds {RANGE}, got {ms}")))
+            Timestamp::from_millis_f64(ms).ok_or_else(|| {
+                invalid(format!(
+                    "must be finite epoch milliseconds {RANGE}, got {ms}"
+                ))
+            })
         }
         ValueType::String => {
             // SAFETY: the value was just checked to be a string.
@@ -178,7 +204,9 @@ fn stringify_payload(env: &Env, payload: Unknown) -> Result<String, ConvertError
         .call(payload)
         .map_err(|e| invalid(format!("is not JSON-serialisable: {}", e.reason)))?;
     if out.get_type()? != ValueType::String {
-        return Err(invalid(format!("is not JSON-serialisable: {kind} has no JSON form")));
+        return Err(invalid(format!(
+            "is not JSON-serialisable: {kind} has no JSON form"
+        )));
     }
     // SAFETY: the value was just checked to be a string.
     Ok(unsafe { out.cast::<String>()? })
@@ -186,7 +214,7 @@ fn stringify_payload(env: &Env, payload: Unknown) -> Result<String, ConvertError
 
 /// Which sink the batcher writes to.
 pub enum SinkChoice {
-    Postgres(PgSettings),
+    Postgres(Box<PgSettings>),
     Memory,
 }
 
@@ -219,24 +247,36 @@ fn integer_option(
     }
     let range = format!("an integer from {min} to {max}");
     if v.get_type()? != ValueType::Number {
-        return Err(InvalidOption::new(name, format!("must be {range}, got {}", type_name(&v)?)));
+        return Err(InvalidOption::new(
+            name,
+            format!("must be {range}, got {}", type_name(&v)?),
+        ));
     }
     // SAFETY: the value was just checked to be a number.
     let n = unsafe { v.cast::<f64>()? };
     if n.fract() != 0.0 || n < min as f64 || n > max as f64 {
-        return Err(InvalidOption::new(name, format!("must be {range}, got {n}")));
+        return Err(InvalidOption::new(
+            name,
+            format!("must be {range}, got {n}"),
+        ));
     }
     Ok(n as u32)
 }
 
-fn string_option(obj: &Object, name: &'static str) -> Result<Option<String>, ConvertError<InvalidOption>> {
+fn string_option(
+    obj: &Object,
+    name: &'static str,
+) -> Result<Option<String>, ConvertError<InvalidOption>> {
     let v: Unknown = obj.get_named_property(name)?;
     if v.get_type()? == ValueType::Undefined {
         return Ok(None);
     }
     match string_or_absent(&v)? {
         Some(Ok(s)) => Ok(Some(s)),
-        _ => Err(InvalidOption::new(name, format!("must be a string, got {}", type_name(&v)?))),
+        _ => Err(InvalidOption::new(
+            name,
+            format!("must be a string, got {}", type_name(&v)?),
+        )),
     }
 }
 
@@ -252,7 +292,10 @@ pub fn options_from_js(value: &Unknown) -> Result<Options, ConvertError<InvalidO
     if let Some(unknown) = keys.iter().find(|k| !OPTION_NAMES.contains(&k.as_str())) {
         return Err(InvalidOption::new(
             unknown.clone(),
-            format!("is not an option (known options: {})", OPTION_NAMES.join(", ")),
+            format!(
+                "is not an option (known options: {})",
+                OPTION_NAMES.join(", ")
+            ),
         ));
     }
     let batcher = BatcherConfig {
@@ -261,35 +304,33 @@ pub fn options_from_js(value: &Unknown) -> Result<Options, ConvertError<InvalidO
     let pool_size = integer_option(&obj, "poolSize", 1, 1000, 2)? as usize;
     let connect_timeout_ms = integer_option(&obj, "connectTimeoutMs", 1, 600_000, 10_000)?;
     let table_text = string_option(&obj, "table")?.unwrap_or_else(|| "audit_log".to_owned());
-    let table = TableName::parse(&table_text)
-        .map_err(|e| InvalidOption::new("table", format!("{e}")))?;
+    let table = TableName::parse(&table_text).map_err(|e| InvalidOption::new("table", e))?;
     let columns = columns_option(&obj)?;
     let sink = string_option(&obj, "sink")?;
     let connection_string = string_option(&obj, "connectionString")?;
-    let sink = match sink.as_deref() {
-        Some("memory") => SinkChoice::Memory,
-        None | Some("postgres") => match connection_string {
-            Some(s) if !s.trim().is_empty() => SinkChoice::Postgres(PgSettings {
-                connection_string: s,
-                table,
-                columns,
-                pool_size,
-                connect_timeout: Duration::from_millis(connect_timeout_ms as u64),
-            }),
-            _ => {
-                return Err(InvalidOption::new(
+    let sink =
+        match sink.as_deref() {
+            Some("memory") => SinkChoice::Memory,
+            None | Some("postgres") => match connection_string {
+                Some(s) if !s.trim().is_empty() => SinkChoice::Postgres(Box::new(PgSettings {
+                    connection_string: s,
+                    table,
+                    columns,
+                    pool_size,
+                    connect_timeout: Duration::from_millis(connect_timeout_ms as u64),
+                })),
+                _ => return Err(InvalidOption::new(
                     "connectionString",
                     "is required (a postgres:// URL or key=value string) unless sink is 'memory'",
+                )),
+            },
+            Some(other) => {
+                return Err(InvalidOption::new(
+                    "sink",
+                    format!("must be 'postgres' or 'memory', got {other:?}"),
                 ))
             }
-        },
-        Some(other) => {
-            return Err(InvalidOption::new(
-                "sink",
-                format!("must be 'postgres' or 'memory', got {other:?}"),
-            ))
-        }
-    };
+        };
     Ok(Options { sink, batcher })
 }
 
@@ -301,7 +342,10 @@ fn columns_option(obj: &Object) -> Result<ColumnMap, ConvertError<InvalidOption>
     let Some(map) = as_plain_object(&v)? else {
         return Err(InvalidOption::new(
             "columns",
-            format!("must be an object mapping entry fields to column names, got {}", type_name(&v)?),
+            format!(
+                "must be an object mapping entry fields to column names, got {}",
+                type_name(&v)?
+            ),
         ));
     };
     let mut renames = Vec::new();
@@ -312,7 +356,10 @@ fn columns_option(obj: &Object) -> Result<ColumnMap, ConvertError<InvalidOption>
             _ => {
                 return Err(InvalidOption::new(
                     format!("columns.{field}"),
-                    format!("must be a column name (a string), got {}", type_name(&column)?),
+                    format!(
+                        "must be a column name (a string), got {}",
+                        type_name(&column)?
+                    ),
                 ))
             }
         }

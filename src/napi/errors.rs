@@ -28,7 +28,13 @@ pub enum Extra<'a> {
 }
 
 /// Makes an error object with `message`, `code` and the extra properties.
-pub fn make(env: &Env, kind: Kind, code: &str, message: &str, extra: &[Extra]) -> napi::Result<Object<'static>> {
+pub fn make(
+    env: &Env,
+    kind: Kind,
+    code: &str,
+    message: &str,
+    extra: &[Extra],
+) -> napi::Result<Object<'static>> {
     let error = napi::Error::new(code, message);
     // SAFETY: `env` is the live environment of the current call.
     let raw = unsafe {

@@ -21,7 +21,7 @@ use crate::sink::{MemorySink, Sink, WriteError};
 
 /// The sink chosen by the `sink` option.
 enum AnySink {
-    Postgres(PgSink),
+    Postgres(Box<PgSink>),
     Memory(MemorySink),
 }
 
@@ -198,7 +198,9 @@ fn flush_error(env: &Env, e: FlushError, what: &str) -> napi::Error {
                 env,
                 Kind::Error,
                 errors::FLUSH_FAILED,
-                &format!("audit-batcher: {what} failed: {cause}; entries still buffered: {pending}"),
+                &format!(
+                    "audit-batcher: {what} failed: {cause}; entries still buffered: {pending}"
+                ),
                 &extra,
             )
         }
@@ -209,7 +211,11 @@ fn flush_error(env: &Env, e: FlushError, what: &str) -> napi::Error {
 impl AuditBatcher {
     /// Checks the options and prepares the pool; no connection is opened until the first write.
     /// Throws a TypeError with `code: 'ERR_AUDIT_INVALID_OPTIONS'` naming the bad option.
-    #[napi(constructor, catch_unwind, ts_args_type = "options: AuditBatcherOptions")]
+    #[napi(
+        constructor,
+        catch_unwind,
+        ts_args_type = "options: AuditBatcherOptions"
+    )]
     pub fn new(env: Env, options: Unknown) -> napi::Result<Self> {
         let invalid = |option: &str, reason: &str| {
             errors::throw(
@@ -226,8 +232,8 @@ impl AuditBatcher {
         };
         let sink = match options.sink {
             SinkChoice::Memory => AnySink::Memory(MemorySink::new()),
-            SinkChoice::Postgres(settings) => match PgSink::new(settings) {
-                Ok(sink) => AnySink::Postgres(sink),
+            SinkChoice::Postgres(settings) => match PgSink::new(*settings) {
+                Ok(sink) => AnySink::Postgres(Box::new(sink)),
                 Err((option, reason)) => return Err(invalid(option, &reason)),
             },
         };
@@ -281,7 +287,7 @@ impl AuditBatcher {
     }
 
     /// Entries accepted and not yet written (those being written included).
-    #[napi(getter)]
+    #[napi(getter, catch_unwind)]
     pub fn pending(&self) -> i64 {
         self.core.pending() as i64
     }
@@ -292,7 +298,7 @@ impl AuditBatcher {
     ///
     /// Rejects with `code: 'ERR_AUDIT_FLUSH_FAILED'` (and `sqlstate`, `pending`) when the write fails; the
     /// entries stay buffered, in order, and the next flush retries them.
-    #[napi(ts_return_type = "Promise<FlushResult>")]
+    #[napi(catch_unwind, ts_return_type = "Promise<FlushResult>")]
     pub fn flush<'env>(&self, env: &'env Env) -> napi::Result<PromiseRaw<'env, FlushResult>> {
         let core = self.core.clone();
         // The flush's extent is fixed here, synchronously: entries logged after this call wait for the next.
@@ -312,7 +318,7 @@ impl AuditBatcher {
 
     /// Creates the default table, its schema and its `(tenant_id, occurred_at)` index when missing.
     /// Idempotent, and safe to call from several processes at once. Does nothing with the memory sink.
-    #[napi(ts_return_type = "Promise<void>")]
+    #[napi(catch_unwind, ts_return_type = "Promise<void>")]
     pub fn ensure_schema<'env>(&self, env: &'env Env) -> napi::Result<PromiseRaw<'env, ()>> {
         let core = self.core.clone();
         env.spawn_future_with_callback(
@@ -344,7 +350,7 @@ impl AuditBatcher {
     ///
     /// If the final flush fails, it rejects with `code: 'ERR_AUDIT_FLUSH_FAILED'` and `pending` (the
     /// entries not written, still held); the pool stays open and calling `close()` again retries.
-    #[napi(ts_return_type = "Promise<void>")]
+    #[napi(catch_unwind, ts_return_type = "Promise<void>")]
     pub fn close<'env>(&self, env: &'env Env) -> napi::Result<PromiseRaw<'env, ()>> {
         let core = self.core.clone();
         // From this call on, log() and flush() refuse.

@@ -117,7 +117,8 @@ mod tests {
 
     #[test]
     fn renames_apply_and_the_rest_keep_their_defaults() {
-        let m = ColumnMap::with_renames([("actor", "userId"), ("occurredAt", "createdAt")]).unwrap();
+        let m =
+            ColumnMap::with_renames([("actor", "userId"), ("occurredAt", "createdAt")]).unwrap();
         assert_eq!(m.name(Column::Actor).as_str(), "userId");
         assert_eq!(m.name(Column::OccurredAt).as_str(), "createdAt");
         assert_eq!(m.name(Column::TenantId).as_str(), "tenant_id");
@@ -125,8 +126,14 @@ mod tests {
 
     #[test]
     fn bad_renames_name_the_field() {
-        assert_eq!(ColumnMap::with_renames([("user", "x")]).unwrap_err().0, "user");
-        assert_eq!(ColumnMap::with_renames([("actor", "a;b")]).unwrap_err().0, "actor");
+        assert_eq!(
+            ColumnMap::with_renames([("user", "x")]).unwrap_err().0,
+            "user"
+        );
+        assert_eq!(
+            ColumnMap::with_renames([("actor", "a;b")]).unwrap_err().0,
+            "actor"
+        );
         let (field, why) = ColumnMap::with_renames([("actor", "action")]).unwrap_err();
         assert_eq!(field, "action");
         assert!(why.contains("another field"), "{why}");

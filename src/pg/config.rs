@@ -109,7 +109,9 @@ impl ConnectionConfig {
             if let Some(cause) = std::error::Error::source(&e) {
                 why = format!("{why}: {cause}");
             }
-            redactor.redact(&format!("is not a valid PostgreSQL connection string ({why})"))
+            redactor.redact(&format!(
+                "is not a valid PostgreSQL connection string ({why})"
+            ))
         })?;
         if let Some(pw) = pg.get_password() {
             redactor.add(&String::from_utf8_lossy(pw));
@@ -146,7 +148,10 @@ mod tests {
         let msg = c
             .redactor
             .redact("failed for postgres://bob:s%40cr3t@db.example/app: s@cr3t");
-        assert!(!msg.contains("s@cr3t") && !msg.contains("s%40cr3t"), "{msg}");
+        assert!(
+            !msg.contains("s@cr3t") && !msg.contains("s%40cr3t"),
+            "{msg}"
+        );
         assert!(msg.contains("bob:"), "{msg}");
     }
 

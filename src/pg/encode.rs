@@ -6,7 +6,9 @@
 use std::error::Error;
 
 use bytes::{BufMut, BytesMut};
-use postgres_protocol::types::{array_to_sql, text_to_sql, timestamp_to_sql, uuid_to_sql, ArrayDimension};
+use postgres_protocol::types::{
+    array_to_sql, text_to_sql, timestamp_to_sql, uuid_to_sql, ArrayDimension,
+};
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 
 use super::columns::Column;
@@ -45,35 +47,56 @@ fn text_field(column: Column) -> Option<TextField> {
 }
 
 impl ToSql for ColumnArray<'_> {
-    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
         let element = match ty.kind() {
             tokio_postgres::types::Kind::Array(element) => element.oid(),
             _ => return Err(format!("{ty} is not an array type").into()),
         };
         let len = i32::try_from(self.batch.len())?;
-        let dims = [ArrayDimension { len, lower_bound: 1 }];
+        let dims = [ArrayDimension {
+            len,
+            lower_bound: 1,
+        }];
         let column = self.column;
-        array_to_sql(dims, element, self.batch.iter(), |e, buf| {
-            match column {
-                Column::Id => uuid_to_sql(e.id().0, buf),
-                Column::OccurredAt => timestamp_to_sql(e.occurred_at().micros() - PG_EPOCH_OFFSET_US, buf),
-                Column::Action => text_to_sql(e.action(), buf),
-                Column::Payload => {
-                    buf.put_u8(1); // jsonb binary format version
-                    buf.put_slice(e.payload_json().as_bytes());
+        array_to_sql(
+            dims,
+            element,
+            self.batch.iter(),
+            |e, buf| {
+                match column {
+                    Column::Id => uuid_to_sql(e.id().0, buf),
+                    Column::OccurredAt => {
+                        timestamp_to_sql(e.occurred_at().micros() - PG_EPOCH_OFFSET_US, buf)
+                    }
+                    Column::Action => text_to_sql(e.action(), buf),
+                    Column::Payload => {
+                        buf.put_u8(1); // jsonb binary format version
+                        buf.put_slice(e.payload_json().as_bytes());
+                    }
+                    other => match text_field(other).and_then(|f| e.text(f)) {
+                        Some(v) => text_to_sql(v, buf),
+                        None => return Ok(postgres_protocol::IsNull::Yes),
+                    },
                 }
-                other => match text_field(other).and_then(|f| e.text(f)) {
-                    Some(v) => text_to_sql(v, buf),
-                    None => return Ok(postgres_protocol::IsNull::Yes),
-                },
-            }
-            Ok(postgres_protocol::IsNull::No)
-        }, out)?;
+                Ok(postgres_protocol::IsNull::No)
+            },
+            out,
+        )?;
         Ok(IsNull::No)
     }
 
     fn accepts(ty: &Type) -> bool {
-        [Type::UUID_ARRAY, Type::TIMESTAMPTZ_ARRAY, Type::TEXT_ARRAY, Type::JSONB_ARRAY].contains(ty)
+        [
+            Type::UUID_ARRAY,
+            Type::TIMESTAMPTZ_ARRAY,
+            Type::TEXT_ARRAY,
+            Type::JSONB_ARRAY,
+        ]
+        .contains(ty)
     }
 
     to_sql_checked!();

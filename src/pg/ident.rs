@@ -99,7 +99,10 @@ mod tests {
 
     #[test]
     fn plain_names_are_accepted_and_quoted() {
-        assert_eq!(Ident::parse("createdAt").unwrap().to_string(), "\"createdAt\"");
+        assert_eq!(
+            Ident::parse("createdAt").unwrap().to_string(),
+            "\"createdAt\""
+        );
         assert_eq!(Ident::parse("_a$1").unwrap().to_string(), "\"_a$1\"");
         let t = TableName::parse("audit.events").unwrap();
         assert_eq!(t.to_string(), "\"audit\".\"events\"");

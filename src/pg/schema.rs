@@ -95,7 +95,15 @@ mod tests {
         let s = create_statements(&t, &ColumnMap::default());
         assert_eq!(s.len(), 3);
         assert!(s[0].starts_with("CREATE SCHEMA IF NOT EXISTS \"audit\""));
-        assert!(s[1].contains("\"payload\" jsonb NOT NULL DEFAULT '{}'"), "{}", s[1]);
-        assert!(s[2].contains("\"events_tenant_id_occurred_at_idx\""), "{}", s[2]);
+        assert!(
+            s[1].contains("\"payload\" jsonb NOT NULL DEFAULT '{}'"),
+            "{}",
+            s[1]
+        );
+        assert!(
+            s[2].contains("\"events_tenant_id_occurred_at_idx\""),
+            "{}",
+            s[2]
+        );
     }
 }
