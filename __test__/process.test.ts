@@ -42,6 +42,31 @@ describe('process lifetime', () => {
     expect(r.code).toBe(0);
   });
 
+  it('a jest run of a suite using the addon finishes without --forceExit', async () => {
+    const jest = fileURLToPath(new URL('../node_modules/jest/bin/jest.js', import.meta.url));
+    const config = fileURLToPath(new URL('./jest/jest.config.cjs', import.meta.url));
+    const started = Date.now();
+    const result = await new Promise<{ code: number; stderr: string }>((resolve, reject) => {
+      execFile(
+        process.execPath,
+        [jest, '--config', config, '--ci'],
+        {
+          timeout: 60_000,
+          killSignal: 'SIGKILL',
+          env: { ...process.env, AUDIT_TEST_DATABASE_URL: url, AUDIT_TEST_TABLE: uniqueTable() },
+        },
+        (err, _stdout, stderr) => {
+          if (err && (err.killed || err.signal)) reject(new Error(`jest did not exit on its own: ${stderr}`));
+          else resolve({ code: err ? Number(err.code) : 0, stderr });
+        },
+      );
+    });
+    expect(result.stderr).toMatch(/Tests:\s+3 passed, 3 total/);
+    expect(result.stderr).not.toContain('did not exit');
+    expect(result.code).toBe(0);
+    expect(Date.now() - started).toBeLessThan(30_000);
+  }, 70_000);
+
   it('the memory sink exits at once', async () => {
     const r = await run(['memory', 'unused']);
     expect(r.code).toBe(0);
