@@ -227,7 +227,10 @@ describe('log() and flush()', () => {
     for (let i = 0; i < 10; i++) ids.push(b.log({ action: 'b' }));
     const results = await Promise.all([first, b.flush(), b.flush(), b.flush()]);
     expect(results[0]).toMatchObject({ written: 10 });
-    for (const r of results.slice(1)) expect(r.written).toBe(20);
+    // `written` counts what was unwritten at the call: 20, or 10 when the first flush (running on the
+    // addon's threads) had already committed its 10 by the time of these calls.
+    for (const r of results.slice(1)) expect([10, 20]).toContain(r.written);
+    expect(results.every((r) => r.pending === 0)).toBe(true);
     expect((await readRows(url, table)).map((r) => r.id)).toEqual(ids);
     const n = await statements();
     expect(n).toBeGreaterThanOrEqual(1);
