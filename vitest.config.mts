@@ -13,5 +13,6 @@ export default defineConfig({
     // Child processes (not worker threads): a native addon that misbehaves
     // takes down only its own test file's process.
     pool: 'forks',
+    reporters: ['default', './__test__/support/summary-reporter.ts'],
   },
 });
