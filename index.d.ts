@@ -19,24 +19,39 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
  */
 export declare class AuditBatcher {
   /**
-   * Checks the options and prepares the pool; no connection is opened until the first write.
+   * Checks the options and prepares the pool; no connection is opened until the first write. Starts
+   * the background writer when `flushIntervalMs` or `flushAtEntries` is set.
    * Throws a TypeError with `code: 'ERR_AUDIT_INVALID_OPTIONS'` naming the bad option.
    */
   constructor(options: AuditBatcherOptions)
   /**
-   * Buffers one entry and returns its id. Synchronous: no I/O, never waits for the database.
+   * Takes one entry and returns its id. Synchronous: no I/O, never waits for the database.
+   *
+   * The entry is buffered, unless sampling leaves it out or the buffer is full under
+   * `onBufferFull: 'drop'` (both counted in `stats()`). A `critical` entry is always buffered and
+   * starts a flush of everything up to it at once.
    *
    * Throws a TypeError with `code: 'ERR_AUDIT_INVALID_ENTRY'` naming the field when the entry is
-   * invalid (nothing is buffered then, and nothing buffered is touched), and an Error with
-   * `code: 'ERR_AUDIT_CLOSED'` after `close()`.
+   * invalid (nothing is buffered then, and nothing buffered is touched), an Error with
+   * `code: 'ERR_AUDIT_BUFFER_FULL'` when the buffer is full under `onBufferFull: 'reject'`, and an Error
+   * with `code: 'ERR_AUDIT_CLOSED'` after `close()`.
    */
   log(entry: AuditEntry): string
+  /**
+   * Writes one entry, together with everything buffered before it, and resolves with its id once it is
+   * committed. The entry is treated as critical: never sampled away nor dropped.
+   *
+   * Rejects with a TypeError `ERR_AUDIT_INVALID_ENTRY` for an invalid entry, `ERR_AUDIT_CLOSED` after
+   * `close()`, and `ERR_AUDIT_FLUSH_FAILED` when the write fails (the entry stays buffered and a later
+   * flush writes it).
+   */
+  write(entry: AuditEntry): Promise<string>
   /** Entries accepted and not yet written (those being written included). */
   get pending(): number
   /**
    * Writes everything buffered at the time of the call, in one INSERT statement (more only past
    * `maxBatchRows`), on the addon's own threads. Entries logged meanwhile wait for the next flush;
-   * concurrent flushes share statements and never write an entry twice.
+   * concurrent flushes, and the background writer, share statements and never write an entry twice.
    *
    * Rejects with `code: 'ERR_AUDIT_FLUSH_FAILED'` (and `sqlstate`, `pending`) when the write fails; the
    * entries stay buffered, in order, and the next flush retries them.
@@ -48,19 +63,26 @@ export declare class AuditBatcher {
    */
   ensureSchema(): Promise<void>
   /**
-   * Refuses new entries, writes what is buffered, then ends the pool. Idempotent.
+   * Stops the background writer, refuses new entries, writes what is buffered (retrying with backoff
+   * for at most `timeoutMs`, default `closeTimeoutMs`), then ends the pool.
    *
-   * If the final flush fails, it rejects with `code: 'ERR_AUDIT_FLUSH_FAILED'` and `pending` (the
-   * entries not written, still held); the pool stays open and calling `close()` again retries.
+   * If entries could not be written in time it still ends the pool, and rejects with
+   * `code: 'ERR_AUDIT_FLUSH_FAILED'` and `pending` (their count); they stay readable with
+   * `bufferedEntries()`, so nothing is thrown away unseen. Later calls report the same outcome.
    */
-  close(): Promise<void>
-  /** A snapshot of the counters. */
+  close(options?: CloseOptions): Promise<void>
+  /** A snapshot of the counters and recent write figures. */
   stats(): AuditStats
+  /**
+   * Copies of the entries waiting in the buffer, oldest first (not those being written at this very
+   * moment). After a `close()` that could not write everything, these are the entries left unwritten.
+   */
+  bufferedEntries(): Array<AuditRecord>
   /**
    * The entries written so far with `sink: 'memory'`, in write order. Throws with
    * `code: 'ERR_AUDIT_NOT_MEMORY_SINK'` on a PostgreSQL batcher.
    */
-  memoryEntries(): Array<MemoryEntry>
+  memoryEntries(): Array<AuditRecord>
 }
 
 /** Options for `new AuditBatcher(options)`. Unknown keys are refused, so a misspelt option fails loudly. */
@@ -84,20 +106,60 @@ export interface AuditBatcherOptions {
   /** Most connections in the pool. Default 2. */
   poolSize?: number
   /**
-   * Most rows in one INSERT statement; a larger flush is written as several statements, in order.
-   * Default 1000, at most 100000.
+   * Most rows in one INSERT statement; a larger flush is written as several statements, in order,
+   * back to back. Default 1000, at most 100000.
    */
   maxBatchRows?: number
-  /** How long opening a connection may take before the flush fails, in milliseconds. Default 10000. */
+  /** How long opening a connection may take before the write fails, in milliseconds. Default 10000. */
   connectTimeoutMs?: number
   /**
    * `'postgres'` (default) or `'memory'`: keep written entries in memory, readable with
    * `memoryEntries()`, for your own tests. Same validation, ordering and API; no database.
    */
   sink?: 'postgres' | 'memory'
+  /**
+   * Write-behind: flush in the background this often (milliseconds) while anything is buffered.
+   * Setting this or `flushAtEntries` starts the background writer; `flush()` still works and shares
+   * its statements.
+   */
+  flushIntervalMs?: number
+  /**
+   * Write-behind: flush in the background as soon as this many entries are buffered; a burst is
+   * written in `maxBatchRows` batches back to back until the buffer is drained.
+   */
+  flushAtEntries?: number
+  /**
+   * Share of non-critical entries kept, from 0 to 1. Default 1 (keep all). Entries sampled away are
+   * counted in `stats().sampledOut`.
+   */
+  sampleRate?: number
+  /** Rates for particular actions, overriding `sampleRate`: `{ 'file.read': 0.1 }`. */
+  sampleRates?: Record<string, number>
+  /**
+   * The most entries held in memory (being written included). Default 100000. Critical entries are
+   * taken beyond it.
+   */
+  maxBufferedEntries?: number
+  /**
+   * The most bytes of entries held in memory. Default 67108864 (64 MiB). Critical entries are taken
+   * beyond it.
+   */
+  maxBufferedBytes?: number
+  /**
+   * What `log()` does with a non-critical entry when the buffer is full: `'reject'` (default) throws
+   * `ERR_AUDIT_BUFFER_FULL` and takes nothing; `'drop'` discards it and counts it in `stats().dropped`.
+   */
+  onBufferFull?: 'reject' | 'drop'
+  /**
+   * Flush and close when the process is about to exit (`beforeExit`) or receives SIGTERM. Adds no
+   * handle that keeps the process alive. Default false.
+   */
+  flushOnExit?: boolean
+  /** How long `close()` may take when its call does not say (milliseconds). Default 10000. */
+  closeTimeoutMs?: number
 }
 
-/** One audit entry, as given to `log()`. */
+/** One audit entry, as given to `log()` or `write()`. */
 export interface AuditEntry {
   /** What happened, e.g. `'tool.call'`. Required, non-empty. */
   action: string
@@ -121,6 +183,11 @@ export interface AuditEntry {
    * moment `log()` was called.
    */
   occurredAt?: Date | string | number
+  /**
+   * A critical entry is never sampled away nor dropped at the buffer's bound, and its `log()` starts a
+   * flush of everything up to and including it at once. Not stored.
+   */
+  critical?: boolean
 }
 
 /** The last failure, without secrets. */
@@ -132,39 +199,15 @@ export interface AuditLastError {
   at: Date
 }
 
-/** Counters since the batcher was made. At every moment `logged === written + buffered`. */
-export interface AuditStats {
-  /** Entries accepted and not yet written (being written included). */
-  buffered: number
-  /** Memory those entries hold, in bytes. */
-  bufferedBytes: number
-  /** Entries `log()` accepted. */
-  logged: number
-  /** Entries committed to the table. */
-  written: number
-  /** Entries in which a NUL character or lone surrogate was replaced with U+FFFD. */
-  sanitized: number
-  /** INSERT statements that committed. */
-  batches: number
-  /** Flush attempts that failed (their entries stayed buffered). */
-  failedFlushes: number
-  /** The last flush failure, or null. */
-  lastError: AuditLastError | null
+/** The median, 99th percentile and maximum over the last 1024 writes (0 before the first). */
+export interface AuditPercentiles {
+  p50: number
+  p99: number
+  max: number
 }
 
-/** What `flush()` resolves with. */
-export interface FlushResult {
-  /**
-   * Entries that were buffered when `flush()` was called and are now committed (some possibly by a
-   * concurrent flush that shared the statement).
-   */
-  written: number
-  /** Entries still buffered: logged after the flush began. */
-  pending: number
-}
-
-/** An entry held by the memory sink, as written. */
-export interface MemoryEntry {
+/** An entry as stored: what `memoryEntries()` and `bufferedEntries()` return. */
+export interface AuditRecord {
   id: string
   occurredAt: Date
   tenantId?: string
@@ -173,4 +216,61 @@ export interface MemoryEntry {
   resource?: string
   outcome?: string
   payload: unknown
+}
+
+/**
+ * Counters since the batcher was made. Every entry `log()` accepted is in exactly one of buffered,
+ * written, sampled out or dropped: `logged === buffered + written + sampledOut + dropped`.
+ */
+export interface AuditStats {
+  /** Entries held in memory, not yet written (those being written included). */
+  buffered: number
+  /** Memory those entries hold, in bytes. */
+  bufferedBytes: number
+  /** Entries `log()` and `write()` accepted. */
+  logged: number
+  /** Entries committed to the table. */
+  written: number
+  /** Entries not kept by sampling. */
+  sampledOut: number
+  /** Entries discarded at the buffer's bound (`onBufferFull: 'drop'`). */
+  dropped: number
+  /** `log()` calls refused at the buffer's bound (`onBufferFull: 'reject'`); not in `logged`. */
+  rejected: number
+  /** Critical entries accepted. */
+  critical: number
+  /** Entries in which a NUL character or lone surrogate was replaced with U+FFFD. */
+  sanitized: number
+  /** INSERT statements that committed. */
+  batches: number
+  /** Write attempts that failed (their entries stayed buffered). */
+  failedFlushes: number
+  /** Attempts the background writer or `close()` made after a failure. */
+  retries: number
+  /** The last write failure, or null. */
+  lastError: AuditLastError | null
+  /** Duration of one INSERT statement, in milliseconds, over the last 1024. */
+  flushLatencyMs: AuditPercentiles
+  /** Rows per INSERT statement over the last 1024. */
+  batchSize: AuditPercentiles
+}
+
+/** Options for `close()`. */
+export interface CloseOptions {
+  /**
+   * How long the final flush may take, retries included, in milliseconds. Default: the
+   * `closeTimeoutMs` option (10000).
+   */
+  timeoutMs?: number
+}
+
+/** What `flush()` resolves with. */
+export interface FlushResult {
+  /**
+   * Entries that were buffered when `flush()` was called and are now committed (some possibly by a
+   * concurrent flush or the background writer that shared the statement).
+   */
+  written: number
+  /** Entries still buffered: logged after the flush began. */
+  pending: number
 }

@@ -92,17 +92,43 @@ describe('connection faults', () => {
     expect((await readRows(url, table)).map((r) => r.id)).toEqual(ids);
   });
 
-  it('close() with the database unreachable rejects with the count kept, and a later close() writes them', async () => {
-    const ids = [audit.log({ action: 'a' }), audit.log({ action: 'b' })];
+  it('close() with the database unreachable retries until timeoutMs, ends the pool, and rejects with what it kept', async () => {
+    const ids = [audit.log({ action: 'a' }), audit.log({ action: 'b', payload: { n: 1 } })];
     proxy.cutAll();
     await proxy.refuse();
-    const err = await rejectionOf(audit.close());
+    const started = Date.now();
+    const err = await rejectionOf(audit.close({ timeoutMs: 1500 }));
+    const took = Date.now() - started;
     expect(err.code).toBe('ERR_AUDIT_FLUSH_FAILED');
     expect(err.pending).toBe(2);
+    expect(err.message).toMatch(/refused/);
+    expect(took).toBeLessThan(1500 + 500);
+    expect(audit.stats().retries).toBeGreaterThanOrEqual(1);
+    // Nothing is thrown away unseen: the entries are still readable, in order.
+    expect(audit.bufferedEntries().map((e) => e.id)).toEqual(ids);
+    expect(audit.bufferedEntries()[1]).toMatchObject({ action: 'b', payload: { n: 1 } });
     expect(() => audit.log({ action: 'late' })).toThrow(expect.objectContaining({ code: 'ERR_AUDIT_CLOSED' }));
+    // The pool is ended: a later close() reports the same outcome without trying again.
     await proxy.accept();
-    await audit.close();
+    const connectionsBefore = proxy.accepted;
+    const again = await rejectionOf(audit.close());
+    expect(again.pending).toBe(2);
+    expect(proxy.accepted).toBe(connectionsBefore);
+    expect(await countRows(url, table)).toBe(0);
+  });
+
+  it('close() with a reachable database writes everything within its timeout', async () => {
+    const ids = Array.from({ length: 25 }, (_, i) => audit.log({ action: 'x', payload: { i } }));
+    await audit.close({ timeoutMs: 5000 });
     expect((await readRows(url, table)).map((r) => r.id)).toEqual(ids);
+  });
+
+  it('close() rejects a bad timeoutMs with ERR_AUDIT_INVALID_OPTIONS and stays open', async () => {
+    const err = await rejectionOf(audit.close({ timeoutMs: -1 }));
+    expect(err).toBeInstanceOf(TypeError);
+    expect(err.code).toBe('ERR_AUDIT_INVALID_OPTIONS');
+    audit.log({ action: 'still.open' });
+    await audit.flush();
   });
 });
 
@@ -146,7 +172,9 @@ describe('secrets', () => {
     expect(seen).not.toContain(encodeURIComponent(secret));
     await proxy.accept();
     // The server may refuse these credentials; its answer must not carry the password either.
-    const closing = await Promise.all([b.close(), kv.close()].map((p) => p.then(() => '', (e: Error) => inspect(e))));
+    const closing = await Promise.all(
+      [b.close({ timeoutMs: 300 }), kv.close({ timeoutMs: 300 })].map((p) => p.then(() => '', (e: Error) => inspect(e))),
+    );
     expect(closing.join('\n')).not.toContain(secret);
   });
 });

@@ -230,7 +230,8 @@ describe('log() and flush()', () => {
     // `written` counts what was unwritten at the call: 20, or 10 when the first flush (running on the
     // addon's threads) had already committed its 10 by the time of these calls.
     for (const r of results.slice(1)) expect([10, 20]).toContain(r.written);
-    expect(results.every((r) => r.pending === 0)).toBe(true);
+    // The first flush may resolve while the 'b' entries are still pending; the later ones wait for them.
+    expect(results.slice(1).every((r) => r.pending === 0)).toBe(true);
     expect((await readRows(url, table)).map((r) => r.id)).toEqual(ids);
     const n = await statements();
     expect(n).toBeGreaterThanOrEqual(1);

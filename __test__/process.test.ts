@@ -4,9 +4,20 @@
 import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { dropDatabase, freshDatabase, uniqueTable } from './support/fixture.ts';
+import { countRows, dropDatabase, freshDatabase, uniqueTable } from './support/fixture.ts';
 
 const script = fileURLToPath(new URL('./fixtures/log-flush-close.cjs', import.meta.url));
+const onExitScript = fileURLToPath(new URL('./fixtures/flush-on-exit.cjs', import.meta.url));
+
+/** Runs `file`; resolves with how it ended, rejects if it is still running after `timeoutMs`. */
+function runScript(file: string, args: string[], timeoutMs = 15_000): Promise<{ code: number | null; signal: string | null }> {
+  return new Promise((resolve, reject) => {
+    const child = execFile(process.execPath, [file, ...args], { timeout: timeoutMs, killSignal: 'SIGKILL' }, (err) => {
+      if (err?.killed) reject(new Error(`the process did not end within ${timeoutMs} ms`));
+    });
+    child.on('exit', (code, signal) => resolve({ code, signal }));
+  });
+}
 
 /** Runs the fixture script; rejects if it has not exited within `timeoutMs`. */
 function run(args: string[], timeoutMs = 15_000): Promise<{ code: number | null; stdout: string; ms: number }> {
@@ -66,6 +77,20 @@ describe('process lifetime', () => {
     expect(result.code).toBe(0);
     expect(Date.now() - started).toBeLessThan(30_000);
   }, 70_000);
+
+  it('flushOnExit writes what is buffered when the event loop runs dry, then lets the process exit', async () => {
+    const table = uniqueTable();
+    const r = await runScript(onExitScript, [url, table, 'exit']);
+    expect(r).toEqual({ code: 0, signal: null });
+    expect(await countRows(url, table)).toBe(25);
+  });
+
+  it('flushOnExit writes what is buffered on SIGTERM, then ends the process by SIGTERM as it would have', async () => {
+    const table = uniqueTable();
+    const r = await runScript(onExitScript, [url, table, 'sigterm']);
+    expect(r.signal).toBe('SIGTERM');
+    expect(await countRows(url, table)).toBe(25);
+  });
 
   it('the memory sink exits at once', async () => {
     const r = await run(['memory', 'unused']);

@@ -29,6 +29,7 @@ const invalidEntries: Array<[string, unknown, string]> = [
   ['occurredAt NaN', { action: 'a', occurredAt: Number.NaN }, '`occurredAt` must be finite epoch milliseconds'],
   ['occurredAt Infinity', { action: 'a', occurredAt: Infinity }, '`occurredAt` must be finite epoch milliseconds'],
   ['occurredAt boolean', { action: 'a', occurredAt: true }, '`occurredAt` must be a Date, an ISO 8601 string or epoch'],
+  ['critical not a boolean', { action: 'a', critical: 'yes' }, '`critical` must be a boolean, got a string'],
   ['entry null', null, '`entry` must be an object, got null'],
   ['entry a string', 'tool.call', '`entry` must be an object, got a string'],
   ['entry an array', [{ action: 'a' }], '`entry` must be an object, got an array'],
@@ -108,6 +109,18 @@ const invalidOptions: Array<[string, unknown, string]> = [
   ['columns collide', { sink: 'memory', columns: { actor: 'action' } }, 'which another field already uses'],
   ['sink unknown', { sink: 'file' }, "`sink` must be 'postgres' or 'memory'"],
   ['misspelt option', { sink: 'memory', maxBatchSize: 10 }, '`maxBatchSize` is not an option'],
+  ['sampleRate above 1', { sink: 'memory', sampleRate: 1.5 }, '`sampleRate` must be a number from 0 to 1, got 1.5'],
+  ['sampleRate a string', { sink: 'memory', sampleRate: '0.5' }, '`sampleRate` must be a number from 0 to 1, got a string'],
+  ['sampleRates not an object', { sink: 'memory', sampleRates: 0.5 }, '`sampleRates` must be an object'],
+  ['sampleRates bad rate', { sink: 'memory', sampleRates: { 'file.read': -1 } }, '`sampleRates.file.read` must be a number from 0 to 1'],
+  ['onBufferFull unknown', { sink: 'memory', onBufferFull: 'block' }, "`onBufferFull` must be 'reject' or 'drop'"],
+  ['flushIntervalMs 0', { sink: 'memory', flushIntervalMs: 0 }, '`flushIntervalMs` must be an integer from 1'],
+  ['flushAtEntries fractional', { sink: 'memory', flushAtEntries: 2.5 }, '`flushAtEntries` must be an integer'],
+  ['flushAtEntries above the bound', { sink: 'memory', flushAtEntries: 10, maxBufferedEntries: 5 }, '`flushAtEntries` must not exceed maxBufferedEntries (5)'],
+  ['maxBufferedEntries 0', { sink: 'memory', maxBufferedEntries: 0 }, '`maxBufferedEntries` must be an integer from 1'],
+  ['maxBufferedBytes too small', { sink: 'memory', maxBufferedBytes: 10 }, '`maxBufferedBytes` must be an integer from 1024'],
+  ['flushOnExit not a boolean', { sink: 'memory', flushOnExit: 'yes' }, '`flushOnExit` must be a boolean, got a string'],
+  ['closeTimeoutMs negative', { sink: 'memory', closeTimeoutMs: -5 }, '`closeTimeoutMs` must be an integer from 0'],
 ];
 
 describe('invalid options', () => {

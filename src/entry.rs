@@ -145,6 +145,8 @@ pub struct EntryDraft {
     pub payload_json: Option<String>,
     pub id: Option<Uuid>,
     pub occurred_at: Option<Timestamp>,
+    /// Never sampled away, never dropped at the buffer's bound, and written at once.
+    pub critical: bool,
 }
 
 impl EntryDraft {
@@ -218,6 +220,7 @@ impl EntryDraft {
             id_given: self.id.is_some(),
             logged_at: now,
             sanitized,
+            critical: self.critical,
         })
     }
 }
@@ -301,6 +304,20 @@ pub struct Prepared {
     logged_at: Timestamp,
     /// Whether a NUL or lone surrogate was replaced with U+FFFD.
     pub sanitized: bool,
+    /// Whether the entry was marked critical.
+    pub critical: bool,
+}
+
+impl Prepared {
+    /// The action, for sampling decisions.
+    pub fn action(&self) -> &str {
+        self.entry.action()
+    }
+
+    /// Bytes the entry will hold in the buffer.
+    pub fn size_bytes(&self) -> usize {
+        self.entry.size_bytes()
+    }
 }
 
 impl Prepared {

@@ -5,7 +5,7 @@ use std::time::Duration;
 use napi::bindgen_prelude::{Function, JsObjectValue, JsValue, Object, Unknown};
 use napi::{Env, JsDate, ValueType};
 
-use crate::batcher::BatcherConfig;
+use crate::batcher::{BackgroundConfig, BatcherConfig, OverflowPolicy, Sampling};
 use crate::entry::{EntryDraft, InvalidEntry, TextField, Timestamp};
 use crate::pg::columns::ColumnMap;
 use crate::pg::ident::TableName;
@@ -148,6 +148,18 @@ pub fn entry_from_js(env: &Env, value: &Unknown) -> Result<EntryDraft, ConvertEr
         Some(Err(got)) => return Err(invalid("id", format!("must be a UUID string, got {got}"))),
         None => {}
     }
+    let critical: Unknown = obj.get_named_property("critical")?;
+    match critical.get_type()? {
+        ValueType::Undefined | ValueType::Null => {}
+        // SAFETY: the value was just checked to be a boolean.
+        ValueType::Boolean => draft.critical = unsafe { critical.cast::<bool>()? },
+        _ => {
+            return Err(invalid(
+                "critical",
+                format!("must be a boolean, got {}", type_name(&critical)?),
+            ))
+        }
+    }
     let at: Unknown = obj.get_named_property("occurredAt")?;
     if !is_absent(&at)? {
         draft.occurred_at = Some(occurred_at_from_js(&at)?);
@@ -222,9 +234,15 @@ pub enum SinkChoice {
 pub struct Options {
     pub sink: SinkChoice,
     pub batcher: BatcherConfig,
+    /// Set when `flushIntervalMs` or `flushAtEntries` asks for a background writer.
+    pub background: Option<BackgroundConfig>,
+    /// Flush and close on `beforeExit` and SIGTERM.
+    pub flush_on_exit: bool,
+    /// How long `close()` may take when its call does not say.
+    pub close_timeout: Duration,
 }
 
-const OPTION_NAMES: [&str; 7] = [
+const OPTION_NAMES: [&str; 16] = [
     "connectionString",
     "table",
     "columns",
@@ -232,18 +250,27 @@ const OPTION_NAMES: [&str; 7] = [
     "maxBatchRows",
     "connectTimeoutMs",
     "sink",
+    "flushIntervalMs",
+    "flushAtEntries",
+    "sampleRate",
+    "sampleRates",
+    "maxBufferedEntries",
+    "maxBufferedBytes",
+    "onBufferFull",
+    "flushOnExit",
+    "closeTimeoutMs",
 ];
 
-fn integer_option(
+/// A whole-number option within `[min, max]`; `None` when not given.
+fn optional_integer(
     obj: &Object,
     name: &'static str,
-    min: u32,
-    max: u32,
-    default: u32,
-) -> Result<u32, ConvertError<InvalidOption>> {
+    min: u64,
+    max: u64,
+) -> Result<Option<u64>, ConvertError<InvalidOption>> {
     let v: Unknown = obj.get_named_property(name)?;
     if v.get_type()? == ValueType::Undefined {
-        return Ok(default);
+        return Ok(None);
     }
     let range = format!("an integer from {min} to {max}");
     if v.get_type()? != ValueType::Number {
@@ -260,7 +287,76 @@ fn integer_option(
             format!("must be {range}, got {n}"),
         ));
     }
-    Ok(n as u32)
+    Ok(Some(n as u64))
+}
+
+fn integer_option(
+    obj: &Object,
+    name: &'static str,
+    min: u64,
+    max: u64,
+    default: u64,
+) -> Result<u64, ConvertError<InvalidOption>> {
+    Ok(optional_integer(obj, name, min, max)?.unwrap_or(default))
+}
+
+/// A sampling rate: a number from 0 to 1.
+fn rate_from(v: &Unknown, name: &str) -> Result<f64, ConvertError<InvalidOption>> {
+    if v.get_type()? == ValueType::Number {
+        // SAFETY: the value was just checked to be a number.
+        let r = unsafe { v.cast::<f64>()? };
+        if (0.0..=1.0).contains(&r) {
+            return Ok(r);
+        }
+        return Err(InvalidOption::new(
+            name.to_owned(),
+            format!("must be a number from 0 to 1, got {r}"),
+        ));
+    }
+    Err(InvalidOption::new(
+        name.to_owned(),
+        format!("must be a number from 0 to 1, got {}", type_name(v)?),
+    ))
+}
+
+fn sampling_option(obj: &Object) -> Result<Sampling, ConvertError<InvalidOption>> {
+    let mut sampling = Sampling::default();
+    let rate: Unknown = obj.get_named_property("sampleRate")?;
+    if rate.get_type()? != ValueType::Undefined {
+        sampling.rate = rate_from(&rate, "sampleRate")?;
+    }
+    let rates: Unknown = obj.get_named_property("sampleRates")?;
+    if is_absent(&rates)? {
+        return Ok(sampling);
+    }
+    let Some(map) = as_plain_object(&rates)? else {
+        return Err(InvalidOption::new(
+            "sampleRates",
+            format!(
+                "must be an object mapping actions to rates, got {}",
+                type_name(&rates)?
+            ),
+        ));
+    };
+    for action in Object::keys(&map)? {
+        let r: Unknown = map.get_named_property(&action)?;
+        let rate = rate_from(&r, &format!("sampleRates.{action}"))?;
+        sampling.per_action.insert(action, rate);
+    }
+    Ok(sampling)
+}
+
+fn bool_option(obj: &Object, name: &'static str) -> Result<bool, ConvertError<InvalidOption>> {
+    let v: Unknown = obj.get_named_property(name)?;
+    match v.get_type()? {
+        ValueType::Undefined => Ok(false),
+        // SAFETY: the value was just checked to be a boolean.
+        ValueType::Boolean => Ok(unsafe { v.cast::<bool>()? }),
+        _ => Err(InvalidOption::new(
+            name,
+            format!("must be a boolean, got {}", type_name(&v)?),
+        )),
+    }
 }
 
 fn string_option(
@@ -298,9 +394,63 @@ pub fn options_from_js(value: &Unknown) -> Result<Options, ConvertError<InvalidO
             ),
         ));
     }
+    let defaults = BatcherConfig::default();
+    let max_buffered_entries = integer_option(
+        &obj,
+        "maxBufferedEntries",
+        1,
+        1 << 32,
+        defaults.max_buffered_entries as u64,
+    )? as usize;
+    let flush_interval = optional_integer(&obj, "flushIntervalMs", 1, 86_400_000)?;
+    let flush_at_entries =
+        optional_integer(&obj, "flushAtEntries", 1, 1 << 32)?.map(|n| n as usize);
+    if let Some(n) = flush_at_entries {
+        if n > max_buffered_entries {
+            return Err(InvalidOption::new(
+                "flushAtEntries",
+                format!("must not exceed maxBufferedEntries ({max_buffered_entries}), got {n}"),
+            ));
+        }
+    }
+    let on_buffer_full = match string_option(&obj, "onBufferFull")?.as_deref() {
+        None | Some("reject") => OverflowPolicy::Reject,
+        Some("drop") => OverflowPolicy::Drop,
+        Some(other) => {
+            return Err(InvalidOption::new(
+                "onBufferFull",
+                format!("must be 'reject' or 'drop', got {other:?}"),
+            ))
+        }
+    };
     let batcher = BatcherConfig {
         max_batch_rows: integer_option(&obj, "maxBatchRows", 1, 100_000, 1000)? as usize,
+        max_buffered_entries,
+        max_buffered_bytes: integer_option(
+            &obj,
+            "maxBufferedBytes",
+            1024,
+            1 << 40,
+            defaults.max_buffered_bytes as u64,
+        )? as usize,
+        on_buffer_full,
+        sampling: sampling_option(&obj)?,
+        flush_at_entries,
+        backoff: defaults.backoff,
     };
+    let background =
+        (flush_interval.is_some() || flush_at_entries.is_some()).then_some(BackgroundConfig {
+            interval: flush_interval.map(Duration::from_millis),
+            at_entries: flush_at_entries,
+        });
+    let flush_on_exit = bool_option(&obj, "flushOnExit")?;
+    let close_timeout = Duration::from_millis(integer_option(
+        &obj,
+        "closeTimeoutMs",
+        0,
+        86_400_000,
+        10_000,
+    )?);
     let pool_size = integer_option(&obj, "poolSize", 1, 1000, 2)? as usize;
     let connect_timeout_ms = integer_option(&obj, "connectTimeoutMs", 1, 600_000, 10_000)?;
     let table_text = string_option(&obj, "table")?.unwrap_or_else(|| "audit_log".to_owned());
@@ -317,7 +467,7 @@ pub fn options_from_js(value: &Unknown) -> Result<Options, ConvertError<InvalidO
                     table,
                     columns,
                     pool_size,
-                    connect_timeout: Duration::from_millis(connect_timeout_ms as u64),
+                    connect_timeout: Duration::from_millis(connect_timeout_ms),
                 })),
                 _ => return Err(InvalidOption::new(
                     "connectionString",
@@ -331,7 +481,13 @@ pub fn options_from_js(value: &Unknown) -> Result<Options, ConvertError<InvalidO
                 ))
             }
         };
-    Ok(Options { sink, batcher })
+    Ok(Options {
+        sink,
+        batcher,
+        background,
+        flush_on_exit,
+        close_timeout,
+    })
 }
 
 fn columns_option(obj: &Object) -> Result<ColumnMap, ConvertError<InvalidOption>> {

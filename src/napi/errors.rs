@@ -9,6 +9,8 @@ pub const INVALID_ENTRY: &str = "ERR_AUDIT_INVALID_ENTRY";
 pub const INVALID_OPTIONS: &str = "ERR_AUDIT_INVALID_OPTIONS";
 /// A flush (or `close()`'s final flush, or `ensureSchema()`) failed.
 pub const FLUSH_FAILED: &str = "ERR_AUDIT_FLUSH_FAILED";
+/// The buffer is full and `onBufferFull` is `'reject'`.
+pub const BUFFER_FULL: &str = "ERR_AUDIT_BUFFER_FULL";
 /// The batcher was closed.
 pub const CLOSED: &str = "ERR_AUDIT_CLOSED";
 /// A method that needs `sink: 'memory'` was called on a PostgreSQL batcher.

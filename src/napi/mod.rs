@@ -4,18 +4,21 @@
 
 mod convert;
 mod errors;
+mod exit;
+mod types;
 
-use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-use napi::bindgen_prelude::{Either, Null, PromiseRaw, Unknown};
-use napi::Env;
+use napi::bindgen_prelude::{spawn, JsObjectValue, Object, PromiseRaw, ToNapiValue, Unknown};
+use napi::{Env, ValueType};
 use napi_derive::napi;
 
 use self::convert::{ConvertError, SinkChoice};
 use self::errors::{Extra, Kind};
-use crate::batcher::{Batcher, FlushError, FlushOutcome, LogError};
-use crate::entry::{Entry, TextField};
+pub use self::types::*;
+use crate::batcher::{run_background, Batcher, Disposition, FlushError, LogError, Logged};
+use crate::entry::{Entry, EntryDraft, InvalidEntry};
 use crate::pg::PgSink;
 use crate::sink::{MemorySink, Sink, WriteError};
 
@@ -41,130 +44,6 @@ impl Sink for AnySink {
     }
 }
 
-/// Options for `new AuditBatcher(options)`. Unknown keys are refused, so a misspelt option fails loudly.
-// Declares the TypeScript type; the constructor reads the object field by field (convert.rs) so that each
-// error names its option.
-#[allow(dead_code)]
-#[napi(object)]
-pub struct AuditBatcherOptions {
-    /// PostgreSQL connection string: a `postgres://user:password@host:port/db` URL or a libpq
-    /// `key=value` string. Required unless `sink` is `'memory'`. The password never appears in errors.
-    pub connection_string: Option<String>,
-    /// Target table, optionally schema-qualified (`'audit.events'`). Default `'audit_log'`. Names are
-    /// plain identifiers (a letter or `_`, then letters, digits, `_`, `$`), used exactly as written.
-    pub table: Option<String>,
-    /// Column name per entry field, for an existing table: `{ actor: 'user_id', occurredAt: 'createdAt' }`.
-    /// Fields not named keep the default column (`id`, `occurred_at`, `tenant_id`, `actor`, `action`,
-    /// `resource`, `outcome`, `payload`).
-    #[napi(
-        ts_type = "Partial<Record<'id' | 'occurredAt' | 'tenantId' | 'actor' | 'action' | 'resource' | 'outcome' | 'payload', string>>"
-    )]
-    pub columns: Option<HashMap<String, String>>,
-    /// Most connections in the pool. Default 2.
-    pub pool_size: Option<u32>,
-    /// Most rows in one INSERT statement; a larger flush is written as several statements, in order.
-    /// Default 1000, at most 100000.
-    pub max_batch_rows: Option<u32>,
-    /// How long opening a connection may take before the flush fails, in milliseconds. Default 10000.
-    pub connect_timeout_ms: Option<u32>,
-    /// `'postgres'` (default) or `'memory'`: keep written entries in memory, readable with
-    /// `memoryEntries()`, for your own tests. Same validation, ordering and API; no database.
-    #[napi(ts_type = "'postgres' | 'memory'")]
-    pub sink: Option<String>,
-}
-
-/// One audit entry, as given to `log()`.
-// Declares the TypeScript type; `log()` reads the object field by field (convert.rs).
-#[allow(dead_code)]
-#[napi(object)]
-pub struct AuditEntry {
-    /// What happened, e.g. `'tool.call'`. Required, non-empty.
-    pub action: String,
-    /// Who did it, e.g. `'user:42'`.
-    pub actor: Option<String>,
-    /// The tenant it happened in.
-    pub tenant_id: Option<String>,
-    /// What it was done to, e.g. `'file:/a'`.
-    pub resource: Option<String>,
-    /// How it ended, e.g. `'success'`.
-    pub outcome: Option<String>,
-    /// Any JSON-serialisable value (stored as `jsonb`); default `{}`. Serialised with `JSON.stringify` at
-    /// `log()`, so later changes to the object are not recorded.
-    #[napi(ts_type = "unknown")]
-    pub payload: Option<serde_json::Value>,
-    /// A UUID in canonical form; default: a new UUIDv7, increasing in `log()` order.
-    pub id: Option<String>,
-    /// When it happened: a Date, an ISO 8601 string with an offset, or epoch milliseconds. Default: the
-    /// moment `log()` was called.
-    #[napi(ts_type = "Date | string | number")]
-    pub occurred_at: Option<String>,
-}
-
-/// What `flush()` resolves with.
-#[napi(object)]
-pub struct FlushResult {
-    /// Entries that were buffered when `flush()` was called and are now committed (some possibly by a
-    /// concurrent flush that shared the statement).
-    pub written: i64,
-    /// Entries still buffered: logged after the flush began.
-    pub pending: i64,
-}
-
-impl From<FlushOutcome> for FlushResult {
-    fn from(o: FlushOutcome) -> Self {
-        FlushResult {
-            written: o.written as i64,
-            pending: o.pending as i64,
-        }
-    }
-}
-
-/// The last failure, without secrets.
-#[napi(object)]
-pub struct AuditLastError {
-    pub message: String,
-    /// PostgreSQL's SQLSTATE, when the server gave one.
-    pub sqlstate: Option<String>,
-    /// When it happened.
-    pub at: chrono::DateTime<chrono::Utc>,
-}
-
-/// Counters since the batcher was made. At every moment `logged === written + buffered`.
-#[napi(object)]
-pub struct AuditStats {
-    /// Entries accepted and not yet written (being written included).
-    pub buffered: i64,
-    /// Memory those entries hold, in bytes.
-    pub buffered_bytes: i64,
-    /// Entries `log()` accepted.
-    pub logged: i64,
-    /// Entries committed to the table.
-    pub written: i64,
-    /// Entries in which a NUL character or lone surrogate was replaced with U+FFFD.
-    pub sanitized: i64,
-    /// INSERT statements that committed.
-    pub batches: i64,
-    /// Flush attempts that failed (their entries stayed buffered).
-    pub failed_flushes: i64,
-    /// The last flush failure, or null.
-    #[napi(ts_type = "AuditLastError | null")]
-    pub last_error: Either<AuditLastError, Null>,
-}
-
-/// An entry held by the memory sink, as written.
-#[napi(object)]
-pub struct MemoryEntry {
-    pub id: String,
-    pub occurred_at: chrono::DateTime<chrono::Utc>,
-    pub tenant_id: Option<String>,
-    pub actor: Option<String>,
-    pub action: String,
-    pub resource: Option<String>,
-    pub outcome: Option<String>,
-    #[napi(ts_type = "unknown")]
-    pub payload: serde_json::Value,
-}
-
 /// Records audit entries cheaply on the hot path and writes them to PostgreSQL in batches.
 ///
 /// - `log()` is synchronous, does no I/O, and checks the entry at once.
@@ -174,10 +53,7 @@ pub struct MemoryEntry {
 #[napi]
 pub struct AuditBatcher {
     core: Arc<Batcher<AnySink>>,
-}
-
-fn utc(t: crate::entry::Timestamp) -> chrono::DateTime<chrono::Utc> {
-    chrono::DateTime::from_timestamp_micros(t.micros()).unwrap_or_default()
+    close_timeout: Duration,
 }
 
 fn flush_error(env: &Env, e: FlushError, what: &str) -> napi::Error {
@@ -207,9 +83,26 @@ fn flush_error(env: &Env, e: FlushError, what: &str) -> napi::Error {
     }
 }
 
+fn invalid_entry_message(e: &InvalidEntry) -> String {
+    format!("audit-batcher: {e}")
+}
+
+/// A promise that rejects with a new error object.
+fn rejected<'env, T: ToNapiValue + Send + 'static>(
+    env: &'env Env,
+    kind: Kind,
+    code: &'static str,
+    message: String,
+) -> napi::Result<PromiseRaw<'env, T>> {
+    env.spawn_future_with_callback(async { Ok(()) }, move |env, ()| {
+        Err::<T, _>(errors::reject(env, kind, code, &message, &[]))
+    })
+}
+
 #[napi]
 impl AuditBatcher {
-    /// Checks the options and prepares the pool; no connection is opened until the first write.
+    /// Checks the options and prepares the pool; no connection is opened until the first write. Starts
+    /// the background writer when `flushIntervalMs` or `flushAtEntries` is set.
     /// Throws a TypeError with `code: 'ERR_AUDIT_INVALID_OPTIONS'` naming the bad option.
     #[napi(
         constructor,
@@ -237,25 +130,41 @@ impl AuditBatcher {
                 Err((option, reason)) => return Err(invalid(option, &reason)),
             },
         };
+        let core = Arc::new(Batcher::new(sink, options.batcher));
+        if let Some(background) = options.background {
+            spawn(run_background(Arc::downgrade(&core), background));
+        }
+        if options.flush_on_exit {
+            exit::install(&env, core.clone(), options.close_timeout)?;
+        }
         Ok(AuditBatcher {
-            core: Arc::new(Batcher::new(sink, options.batcher)),
+            core,
+            close_timeout: options.close_timeout,
         })
     }
 
-    /// Buffers one entry and returns its id. Synchronous: no I/O, never waits for the database.
+    /// Takes one entry and returns its id. Synchronous: no I/O, never waits for the database.
+    ///
+    /// The entry is buffered, unless sampling leaves it out or the buffer is full under
+    /// `onBufferFull: 'drop'` (both counted in `stats()`). A `critical` entry is always buffered and
+    /// starts a flush of everything up to it at once.
     ///
     /// Throws a TypeError with `code: 'ERR_AUDIT_INVALID_ENTRY'` naming the field when the entry is
-    /// invalid (nothing is buffered then, and nothing buffered is touched), and an Error with
-    /// `code: 'ERR_AUDIT_CLOSED'` after `close()`.
+    /// invalid (nothing is buffered then, and nothing buffered is touched), an Error with
+    /// `code: 'ERR_AUDIT_BUFFER_FULL'` when the buffer is full under `onBufferFull: 'reject'`, and an Error
+    /// with `code: 'ERR_AUDIT_CLOSED'` after `close()`.
     #[napi(catch_unwind, ts_args_type = "entry: AuditEntry")]
     pub fn log(&self, env: Env, entry: Unknown) -> napi::Result<String> {
-        if self.core.is_closing() {
-            return Err(errors::throw(
+        let closed = || {
+            errors::throw(
                 &env,
                 Kind::Error,
                 errors::CLOSED,
                 "audit-batcher: log() after close()",
-            ));
+            )
+        };
+        if self.core.is_closing() {
+            return Err(closed());
         }
         let draft = match convert::entry_from_js(&env, &entry) {
             Ok(d) => d,
@@ -264,26 +173,114 @@ impl AuditBatcher {
                     &env,
                     Kind::TypeError,
                     errors::INVALID_ENTRY,
-                    &format!("audit-batcher: {e}"),
+                    &invalid_entry_message(&e),
                 ))
             }
             Err(ConvertError::Js(e)) => return Err(e),
         };
+        let critical = draft.critical;
         match self.core.log(draft) {
-            Ok(id) => Ok(id.to_string()),
+            Ok(Logged {
+                id,
+                disposition: Disposition::Buffered { seq },
+            }) if critical => {
+                let ticket = self.core.ticket_through(seq);
+                let core = self.core.clone();
+                // Failures are counted in stats(); the entries stay buffered for the next flush.
+                spawn(async move {
+                    let _ = ticket.run(&core).await;
+                });
+                Ok(id.to_string())
+            }
+            Ok(logged) => Ok(logged.id.to_string()),
             Err(LogError::Invalid(e)) => Err(errors::throw(
                 &env,
                 Kind::TypeError,
                 errors::INVALID_ENTRY,
-                &format!("audit-batcher: {e}"),
+                &invalid_entry_message(&e),
             )),
-            Err(LogError::Closed) => Err(errors::throw(
+            Err(LogError::BufferFull { entries, bytes }) => Err(errors::throw(
                 &env,
                 Kind::Error,
-                errors::CLOSED,
-                "audit-batcher: log() after close()",
+                errors::BUFFER_FULL,
+                &format!(
+                    "audit-batcher: buffer full ({entries} entries, {bytes} bytes held); entry not taken"
+                ),
             )),
+            Err(LogError::Closed) => Err(closed()),
         }
+    }
+
+    /// Writes one entry, together with everything buffered before it, and resolves with its id once it is
+    /// committed. The entry is treated as critical: never sampled away nor dropped.
+    ///
+    /// Rejects with a TypeError `ERR_AUDIT_INVALID_ENTRY` for an invalid entry, `ERR_AUDIT_CLOSED` after
+    /// `close()`, and `ERR_AUDIT_FLUSH_FAILED` when the write fails (the entry stays buffered and a later
+    /// flush writes it).
+    #[napi(
+        catch_unwind,
+        ts_args_type = "entry: AuditEntry",
+        ts_return_type = "Promise<string>"
+    )]
+    pub fn write<'env>(
+        &self,
+        env: &'env Env,
+        entry: Unknown,
+    ) -> napi::Result<PromiseRaw<'env, String>> {
+        let mut draft: EntryDraft = match convert::entry_from_js(env, &entry) {
+            Ok(d) => d,
+            Err(ConvertError::Invalid(e)) => {
+                return rejected(
+                    env,
+                    Kind::TypeError,
+                    errors::INVALID_ENTRY,
+                    invalid_entry_message(&e),
+                )
+            }
+            Err(ConvertError::Js(e)) => return Err(e),
+        };
+        draft.critical = true;
+        let (id, seq) = match self.core.log(draft) {
+            Ok(Logged {
+                id,
+                disposition: Disposition::Buffered { seq },
+            }) => (id, seq),
+            // Critical entries are always buffered; this arm only keeps the match total without a panic.
+            Ok(_) => {
+                return rejected(
+                    env,
+                    Kind::Error,
+                    errors::FLUSH_FAILED,
+                    "audit-batcher: write() entry was not buffered".to_owned(),
+                )
+            }
+            Err(LogError::Invalid(e)) => {
+                return rejected(
+                    env,
+                    Kind::TypeError,
+                    errors::INVALID_ENTRY,
+                    invalid_entry_message(&e),
+                )
+            }
+            Err(LogError::Closed | LogError::BufferFull { .. }) => {
+                return rejected(
+                    env,
+                    Kind::Error,
+                    errors::CLOSED,
+                    "audit-batcher: write() after close()".to_owned(),
+                )
+            }
+        };
+        let ticket = self.core.ticket_through(seq);
+        let core = self.core.clone();
+        env.spawn_future_with_callback(
+            async move { Ok(ticket.run(&core).await) },
+            move |env, result| {
+                result
+                    .map(|_| id.to_string())
+                    .map_err(|e| flush_error(env, e, "write()"))
+            },
+        )
     }
 
     /// Entries accepted and not yet written (those being written included).
@@ -294,7 +291,7 @@ impl AuditBatcher {
 
     /// Writes everything buffered at the time of the call, in one INSERT statement (more only past
     /// `maxBatchRows`), on the addon's own threads. Entries logged meanwhile wait for the next flush;
-    /// concurrent flushes share statements and never write an entry twice.
+    /// concurrent flushes, and the background writer, share statements and never write an entry twice.
     ///
     /// Rejects with `code: 'ERR_AUDIT_FLUSH_FAILED'` (and `sqlstate`, `pending`) when the write fails; the
     /// entries stay buffered, in order, and the next flush retries them.
@@ -346,47 +343,63 @@ impl AuditBatcher {
         )
     }
 
-    /// Refuses new entries, writes what is buffered, then ends the pool. Idempotent.
+    /// Stops the background writer, refuses new entries, writes what is buffered (retrying with backoff
+    /// for at most `timeoutMs`, default `closeTimeoutMs`), then ends the pool.
     ///
-    /// If the final flush fails, it rejects with `code: 'ERR_AUDIT_FLUSH_FAILED'` and `pending` (the
-    /// entries not written, still held); the pool stays open and calling `close()` again retries.
-    #[napi(catch_unwind, ts_return_type = "Promise<void>")]
-    pub fn close<'env>(&self, env: &'env Env) -> napi::Result<PromiseRaw<'env, ()>> {
+    /// If entries could not be written in time it still ends the pool, and rejects with
+    /// `code: 'ERR_AUDIT_FLUSH_FAILED'` and `pending` (their count); they stay readable with
+    /// `bufferedEntries()`, so nothing is thrown away unseen. Later calls report the same outcome.
+    #[napi(
+        catch_unwind,
+        ts_args_type = "options?: CloseOptions",
+        ts_return_type = "Promise<void>"
+    )]
+    pub fn close<'env>(
+        &self,
+        env: &'env Env,
+        options: Option<Unknown>,
+    ) -> napi::Result<PromiseRaw<'env, ()>> {
+        let timeout = match close_timeout(options, self.close_timeout) {
+            Ok(t) => t,
+            Err(ConvertError::Invalid(reason)) => {
+                return rejected(
+                    env,
+                    Kind::TypeError,
+                    errors::INVALID_OPTIONS,
+                    format!("audit-batcher: close() option `timeoutMs` {reason}"),
+                )
+            }
+            Err(ConvertError::Js(e)) => return Err(e),
+        };
         let core = self.core.clone();
-        // From this call on, log() and flush() refuse.
-        let ticket = core.begin_close();
+        // From this call on, log() and flush() refuse and the background writer stops.
+        let ticket = core.begin_close(tokio::time::Instant::now() + timeout);
         env.spawn_future_with_callback(async move { Ok(ticket.run(&core).await) }, |env, result| {
             result.map_err(|e| flush_error(env, e, "close()"))
         })
     }
 
-    /// A snapshot of the counters.
+    /// A snapshot of the counters and recent write figures.
     #[napi(catch_unwind)]
     pub fn stats(&self) -> AuditStats {
-        let s = self.core.stats();
-        AuditStats {
-            buffered: s.buffered as i64,
-            buffered_bytes: s.buffered_bytes as i64,
-            logged: s.logged as i64,
-            written: s.written as i64,
-            sanitized: s.sanitized as i64,
-            batches: s.batches as i64,
-            failed_flushes: s.failed_flushes as i64,
-            last_error: match s.last_error {
-                Some((e, at)) => Either::A(AuditLastError {
-                    message: e.message,
-                    sqlstate: e.sqlstate,
-                    at: utc(at),
-                }),
-                None => Either::B(Null),
-            },
-        }
+        self.core.stats().into()
+    }
+
+    /// Copies of the entries waiting in the buffer, oldest first (not those being written at this very
+    /// moment). After a `close()` that could not write everything, these are the entries left unwritten.
+    #[napi(catch_unwind)]
+    pub fn buffered_entries(&self) -> Vec<AuditRecord> {
+        self.core
+            .buffered_entries()
+            .iter()
+            .map(AuditRecord::from)
+            .collect()
     }
 
     /// The entries written so far with `sink: 'memory'`, in write order. Throws with
     /// `code: 'ERR_AUDIT_NOT_MEMORY_SINK'` on a PostgreSQL batcher.
     #[napi(catch_unwind)]
-    pub fn memory_entries(&self, env: Env) -> napi::Result<Vec<MemoryEntry>> {
+    pub fn memory_entries(&self, env: Env) -> napi::Result<Vec<AuditRecord>> {
         let AnySink::Memory(memory) = self.core.sink() else {
             return Err(errors::throw(
                 &env,
@@ -395,19 +408,45 @@ impl AuditBatcher {
                 "audit-batcher: memoryEntries() needs sink: 'memory'",
             ));
         };
-        Ok(memory
-            .entries()
-            .iter()
-            .map(|e| MemoryEntry {
-                id: e.id().to_string(),
-                occurred_at: utc(e.occurred_at()),
-                tenant_id: e.text(TextField::TenantId).map(str::to_owned),
-                actor: e.text(TextField::Actor).map(str::to_owned),
-                action: e.action().to_owned(),
-                resource: e.text(TextField::Resource).map(str::to_owned),
-                outcome: e.text(TextField::Outcome).map(str::to_owned),
-                payload: serde_json::from_str(e.payload_json()).unwrap_or(serde_json::Value::Null),
-            })
-            .collect())
+        Ok(memory.entries().iter().map(AuditRecord::from).collect())
+    }
+}
+
+/// Reads `close()`'s `{ timeoutMs }`.
+fn close_timeout(
+    options: Option<Unknown>,
+    default: Duration,
+) -> Result<Duration, ConvertError<String>> {
+    let Some(options) = options else {
+        return Ok(default);
+    };
+    match options.get_type()? {
+        ValueType::Undefined | ValueType::Null => return Ok(default),
+        ValueType::Object => {}
+        _ => {
+            return Err(ConvertError::Invalid(
+                "must be given in an options object".into(),
+            ))
+        }
+    }
+    // SAFETY: the value was just checked to be an object.
+    let obj = unsafe { options.cast::<Object>()? };
+    let v: Unknown = obj.get_named_property("timeoutMs")?;
+    match v.get_type()? {
+        ValueType::Undefined => Ok(default),
+        ValueType::Number => {
+            // SAFETY: the value was just checked to be a number.
+            let ms = unsafe { v.cast::<f64>()? };
+            if ms.fract() == 0.0 && (0.0..=86_400_000.0).contains(&ms) {
+                Ok(Duration::from_millis(ms as u64))
+            } else {
+                Err(ConvertError::Invalid(format!(
+                    "must be an integer from 0 to 86400000, got {ms}"
+                )))
+            }
+        }
+        _ => Err(ConvertError::Invalid(
+            "must be a number of milliseconds".into(),
+        )),
     }
 }

@@ -1,0 +1,107 @@
+//! The background (write-behind) writer: flushes when the buffer reaches a size or an interval passes,
+//! and retries with backoff while the sink fails.
+
+use std::sync::Weak;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{Batcher, FlushError};
+use crate::sink::Sink;
+
+/// When the background writer flushes. At least one of the two should be set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackgroundConfig {
+    /// Flush when this long has passed since the last flush and something is buffered.
+    pub interval: Option<Duration>,
+    /// Flush as soon as this many entries are buffered. Must match `BatcherConfig::flush_at_entries`.
+    pub at_entries: Option<usize>,
+}
+
+/// Runs the background writer of `batcher` until it is closed or dropped.
+///
+/// - Flushes when `at_entries` entries are buffered or `interval` has passed, whichever comes first. A
+///   flush writes everything buffered, in batches of `max_batch_rows` back to back, and starts again at
+///   once if the buffer refilled meanwhile, so a burst is drained as fast as the sink takes it.
+/// - Manual flushes share its batches (they queue on the same writer), so the two never race.
+/// - After a failure it waits [`super::Backoff::delay`] (exponential, jittered, capped) before the next
+///   attempt, ignoring the size trigger meanwhile, so an outage costs no CPU.
+/// - Holds the batcher weakly: dropping the last handle stops it.
+pub async fn run_background<S: Sink>(batcher: Weak<Batcher<S>>, config: BackgroundConfig) {
+    let Some((wake, shutdown)) = batcher
+        .upgrade()
+        .map(|b| (b.wake.clone(), b.shutdown.clone()))
+    else {
+        return;
+    };
+    let mut failures: u32 = 0;
+    let mut last_flush = Instant::now();
+    loop {
+        let next = if failures > 0 {
+            let backoff = match batcher.upgrade() {
+                Some(b) => b.config.backoff,
+                None => return,
+            };
+            Some(Instant::now() + backoff.delay(failures))
+        } else {
+            config.interval.map(|i| last_flush + i)
+        };
+        // Wait for a reason to write: the size trigger (not while backing off), the timer, or close.
+        loop {
+            let closed = shutdown.notified();
+            tokio::pin!(closed);
+            closed.as_mut().enable();
+            {
+                let Some(b) = batcher.upgrade() else { return };
+                let st = b.state.lock();
+                if st.closing {
+                    return;
+                }
+                let size_reached = config.at_entries.is_some_and(|n| st.queue.len() >= n);
+                if failures == 0 && size_reached {
+                    break;
+                }
+            }
+            match (next, failures) {
+                (Some(at), 0) => tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep_until(at) => break,
+                    _ = &mut closed => return,
+                },
+                (Some(at), _) => tokio::select! {
+                    _ = tokio::time::sleep_until(at) => break,
+                    _ = &mut closed => return,
+                },
+                (None, _) => tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = &mut closed => return,
+                },
+            }
+        }
+        let Some(b) = batcher.upgrade() else { return };
+        let ticket = {
+            let target = {
+                let mut st = b.state.lock();
+                if failures > 0 {
+                    st.stats.retries += 1;
+                }
+                if st.queue.is_empty() {
+                    None
+                } else {
+                    Some(st.accepted)
+                }
+            };
+            target.map(|t| b.ticket_through(t))
+        };
+        if let Some(ticket) = ticket {
+            match ticket.run(&b).await {
+                Ok(_) => failures = 0,
+                Err(FlushError::Closed) => return,
+                Err(FlushError::Failed { .. }) => failures = failures.saturating_add(1),
+            }
+        } else {
+            failures = 0;
+        }
+        last_flush = Instant::now();
+    }
+}

@@ -1,0 +1,492 @@
+//! The batcher: an ordered, bounded buffer of accepted entries, and the flushes that move them to a [`Sink`].
+//!
+//! Entries are numbered by acceptance: entry `k` is the `k`-th entry buffered. Flushes write from the
+//! front of the buffer, one batch at a time, so "entries `1..=k` are written" is a single counter
+//! (`settled`), and a flush that asked for everything up to `k` is done once `settled >= k`.
+
+mod background;
+mod policy;
+mod stats;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+pub use self::background::{run_background, BackgroundConfig};
+pub use self::policy::{Backoff, BatcherConfig, OverflowPolicy, Sampling};
+use self::stats::Window;
+pub use self::stats::{Percentiles, Stats};
+use crate::entry::{Entry, EntryDraft, InvalidEntry, Timestamp};
+use crate::sink::{Sink, WriteError};
+use crate::uuid7::{Uuid, Uuid7Generator};
+
+/// Why `log()` did not take an entry. Nothing already buffered is affected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogError {
+    /// The entry breaks a rule; the field at fault is named.
+    Invalid(InvalidEntry),
+    /// `close()` was called.
+    Closed,
+    /// The buffer is at a bound and the policy is [`OverflowPolicy::Reject`].
+    BufferFull {
+        /// Entries buffered.
+        entries: usize,
+        /// Bytes buffered.
+        bytes: usize,
+    },
+}
+
+/// What became of an entry `log()` accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// Buffered, to be written; `seq` is its number in acceptance order.
+    Buffered { seq: u64 },
+    /// Not kept by sampling (counted).
+    SampledOut,
+    /// Discarded at the buffer's bound under [`OverflowPolicy::Drop`] (counted).
+    Dropped,
+}
+
+/// An accepted entry: its id, and where it went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Logged {
+    pub id: Uuid,
+    pub disposition: Disposition,
+}
+
+/// Why a flush (or the final flush of `close()`) did not write everything it was asked to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FlushError {
+    /// The batcher was closed before this flush.
+    Closed,
+    /// The sink failed (or `close()` ran out of time). The unwritten entries are still buffered, in order.
+    Failed {
+        cause: WriteError,
+        /// Entries buffered after the failure.
+        pending: usize,
+    },
+}
+
+/// What a successful flush did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlushOutcome {
+    /// Entries that were buffered when the flush was called and are now written, whichever flush wrote them.
+    pub written: u64,
+    /// Entries buffered when the flush finished (logged meanwhile, or by other callers).
+    pub pending: usize,
+}
+
+struct State {
+    queue: VecDeque<Entry>,
+    queue_bytes: usize,
+    ids: Uuid7Generator,
+    rng: fastrand::Rng,
+    /// Entries ever buffered; entry numbers run `1..=accepted`.
+    accepted: u64,
+    /// Entries `1..=settled` are written.
+    settled: u64,
+    /// The highest entry number any flush has asked for.
+    requested: u64,
+    /// Entries taken out of `queue` by the write under way.
+    in_flight: usize,
+    in_flight_bytes: usize,
+    /// `close()` was called: `log()` and `flush()` refuse.
+    closing: bool,
+    /// `close()` finished: the sink is closed. Holds the reason entries were left unwritten, if any.
+    closed: Option<Option<WriteError>>,
+    stats: Stats,
+    window: Window,
+}
+
+impl State {
+    fn buffered(&self) -> usize {
+        self.queue.len() + self.in_flight
+    }
+
+    fn buffered_bytes(&self) -> usize {
+        self.queue_bytes + self.in_flight_bytes
+    }
+}
+
+/// An ordered, bounded, flushable buffer of audit entries in front of a [`Sink`].
+///
+/// Guarantees, whatever the interleaving of calls:
+/// - entries reach the sink in the order `log()` accepted them, in batches of at most
+///   [`BatcherConfig::max_batch_rows`], one batch at a time;
+/// - a failed write leaves its entries buffered ahead of newer ones, and the next flush sends them again;
+/// - concurrent flushes (and the background writer) share batches rather than race: no entry is sent twice
+///   by two flushes, and each flush returns once everything buffered when it was called is written;
+/// - every accepted entry is counted in exactly one of buffered, written, sampled out, dropped.
+pub struct Batcher<S> {
+    sink: S,
+    config: BatcherConfig,
+    state: Mutex<State>,
+    /// Held by the one flush that is writing; others queue on it in call order.
+    writer: tokio::sync::Mutex<()>,
+    /// Wakes the background writer: the buffer reached `flush_at_entries`.
+    wake: Arc<Notify>,
+    /// Wakes the background writer and `close()`'s retry sleeps: `close()` was called.
+    shutdown: Arc<Notify>,
+}
+
+impl<S: Sink> Batcher<S> {
+    pub fn new(sink: S, config: BatcherConfig) -> Self {
+        Batcher {
+            sink,
+            config: BatcherConfig {
+                max_batch_rows: config.max_batch_rows.max(1),
+                ..config
+            },
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                queue_bytes: 0,
+                ids: Uuid7Generator::new(),
+                rng: fastrand::Rng::new(),
+                accepted: 0,
+                settled: 0,
+                requested: 0,
+                in_flight: 0,
+                in_flight_bytes: 0,
+                closing: false,
+                closed: None,
+                stats: Stats::default(),
+                window: Window::default(),
+            }),
+            writer: tokio::sync::Mutex::new(()),
+            wake: Arc::new(Notify::new()),
+            shutdown: Arc::new(Notify::new()),
+        }
+    }
+
+    /// The sink entries are written to.
+    pub fn sink(&self) -> &S {
+        &self.sink
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &BatcherConfig {
+        &self.config
+    }
+
+    /// Checks one entry, stamps it (now, unless it names its own time) and decides its fate: buffered,
+    /// sampled out, dropped at the bound, or refused at the bound. Critical entries are always buffered.
+    ///
+    /// Does no I/O and never waits for a flush. Ids increase strictly in acceptance order.
+    pub fn log(&self, draft: EntryDraft) -> Result<Logged, LogError> {
+        if self.state.lock().closing {
+            return Err(LogError::Closed);
+        }
+        let prepared = draft.prepare(Timestamp::now()).map_err(LogError::Invalid)?;
+        let critical = prepared.critical;
+        let rate = if critical {
+            1.0
+        } else {
+            self.config.sampling.rate_for(prepared.action())
+        };
+        let size = prepared.size_bytes();
+        let mut st = self.state.lock();
+        if st.closing {
+            return Err(LogError::Closed);
+        }
+        let keep = rate >= 1.0 || st.rng.f64() < rate;
+        let full = !critical
+            && (st.buffered() >= self.config.max_buffered_entries
+                || st.buffered_bytes() + size > self.config.max_buffered_bytes);
+        if keep && full && self.config.on_buffer_full == OverflowPolicy::Reject {
+            st.stats.rejected += 1;
+            return Err(LogError::BufferFull {
+                entries: st.buffered(),
+                bytes: st.buffered_bytes(),
+            });
+        }
+        if prepared.sanitized {
+            st.stats.sanitized += 1;
+        }
+        let entry = prepared.finish(&mut st.ids);
+        let id = entry.id();
+        st.stats.logged += 1;
+        let disposition = if !keep {
+            st.stats.sampled_out += 1;
+            Disposition::SampledOut
+        } else if full {
+            st.stats.dropped += 1;
+            Disposition::Dropped
+        } else {
+            if critical {
+                st.stats.critical += 1;
+            }
+            st.queue_bytes += entry.size_bytes();
+            st.queue.push_back(entry);
+            st.accepted += 1;
+            Disposition::Buffered { seq: st.accepted }
+        };
+        if let Some(n) = self.config.flush_at_entries {
+            if st.queue.len() >= n {
+                self.wake.notify_one();
+            }
+        }
+        Ok(Logged { id, disposition })
+    }
+
+    /// Entries accepted and not yet written, those being written included.
+    pub fn pending(&self) -> usize {
+        self.state.lock().buffered()
+    }
+
+    /// Copies of the entries waiting in the buffer, oldest first (not those being written at this
+    /// moment). After `close()` they are the entries it could not write.
+    pub fn buffered_entries(&self) -> Vec<Entry> {
+        self.state.lock().queue.iter().cloned().collect()
+    }
+
+    /// Writes everything buffered at the time of the call.
+    ///
+    /// When another flush is writing, this one waits for it and then writes what is still unwritten, so
+    /// entries logged while a write is under way go into a later batch.
+    pub async fn flush(&self) -> Result<FlushOutcome, FlushError> {
+        self.begin_flush()?.run(self).await
+    }
+
+    /// The synchronous half of [`Batcher::flush`]: fixes, at the moment of the call, which entries the
+    /// flush must write. Run the returned ticket to write them.
+    pub fn begin_flush(&self) -> Result<FlushTicket, FlushError> {
+        let st = self.state.lock();
+        if st.closing {
+            return Err(FlushError::Closed);
+        }
+        let target = st.accepted;
+        drop(st);
+        Ok(self.ticket_through(target))
+    }
+
+    /// A flush of the entries numbered up to `seq` (and so of everything logged before entry `seq`):
+    /// what `write()` and critical entries wait for.
+    pub fn ticket_through(&self, seq: u64) -> FlushTicket {
+        let mut st = self.state.lock();
+        st.requested = st.requested.max(seq);
+        FlushTicket {
+            settled_at_call: st.settled,
+            target: seq,
+        }
+    }
+
+    /// Refuses new entries, writes what is buffered (retrying with backoff until `deadline`), then closes
+    /// the sink. See [`CloseTicket::run`].
+    pub async fn close(&self, deadline: Instant) -> Result<(), FlushError> {
+        self.begin_close(deadline).run(self).await
+    }
+
+    /// The synchronous half of [`Batcher::close`]: from this moment `log()` and `flush()` refuse, and the
+    /// background writer stops.
+    pub fn begin_close(&self, deadline: Instant) -> CloseTicket {
+        let mut st = self.state.lock();
+        st.closing = true;
+        st.requested = st.requested.max(st.accepted);
+        let target = st.accepted;
+        drop(st);
+        self.shutdown.notify_waiters();
+        self.wake.notify_one();
+        CloseTicket { target, deadline }
+    }
+
+    /// Whether `close()` was called.
+    pub fn is_closing(&self) -> bool {
+        self.state.lock().closing
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> Stats {
+        let st = self.state.lock();
+        Stats {
+            buffered: st.buffered(),
+            buffered_bytes: st.buffered_bytes(),
+            flush_latency_ms: st.window.latency(),
+            batch_size: st.window.batch_size(),
+            ..st.stats.clone()
+        }
+    }
+
+    /// Writes batches until entries `1..=target` are written or a write fails.
+    async fn flush_to(&self, target: u64) -> Result<(), FlushError> {
+        let _writer = self.writer.lock().await;
+        loop {
+            let batch = {
+                let mut st = self.state.lock();
+                if st.settled >= target {
+                    return Ok(());
+                }
+                let n = (st.requested - st.settled)
+                    .min(self.config.max_batch_rows as u64)
+                    .min(st.queue.len() as u64) as usize;
+                InFlight::take(self, &mut st, n)
+            };
+            let started = Instant::now();
+            match self.sink.write(batch.entries()).await {
+                Ok(()) => batch.commit(started),
+                Err(cause) => {
+                    let pending = batch.give_back(&cause);
+                    return Err(FlushError::Failed { cause, pending });
+                }
+            }
+        }
+    }
+
+    /// Retries `flush_to(target)` with backoff until it succeeds or `deadline` passes.
+    async fn flush_before(&self, target: u64, deadline: Instant) -> Result<(), FlushError> {
+        let mut failures = 0;
+        loop {
+            let cause = match tokio::time::timeout_at(deadline, self.flush_to(target)).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(FlushError::Failed { cause, .. })) => cause,
+                Ok(Err(FlushError::Closed)) => return Err(FlushError::Closed),
+                Err(_) => {
+                    WriteError::new("close() ran out of time (timeoutMs) before the write finished")
+                }
+            };
+            failures += 1;
+            let retry_at = Instant::now() + self.config.backoff.delay(failures);
+            if retry_at >= deadline {
+                return Err(FlushError::Failed {
+                    cause,
+                    pending: self.pending(),
+                });
+            }
+            tokio::time::sleep_until(retry_at).await;
+            self.state.lock().stats.retries += 1;
+        }
+    }
+}
+
+/// A flush whose extent is fixed: the entries accepted before it was made.
+#[must_use = "a flush ticket does nothing until it is run"]
+pub struct FlushTicket {
+    settled_at_call: u64,
+    target: u64,
+}
+
+impl FlushTicket {
+    /// Writes the ticket's entries (and waits for any flush writing them already).
+    pub async fn run<S: Sink>(self, batcher: &Batcher<S>) -> Result<FlushOutcome, FlushError> {
+        batcher.flush_to(self.target).await?;
+        Ok(FlushOutcome {
+            written: self.target.saturating_sub(self.settled_at_call),
+            pending: batcher.pending(),
+        })
+    }
+}
+
+/// A close in progress: `log()` already refuses; running it writes what is left and closes the sink.
+#[must_use = "a close ticket does nothing until it is run"]
+pub struct CloseTicket {
+    target: u64,
+    deadline: Instant,
+}
+
+impl CloseTicket {
+    /// Writes what was accepted before the close, retrying with backoff until the deadline, then closes the
+    /// sink whatever the outcome. Entries that could not be written stay readable through
+    /// [`Batcher::buffered_entries`], and the error counts them. Later calls report the same outcome at once.
+    pub async fn run<S: Sink>(self, batcher: &Batcher<S>) -> Result<(), FlushError> {
+        let earlier = batcher.state.lock().closed.clone();
+        let unwritten = match earlier {
+            Some(cause) => cause,
+            None => {
+                let result = batcher.flush_before(self.target, self.deadline).await;
+                let cause = match result {
+                    Ok(()) => None,
+                    Err(FlushError::Failed { cause, .. }) => Some(cause),
+                    Err(FlushError::Closed) => None,
+                };
+                let first = {
+                    let mut st = batcher.state.lock();
+                    let first = st.closed.is_none();
+                    if first {
+                        st.closed = Some(cause.clone());
+                    }
+                    first
+                };
+                if first {
+                    batcher.sink.close().await;
+                }
+                batcher.state.lock().closed.clone().flatten()
+            }
+        };
+        let pending = batcher.pending();
+        match unwritten {
+            Some(cause) if pending > 0 => Err(FlushError::Failed { cause, pending }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A batch taken out of the buffer for one write. Unless committed, it goes back to the front of the buffer
+/// when dropped, so a write abandoned half-way (a dropped future) loses nothing.
+struct InFlight<'a, S> {
+    batcher: &'a Batcher<S>,
+    entries: Vec<Entry>,
+    bytes: usize,
+}
+
+impl<'a, S> InFlight<'a, S> {
+    fn take(batcher: &'a Batcher<S>, st: &mut State, n: usize) -> Self {
+        let entries: Vec<Entry> = st.queue.drain(..n).collect();
+        let bytes = entries.iter().map(Entry::size_bytes).sum();
+        st.queue_bytes -= bytes;
+        st.in_flight += n;
+        st.in_flight_bytes += bytes;
+        InFlight {
+            batcher,
+            entries,
+            bytes,
+        }
+    }
+
+    fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    fn commit(mut self, started: Instant) {
+        let n = self.entries.len();
+        let mut st = self.batcher.state.lock();
+        st.in_flight -= n;
+        st.in_flight_bytes -= self.bytes;
+        st.settled += n as u64;
+        st.stats.written += n as u64;
+        st.stats.batches += 1;
+        st.window
+            .record(started.elapsed().as_secs_f64() * 1000.0, n);
+        self.entries.clear();
+    }
+
+    /// Returns the batch to the buffer after a failed write; the number of entries buffered then.
+    fn give_back(mut self, cause: &WriteError) -> usize {
+        let mut st = self.batcher.state.lock();
+        st.stats.failed_flushes += 1;
+        st.stats.last_error = Some((cause.clone(), Timestamp::now()));
+        Self::restore(&mut st, std::mem::take(&mut self.entries), self.bytes);
+        st.buffered()
+    }
+
+    fn restore(st: &mut State, entries: Vec<Entry>, bytes: usize) {
+        st.in_flight -= entries.len();
+        st.in_flight_bytes -= bytes;
+        st.queue_bytes += bytes;
+        for entry in entries.into_iter().rev() {
+            st.queue.push_front(entry);
+        }
+    }
+}
+
+impl<S> Drop for InFlight<'_, S> {
+    fn drop(&mut self) {
+        if !self.entries.is_empty() {
+            let mut st = self.batcher.state.lock();
+            Self::restore(&mut st, std::mem::take(&mut self.entries), self.bytes);
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! Counters and recent flush figures.
+
+use std::collections::VecDeque;
+
+use crate::entry::Timestamp;
+use crate::sink::WriteError;
+
+/// Counters since the batcher was made, and figures over its recent writes.
+///
+/// Every entry `log()` accepted is, at any moment, in exactly one of: buffered, written, sampled out,
+/// dropped. So `logged == buffered + written + sampled_out + dropped` holds in every snapshot.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Stats {
+    /// Entries held in memory, not yet known to be written (those being written included).
+    pub buffered: usize,
+    /// Bytes the buffered entries hold.
+    pub buffered_bytes: usize,
+    /// Entries `log()` or `write()` accepted.
+    pub logged: u64,
+    /// Entries written to the sink.
+    pub written: u64,
+    /// Entries not kept by sampling.
+    pub sampled_out: u64,
+    /// Entries discarded because the buffer was full (policy `Drop`).
+    pub dropped: u64,
+    /// `log()` calls refused because the buffer was full (policy `Reject`); not counted in `logged`.
+    pub rejected: u64,
+    /// Accepted entries in which a NUL or lone surrogate was replaced with U+FFFD.
+    pub sanitized: u64,
+    /// Critical entries accepted.
+    pub critical: u64,
+    /// Writes to the sink (statements) that succeeded.
+    pub batches: u64,
+    /// Writes to the sink that failed.
+    pub failed_flushes: u64,
+    /// Attempts made by the background writer or `close()` after a failure.
+    pub retries: u64,
+    /// The last write error and when it happened.
+    pub last_error: Option<(WriteError, Timestamp)>,
+    /// Duration of a write to the sink, in milliseconds, over the recent writes.
+    pub flush_latency_ms: Percentiles,
+    /// Entries per write, over the recent writes.
+    pub batch_size: Percentiles,
+}
+
+/// The median, 99th percentile and maximum of recent samples (all zero before the first).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+/// The most recent writes: their latency and size.
+#[derive(Debug, Default)]
+pub(crate) struct Window {
+    samples: VecDeque<(f64, usize)>,
+}
+
+impl Window {
+    /// How many recent writes the figures cover.
+    pub const LEN: usize = 1024;
+
+    pub fn record(&mut self, latency_ms: f64, rows: usize) {
+        if self.samples.len() == Self::LEN {
+            self.samples.pop_front();
+        }
+        self.samples.push_back((latency_ms, rows));
+    }
+
+    pub fn latency(&self) -> Percentiles {
+        percentiles(self.samples.iter().map(|s| s.0).collect())
+    }
+
+    pub fn batch_size(&self) -> Percentiles {
+        percentiles(self.samples.iter().map(|s| s.1 as f64).collect())
+    }
+}
+
+/// Nearest-rank percentiles.
+fn percentiles(mut v: Vec<f64>) -> Percentiles {
+    if v.is_empty() {
+        return Percentiles::default();
+    }
+    v.sort_by(f64::total_cmp);
+    let rank = |p: f64| v[((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+    Percentiles {
+        p50: rank(0.50),
+        p99: rank(0.99),
+        max: v[v.len() - 1],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_nearest_rank_over_the_last_writes() {
+        let mut w = Window::default();
+        assert_eq!(w.latency(), Percentiles::default());
+        for i in 1..=100 {
+            w.record(i as f64, i);
+        }
+        assert_eq!(
+            w.latency(),
+            Percentiles {
+                p50: 50.0,
+                p99: 99.0,
+                max: 100.0
+            }
+        );
+        for _ in 0..Window::LEN {
+            w.record(7.0, 3);
+        }
+        assert_eq!(
+            w.batch_size(),
+            Percentiles {
+                p50: 3.0,
+                p99: 3.0,
+                max: 3.0
+            }
+        );
+    }
+}

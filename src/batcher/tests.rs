@@ -1,0 +1,581 @@
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use super::*;
+use crate::entry::TextField;
+use crate::sink::MemorySink;
+
+/// A sink that records batches and fails while told to; it can also hold a write until released.
+#[derive(Default)]
+struct TestSink {
+    memory: MemorySink,
+    batches: Mutex<Vec<Vec<Uuid>>>,
+    fail: AtomicBool,
+    /// Fail after storing (a lost reply).
+    fail_after_store: AtomicBool,
+    gate: Mutex<Option<Arc<tokio::sync::Notify>>>,
+    writes_started: AtomicUsize,
+    closed: AtomicBool,
+}
+
+impl Sink for Arc<TestSink> {
+    async fn write(&self, batch: &[Entry]) -> Result<(), WriteError> {
+        self.writes_started.fetch_add(1, Ordering::SeqCst);
+        let gate = self.gate.lock().clone();
+        if let Some(gate) = gate {
+            gate.notified().await;
+        }
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(WriteError::new("connection refused"));
+        }
+        self.batches
+            .lock()
+            .push(batch.iter().map(Entry::id).collect());
+        self.memory.write(batch).await?;
+        if self.fail_after_store.load(Ordering::SeqCst) {
+            return Err(WriteError::new("connection reset"));
+        }
+        Ok(())
+    }
+    async fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+}
+
+type TestBatcher = Arc<Batcher<Arc<TestSink>>>;
+
+fn batcher_with(config: BatcherConfig) -> (TestBatcher, Arc<TestSink>) {
+    let sink = Arc::new(TestSink::default());
+    (Arc::new(Batcher::new(sink.clone(), config)), sink)
+}
+
+fn batcher(rows: usize) -> (TestBatcher, Arc<TestSink>) {
+    batcher_with(BatcherConfig {
+        max_batch_rows: rows,
+        ..Default::default()
+    })
+}
+
+fn entry(i: usize) -> EntryDraft {
+    EntryDraft::new("act").with(TextField::Actor, format!("u{i}"))
+}
+
+fn critical(action: &str) -> EntryDraft {
+    EntryDraft {
+        critical: true,
+        ..EntryDraft::new(action)
+    }
+}
+
+fn log_n(b: &TestBatcher, n: usize) -> Vec<Uuid> {
+    (0..n).map(|i| b.log(entry(i)).unwrap().id).collect()
+}
+
+fn written_ids(sink: &TestSink) -> Vec<Uuid> {
+    sink.memory.entries().iter().map(Entry::id).collect()
+}
+
+fn batch_sizes(sink: &TestSink) -> Vec<usize> {
+    sink.batches.lock().iter().map(Vec::len).collect()
+}
+
+fn soon() -> Instant {
+    Instant::now() + Duration::from_secs(5)
+}
+
+fn spawn_flush(b: &TestBatcher) -> tokio::task::JoinHandle<Result<FlushOutcome, FlushError>> {
+    let b = b.clone();
+    tokio::spawn(async move { b.flush().await })
+}
+
+/// Waits for `cond`, checking every millisecond (of the paused clock, in `start_paused` tests).
+async fn until(cond: impl Fn() -> bool) {
+    while !cond() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+fn assert_books_balance(s: &Stats) {
+    assert_eq!(
+        s.logged,
+        s.buffered as u64 + s.written + s.sampled_out + s.dropped,
+        "{s:?}"
+    );
+}
+
+#[tokio::test]
+async fn flush_writes_everything_in_order_in_one_batch() {
+    let (b, sink) = batcher(1000);
+    let ids = log_n(&b, 5);
+    assert_eq!(b.pending(), 5);
+    let out = b.flush().await.unwrap();
+    assert_eq!(
+        out,
+        FlushOutcome {
+            written: 5,
+            pending: 0
+        }
+    );
+    assert_eq!(batch_sizes(&sink), [5]);
+    assert_eq!(written_ids(&sink), ids);
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(sorted, ids, "generated ids increase in log order");
+}
+
+#[tokio::test]
+async fn an_empty_flush_does_not_touch_the_sink() {
+    let (b, sink) = batcher(10);
+    assert_eq!(b.flush().await.unwrap().written, 0);
+    assert_eq!(sink.writes_started.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_large_flush_is_split_into_max_batch_rows() {
+    let (b, sink) = batcher(4);
+    let ids = log_n(&b, 10);
+    b.flush().await.unwrap();
+    assert_eq!(batch_sizes(&sink), [4, 4, 2]);
+    assert_eq!(written_ids(&sink), ids);
+    let s = b.stats();
+    assert_eq!((s.batch_size.p50, s.batch_size.max), (4.0, 4.0));
+}
+
+#[tokio::test]
+async fn a_failed_flush_keeps_entries_ahead_of_newer_ones() {
+    let (b, sink) = batcher(1000);
+    let mut ids = log_n(&b, 3);
+    sink.fail.store(true, Ordering::SeqCst);
+    let err = b.flush().await.unwrap_err();
+    assert!(
+        matches!(err, FlushError::Failed { pending: 3, .. }),
+        "{err:?}"
+    );
+    assert_eq!(b.stats().failed_flushes, 1);
+    ids.extend(log_n(&b, 2));
+    sink.fail.store(false, Ordering::SeqCst);
+    assert_eq!(b.flush().await.unwrap().written, 5);
+    assert_eq!(written_ids(&sink), ids);
+}
+
+#[tokio::test]
+async fn a_retry_after_a_lost_reply_stores_each_entry_once() {
+    let (b, sink) = batcher(1000);
+    let ids = log_n(&b, 3);
+    sink.fail_after_store.store(true, Ordering::SeqCst);
+    assert!(b.flush().await.is_err());
+    sink.fail_after_store.store(false, Ordering::SeqCst);
+    b.flush().await.unwrap();
+    assert_eq!(sink.batches.lock().len(), 2, "the batch was sent twice");
+    assert_eq!(written_ids(&sink), ids, "but stored once");
+}
+
+#[tokio::test]
+async fn a_failure_in_a_later_batch_keeps_the_earlier_batches_written() {
+    let (b, sink) = batcher(2);
+    let ids = log_n(&b, 5);
+    let gate = Arc::new(tokio::sync::Notify::new());
+    *sink.gate.lock() = Some(gate.clone());
+    let flush = spawn_flush(&b);
+    gate.notify_one(); // first batch succeeds
+    until(|| sink.writes_started.load(Ordering::SeqCst) >= 2).await;
+    sink.fail.store(true, Ordering::SeqCst);
+    gate.notify_one(); // second fails
+    let err = flush.await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, FlushError::Failed { pending: 3, .. }),
+        "{err:?}"
+    );
+    assert_eq!(written_ids(&sink), ids[..2]);
+    *sink.gate.lock() = None;
+    sink.fail.store(false, Ordering::SeqCst);
+    b.flush().await.unwrap();
+    assert_eq!(written_ids(&sink), ids);
+}
+
+#[tokio::test]
+async fn concurrent_flushes_share_the_writer_and_never_send_an_entry_twice() {
+    let (b, sink) = batcher(1000);
+    let gate = Arc::new(tokio::sync::Notify::new());
+    *sink.gate.lock() = Some(gate.clone());
+    let mut ids = log_n(&b, 3);
+    let first = spawn_flush(&b);
+    until(|| sink.writes_started.load(Ordering::SeqCst) >= 1).await;
+    // Logged while the first write is under way: not in its batch.
+    ids.extend(log_n(&b, 2));
+    let second = b.begin_flush().unwrap();
+    let third = b.begin_flush().unwrap();
+    *sink.gate.lock() = None;
+    gate.notify_one();
+    assert_eq!(first.await.unwrap().unwrap().written, 3);
+    assert_eq!(second.run(&b).await.unwrap().written, 5);
+    assert_eq!(third.run(&b).await.unwrap().written, 5);
+    assert_eq!(
+        batch_sizes(&sink),
+        [3, 2],
+        "the two waiting flushes shared one batch"
+    );
+    assert_eq!(written_ids(&sink), ids);
+}
+
+#[tokio::test]
+async fn a_flush_covers_what_was_buffered_at_its_call_not_what_came_later() {
+    let (b, sink) = batcher(1000);
+    log_n(&b, 2);
+    let ticket = b.begin_flush().unwrap();
+    log_n(&b, 3);
+    assert_eq!(
+        ticket.run(&b).await.unwrap(),
+        FlushOutcome {
+            written: 2,
+            pending: 3
+        }
+    );
+    assert_eq!(batch_sizes(&sink), [2]);
+}
+
+#[tokio::test]
+async fn an_abandoned_write_returns_its_batch_to_the_buffer() {
+    let (b, sink) = batcher(1000);
+    let ids = log_n(&b, 3);
+    let gate = Arc::new(tokio::sync::Notify::new());
+    *sink.gate.lock() = Some(gate);
+    let flush = spawn_flush(&b);
+    until(|| sink.writes_started.load(Ordering::SeqCst) >= 1).await;
+    flush.abort();
+    assert!(flush.await.unwrap_err().is_cancelled());
+    assert_eq!(b.pending(), 3);
+    *sink.gate.lock() = None;
+    b.flush().await.unwrap();
+    assert_eq!(written_ids(&sink), ids);
+}
+
+#[tokio::test]
+async fn invalid_entries_change_nothing() {
+    let (b, _) = batcher(1000);
+    log_n(&b, 2);
+    let err = b.log(EntryDraft::new("")).unwrap_err();
+    assert!(matches!(
+        err,
+        LogError::Invalid(InvalidEntry {
+            field: "action",
+            ..
+        })
+    ));
+    let s = b.stats();
+    assert_eq!((s.logged, s.buffered, s.written), (2, 2, 0));
+}
+
+#[tokio::test]
+async fn close_flushes_closes_the_sink_and_then_refuses() {
+    let (b, sink) = batcher(1000);
+    let ids = log_n(&b, 2);
+    b.close(soon()).await.unwrap();
+    assert!(sink.closed.load(Ordering::SeqCst));
+    assert_eq!(written_ids(&sink), ids);
+    assert_eq!(
+        b.log(EntryDraft::new("late")).unwrap_err(),
+        LogError::Closed
+    );
+    assert_eq!(b.flush().await.unwrap_err(), FlushError::Closed);
+    b.close(soon()).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn close_retries_until_its_deadline_then_reports_and_keeps_what_it_could_not_write() {
+    let (b, sink) = batcher(1000);
+    let ids = log_n(&b, 2);
+    sink.fail.store(true, Ordering::SeqCst);
+    let started = Instant::now();
+    let err = b.close(started + Duration::from_secs(2)).await.unwrap_err();
+    assert!(
+        matches!(err, FlushError::Failed { pending: 2, .. }),
+        "{err:?}"
+    );
+    assert!(started.elapsed() <= Duration::from_secs(2));
+    assert!(b.stats().retries >= 2, "{:?}", b.stats());
+    assert!(
+        sink.closed.load(Ordering::SeqCst),
+        "the sink is closed even so"
+    );
+    let kept: Vec<Uuid> = b.buffered_entries().iter().map(Entry::id).collect();
+    assert_eq!(kept, ids);
+    // Later calls report the same outcome without trying again.
+    let writes = sink.writes_started.load(Ordering::SeqCst);
+    assert!(matches!(
+        b.close(soon()).await,
+        Err(FlushError::Failed { pending: 2, .. })
+    ));
+    assert_eq!(sink.writes_started.load(Ordering::SeqCst), writes);
+}
+
+#[tokio::test(start_paused = true)]
+async fn close_gives_up_on_a_write_that_hangs_past_its_deadline() {
+    let (b, sink) = batcher(1000);
+    log_n(&b, 1);
+    *sink.gate.lock() = Some(Arc::new(tokio::sync::Notify::new())); // never released
+    let err = b
+        .close(Instant::now() + Duration::from_millis(500))
+        .await
+        .unwrap_err();
+    let FlushError::Failed { cause, pending } = err else {
+        panic!()
+    };
+    assert_eq!(pending, 1);
+    assert!(cause.message.contains("timeoutMs"), "{cause}");
+}
+
+#[tokio::test]
+async fn sampling_keeps_about_the_rate_and_counts_the_rest() {
+    let (b, sink) = batcher_with(BatcherConfig {
+        sampling: Sampling {
+            rate: 0.25,
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    for i in 0..10_000 {
+        b.log(entry(i)).unwrap();
+    }
+    let crit: Vec<Uuid> = (0..100)
+        .map(|_| b.log(critical("must.keep")).unwrap().id)
+        .collect();
+    b.flush().await.unwrap();
+    let s = b.stats();
+    assert_books_balance(&s);
+    assert!((2_200..=2_800).contains(&(s.written - 100)), "{s:?}");
+    assert_eq!(s.sampled_out + s.written, 10_100);
+    let written = written_ids(&sink);
+    assert!(
+        crit.iter().all(|id| written.contains(id)),
+        "critical entries are never sampled"
+    );
+}
+
+#[tokio::test]
+async fn per_action_sampling() {
+    let (b, sink) = batcher_with(BatcherConfig {
+        sampling: Sampling {
+            rate: 1.0,
+            per_action: [("file.read".to_owned(), 0.0)].into(),
+        },
+        ..Default::default()
+    });
+    b.log(EntryDraft::new("file.read")).unwrap();
+    let kept = b.log(EntryDraft::new("tool.call")).unwrap();
+    assert_eq!(
+        b.log(EntryDraft::new("file.read")).unwrap().disposition,
+        Disposition::SampledOut
+    );
+    b.flush().await.unwrap();
+    assert_eq!(written_ids(&sink), [kept.id]);
+    assert_eq!(b.stats().sampled_out, 2);
+}
+
+fn bounded(policy: OverflowPolicy, entries: usize, bytes: usize) -> (TestBatcher, Arc<TestSink>) {
+    batcher_with(BatcherConfig {
+        max_buffered_entries: entries,
+        max_buffered_bytes: bytes,
+        on_buffer_full: policy,
+        ..Default::default()
+    })
+}
+
+#[tokio::test]
+async fn reject_policy_refuses_at_the_entry_bound_but_takes_critical_entries() {
+    let (b, sink) = bounded(OverflowPolicy::Reject, 3, usize::MAX);
+    let mut ids = log_n(&b, 3);
+    assert_eq!(
+        b.log(entry(9)).unwrap_err(),
+        LogError::BufferFull {
+            entries: 3,
+            bytes: b.stats().buffered_bytes
+        }
+    );
+    ids.push(b.log(critical("must.keep")).unwrap().id);
+    let s = b.stats();
+    assert_eq!((s.rejected, s.buffered, s.logged), (1, 4, 4));
+    b.flush().await.unwrap();
+    assert_eq!(written_ids(&sink), ids);
+    b.log(entry(10)).unwrap(); // room again
+}
+
+#[tokio::test]
+async fn drop_policy_discards_and_counts_at_the_byte_bound() {
+    let one = EntryDraft::new("act")
+        .prepare(Timestamp::now())
+        .unwrap()
+        .size_bytes();
+    let (b, _) = bounded(OverflowPolicy::Drop, usize::MAX, one * 2);
+    b.log(EntryDraft::new("act")).unwrap();
+    b.log(EntryDraft::new("act")).unwrap();
+    let third = b.log(EntryDraft::new("act")).unwrap();
+    assert_eq!(third.disposition, Disposition::Dropped);
+    let s = b.stats();
+    assert_eq!((s.dropped, s.buffered, s.logged), (1, 2, 3));
+    assert!(s.buffered_bytes <= one * 2);
+    assert_books_balance(&s);
+}
+
+#[tokio::test]
+async fn a_write_ticket_covers_its_entry_and_everything_before_it() {
+    let (b, sink) = batcher(1000);
+    let mut ids = log_n(&b, 2);
+    let logged = b.log(critical("write")).unwrap();
+    ids.push(logged.id);
+    let Disposition::Buffered { seq } = logged.disposition else {
+        panic!()
+    };
+    log_n(&b, 2); // after it: not needed
+    let out = b.ticket_through(seq).run(&b).await.unwrap();
+    assert_eq!(out.written, 3);
+    assert_eq!(written_ids(&sink), ids);
+    assert_eq!(b.pending(), 2);
+}
+
+fn background(b: &TestBatcher, config: BackgroundConfig) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(run_background(Arc::downgrade(b), config))
+}
+
+#[tokio::test(start_paused = true)]
+async fn background_writer_flushes_when_the_size_is_reached() {
+    let (b, sink) = batcher_with(BatcherConfig {
+        flush_at_entries: Some(10),
+        ..Default::default()
+    });
+    let task = background(
+        &b,
+        BackgroundConfig {
+            interval: None,
+            at_entries: Some(10),
+        },
+    );
+    log_n(&b, 9);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(
+        batch_sizes(&sink).is_empty(),
+        "below the size, no interval: nothing written"
+    );
+    log_n(&b, 1);
+    until(|| b.pending() == 0).await;
+    assert_eq!(batch_sizes(&sink), [10]);
+    b.close(soon()).await.unwrap();
+    task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn background_writer_flushes_on_the_interval() {
+    let (b, sink) = batcher(1000);
+    let task = background(
+        &b,
+        BackgroundConfig {
+            interval: Some(Duration::from_millis(200)),
+            at_entries: None,
+        },
+    );
+    log_n(&b, 3);
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(b.pending(), 3, "not before the interval");
+    until(|| b.pending() == 0).await;
+    let waited = started.elapsed();
+    // The interval, plus the 1 ms granularity of `until`.
+    assert!(waited <= Duration::from_millis(201), "{waited:?}");
+    assert_eq!(batch_sizes(&sink), [3]);
+    b.close(soon()).await.unwrap();
+    task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn background_writer_drains_a_burst_in_back_to_back_batches() {
+    let (b, sink) = batcher_with(BatcherConfig {
+        max_batch_rows: 100,
+        flush_at_entries: Some(100),
+        ..Default::default()
+    });
+    let task = background(
+        &b,
+        BackgroundConfig {
+            interval: None,
+            at_entries: Some(100),
+        },
+    );
+    let ids = log_n(&b, 1000);
+    until(|| b.pending() == 0).await;
+    assert_eq!(batch_sizes(&sink), [100; 10]);
+    assert_eq!(written_ids(&sink), ids);
+    b.close(soon()).await.unwrap();
+    task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn background_writer_backs_off_while_the_sink_fails_and_recovers() {
+    let (b, sink) = batcher_with(BatcherConfig {
+        flush_at_entries: Some(1),
+        ..Default::default()
+    });
+    sink.fail.store(true, Ordering::SeqCst);
+    let task = background(
+        &b,
+        BackgroundConfig {
+            interval: None,
+            at_entries: Some(1),
+        },
+    );
+    let mut ids = log_n(&b, 1);
+    // Ten simulated seconds of outage with a steady producer.
+    for _ in 0..100 {
+        ids.extend(log_n(&b, 1));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let attempts = sink.writes_started.load(Ordering::SeqCst);
+    // 100 ms, 200, 400, 800, 1.6 s, 3.2 s, 6.4 s (each jittered down to half): at most ~10 in 10 s.
+    assert!((4..=12).contains(&attempts), "{attempts} attempts in 10 s");
+    assert!(b.stats().retries >= 3);
+    sink.fail.store(false, Ordering::SeqCst);
+    until(|| b.pending() == 0).await;
+    assert_eq!(written_ids(&sink), ids);
+    b.close(soon()).await.unwrap();
+    task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn background_writer_stops_when_closed_or_dropped() {
+    let (b, _) = batcher(1000);
+    let task = background(
+        &b,
+        BackgroundConfig {
+            interval: Some(Duration::from_secs(3600)),
+            at_entries: None,
+        },
+    );
+    b.close(soon()).await.unwrap();
+    task.await.unwrap();
+
+    let (b, _) = batcher(1000);
+    let task = background(
+        &b,
+        BackgroundConfig {
+            interval: Some(Duration::from_millis(10)),
+            at_entries: None,
+        },
+    );
+    drop(b);
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn stats_track_latency_and_batch_sizes() {
+    let (b, _) = batcher(1000);
+    log_n(&b, 4);
+    b.flush().await.unwrap();
+    let s = b.stats();
+    assert_eq!(s.batches, 1);
+    assert_eq!(s.batch_size.max, 4.0);
+    assert!(s.flush_latency_ms.p99 >= s.flush_latency_ms.p50);
+    assert_books_balance(&s);
+}
