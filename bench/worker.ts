@@ -1,0 +1,468 @@
+/**
+ * One benchmark method, run in a fresh child process by bench/run.ts:
+ *
+ *   node --expose-gc --import tsx bench/worker.ts '<config JSON>'
+ *
+ * Builds the deterministic entries, connects, and warms up by running the method on the first entries
+ * into a second table of the same shape (all untimed). Then it prints "ready" and waits for "go" on
+ * stdin: meanwhile the parent TRUNCATEs both tables and runs CHECKPOINT. Then it times the method on
+ * all entries and writes its figures as JSON to config.resultFile. The parent checksums the table
+ * after this process exits.
+ */
+import { readFileSync, writeFileSync } from 'node:fs';
+import { performance } from 'node:perf_hooks';
+import pg from 'pg';
+import copyStreams from 'pg-copy-streams';
+import { AuditBatcher } from '../index.js';
+import type { AuditEntry } from '../index.js';
+import { COLUMNS, WARMUP_TABLE, copyText, entryJsonBytes, makeEntries } from './entries.ts';
+import type { BenchEntry } from './entries.ts';
+
+export type NodeMethod =
+  | 'pg-naive'
+  | 'pg-turn'
+  | 'pg-turn-64'
+  | 'pg-multirow-1000'
+  | 'pg-copy-10000'
+  | 'ab-turn'
+  | 'ab-turn-64'
+  | 'ab-bulk'
+  | 'ab-memory';
+
+export interface WorkerConfig {
+  method: NodeMethod;
+  /** Entries to write (the first n of the deterministic sequence). */
+  n: number;
+  url: string;
+  table: string;
+  resultFile: string;
+  /** Entries per turn in the turn workloads. */
+  turnSize: number;
+  /** Concurrent agents in the "-64" workloads. */
+  agents: number;
+  /** pg.Pool max for pg-turn-64. */
+  poolMax: number;
+  insertRows: number;
+  copyRows: number;
+  /** Entries of the untimed warm-up run (on WARMUP_TABLE). */
+  warmupEntries: number;
+  /** flushAtEntries for ab-bulk, when the addon accepts that option. */
+  flushAtEntries: number;
+}
+
+export interface Latency {
+  count: number;
+  p50: number;
+  p99: number;
+  max: number;
+}
+
+export interface WorkerResult {
+  method: NodeMethod;
+  n: number;
+  ms: number;
+  rowsPerSec: number;
+  /** User + system CPU of the whole Node process (all threads, the addon's included), ms. */
+  cpuMs: number;
+  cpuUserMs?: number;
+  cpuSystemMs?: number;
+  /** Event-loop (main thread) busy time over the timed window, ms: performance.eventLoopUtilization().active. */
+  eluActiveMs: number;
+  /**
+   * CPU time of the main (event-loop) thread alone over the timed window, ms (Linux; null elsewhere).
+   * Unlike eluActiveMs it does not count time the thread was runnable but waiting for a core.
+   */
+  mainThreadCpuMs?: number | null;
+  /** Per turn: from flush()/the turn's INSERT to its resolution (pg-naive: per INSERT). */
+  latencyMs?: Latency;
+  rssBefore: number;
+  /** process.resourceUsage().maxRSS at the end: the process's peak RSS. */
+  rssPeak: number;
+  extra?: Record<string, unknown>;
+}
+
+const config = JSON.parse(process.argv[2] ?? '') as WorkerConfig;
+const gc = (globalThis as { gc?: () => void }).gc ?? (() => {});
+
+function percentiles(samples: number[]): Latency {
+  const s = [...samples].sort((a, b) => a - b);
+  const at = (p: number) => s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)] ?? 0;
+  return { count: s.length, p50: at(50), p99: at(99), max: s.at(-1) ?? 0 };
+}
+
+const columnList = COLUMNS.join(', ');
+
+/** `($1, ..., $8), ($9, ...)` for `rows` rows. */
+function valuesSql(table: string, rows: number): string {
+  const tuples: string[] = [];
+  for (let r = 0; r < rows; r++) {
+    const b = r * COLUMNS.length;
+    tuples.push(`(${COLUMNS.map((_, c) => `$${b + c + 1}`).join(', ')})`);
+  }
+  return `INSERT INTO ${table} (${columnList}) VALUES ${tuples.join(', ')}`;
+}
+
+/** The eight parameters of one row for pg (payload serialised here, as the app would). */
+function pushParams(out: unknown[], e: BenchEntry): void {
+  out.push(e.id, e.occurredAt, e.tenantId, e.actor, e.action, e.resource, e.outcome, JSON.stringify(e.payload));
+}
+
+/** This thread's CPU time so far, ms, from the scheduler (Linux); NaN elsewhere. */
+function mainThreadCpuMs(): number {
+  try {
+    return Number(readFileSync('/proc/thread-self/schedstat', 'utf8').split(' ')[0]) / 1e6;
+  } catch {
+    return NaN;
+  }
+}
+
+async function connect(url: string): Promise<pg.Client> {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  await client.query('SELECT 1');
+  return client;
+}
+
+/** Run `turns` turns on `agents` concurrent async agents, each taking the next turn when done. */
+async function runAgents(agents: number, turns: number, turn: (t: number) => Promise<void>): Promise<void> {
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: agents }, async () => {
+      for (;;) {
+        const t = next++;
+        if (t >= turns) return;
+        await turn(t);
+      }
+    }),
+  );
+}
+
+/** A minimal TypeScript turn batcher on pg: buffers a turn's entries, one multi-row INSERT per flush. */
+class PgTurnBatcher {
+  private rows: unknown[] = [];
+  private count = 0;
+  private static readonly sqlByName = new Map<string, string>();
+
+  constructor(private readonly table: string) {}
+
+  log(e: BenchEntry): void {
+    pushParams(this.rows, e); // serialised at log(), like the addon
+    this.count++;
+  }
+
+  async flush(db: pg.Client | pg.Pool): Promise<void> {
+    if (this.count === 0) return;
+    const values = this.rows;
+    const count = this.count;
+    this.rows = [];
+    this.count = 0;
+    const name = `turn_insert_${this.table}_${count}`;
+    let text = PgTurnBatcher.sqlByName.get(name);
+    if (text === undefined) {
+      text = valuesSql(this.table, count);
+      PgTurnBatcher.sqlByName.set(name, text);
+    }
+    // A named statement: parsed and planned once per connection.
+    await db.query({ name, text, values });
+  }
+}
+
+/** Tell the parent we are ready, and wait until it has TRUNCATEd and CHECKPOINTed ("go"). */
+function handshake(): Promise<void> {
+  return new Promise((resolve) => {
+    process.stdin.setEncoding('utf8');
+    let buf = '';
+    const onData = (d: string) => {
+      buf += d;
+      if (buf.includes('go\n')) {
+        process.stdin.off('data', onData);
+        process.stdin.pause();
+        resolve();
+      }
+    };
+    process.stdin.on('data', onData);
+    process.stdout.write('ready\n');
+  });
+}
+
+async function main(): Promise<void> {
+  const { method, n, url, table } = config;
+  const entries = makeEntries(n);
+  const warmEntries = entries.slice(0, Math.min(n, config.warmupEntries));
+  const latencies: number[] = [];
+  const extra: Record<string, unknown> = {};
+  const turnsOf = (es: BenchEntry[]) => Math.ceil(es.length / config.turnSize);
+  const turnOf = (es: BenchEntry[], t: number) => es.slice(t * config.turnSize, (t + 1) * config.turnSize);
+
+  // Every method is `work(entries, table)`: run once on the warm-up table with the first entries
+  // (JIT, prepared statements, connections), then timed on the real table with all of them.
+  let work: (es: BenchEntry[], table: string) => Promise<void>;
+  /** Untimed preparation of the timed run (after the warm-up), e.g. a fresh batcher. */
+  let prepare: () => Promise<void> = async () => {};
+  let teardown: () => Promise<void> = async () => {};
+
+  switch (method) {
+    case 'pg-naive': {
+      const client = await connect(url);
+      work = async (es, tbl) => {
+        const text = `INSERT INTO ${tbl} (${columnList}) VALUES (${COLUMNS.map((_, c) => `$${c + 1}`).join(', ')})`;
+        for (const e of es) {
+          const values: unknown[] = [];
+          pushParams(values, e);
+          const t0 = performance.now();
+          await client.query(text, values);
+          latencies.push(performance.now() - t0);
+        }
+      };
+      teardown = () => client.end();
+      break;
+    }
+    case 'pg-turn': {
+      const client = await connect(url);
+      work = async (es, tbl) => {
+        for (let t = 0; t < turnsOf(es); t++) {
+          const b = new PgTurnBatcher(tbl);
+          for (const e of turnOf(es, t)) b.log(e);
+          const t0 = performance.now();
+          await b.flush(client);
+          latencies.push(performance.now() - t0);
+        }
+      };
+      teardown = () => client.end();
+      break;
+    }
+    case 'pg-turn-64': {
+      const pool = new pg.Pool({ connectionString: url, max: config.poolMax });
+      // Open all the pool's connections before timing.
+      const clients = await Promise.all(Array.from({ length: config.poolMax }, () => pool.connect()));
+      for (const c of clients) c.release();
+      extra['poolMax'] = config.poolMax;
+      work = (es, tbl) =>
+        runAgents(config.agents, turnsOf(es), async (t) => {
+          const b = new PgTurnBatcher(tbl);
+          for (const e of turnOf(es, t)) b.log(e);
+          const t0 = performance.now();
+          await b.flush(pool);
+          latencies.push(performance.now() - t0);
+        });
+      teardown = () => pool.end();
+      break;
+    }
+    case 'pg-multirow-1000': {
+      const client = await connect(url);
+      const per = config.insertRows;
+      work = async (es, tbl) => {
+        const fullText = valuesSql(tbl, per);
+        const build = (k: number) => {
+          const chunk = es.slice(k * per, (k + 1) * per);
+          const values: unknown[] = [];
+          for (const e of chunk) pushParams(values, e);
+          return chunk.length === per
+            ? { name: `multirow_insert_${tbl}`, text: fullText, values } // prepared once per connection
+            : { text: valuesSql(tbl, chunk.length), values };
+        };
+        // Builds statement k+1 while statement k is in flight (one connection, one statement at a time).
+        const chunks = Math.ceil(es.length / per);
+        let next = build(0);
+        for (let k = 0; k < chunks; k++) {
+          const inFlight = client.query(next);
+          if (k + 1 < chunks) next = build(k + 1);
+          await inFlight;
+        }
+      };
+      teardown = () => client.end();
+      break;
+    }
+    case 'pg-copy-10000': {
+      const client = await connect(url);
+      const per = config.copyRows;
+      work = async (es, tbl) => {
+        const sql = `COPY ${tbl} (${columnList}) FROM STDIN`; // text format
+        const build = (k: number): Buffer => {
+          let text = '';
+          const end = Math.min(es.length, (k + 1) * per);
+          for (let i = k * per; i < end; i++) {
+            const e = es[i]!;
+            text +=
+              `${e.id}\t${e.occurredAt.toISOString()}\t${copyText(e.tenantId)}\t${copyText(e.actor)}\t` +
+              `${copyText(e.action)}\t${copyText(e.resource)}\t${copyText(e.outcome)}\t` +
+              `${copyText(JSON.stringify(e.payload))}\n`;
+          }
+          return Buffer.from(text, 'utf8');
+        };
+        const copy = (data: Buffer): Promise<void> =>
+          new Promise((resolve, reject) => {
+            const stream = client.query(copyStreams.from(sql));
+            stream.on('error', reject);
+            stream.on('finish', () => resolve());
+            stream.end(data);
+          });
+        // Builds COPY k+1's data while COPY k is in flight (one connection, one COPY at a time).
+        const chunks = Math.ceil(es.length / per);
+        let next = build(0);
+        for (let k = 0; k < chunks; k++) {
+          const inFlight = copy(next);
+          if (k + 1 < chunks) next = build(k + 1);
+          await inFlight;
+        }
+      };
+      teardown = () => client.end();
+      break;
+    }
+    case 'ab-turn':
+    case 'ab-turn-64': {
+      const batchers = new Map<string, AuditBatcher>();
+      for (const tbl of [WARMUP_TABLE, table]) {
+        const audit = new AuditBatcher({ connectionString: url, table: tbl });
+        await audit.ensureSchema(); // opens a pooled connection
+        batchers.set(tbl, audit);
+      }
+      work = async (es, tbl) => {
+        const audit = batchers.get(tbl)!;
+        const turn = async (t: number) => {
+          for (const e of turnOf(es, t)) audit.log(e as AuditEntry);
+          const t0 = performance.now();
+          await audit.flush();
+          latencies.push(performance.now() - t0);
+        };
+        if (method === 'ab-turn') {
+          for (let t = 0; t < turnsOf(es); t++) await turn(t);
+        } else {
+          await runAgents(config.agents, turnsOf(es), turn);
+        }
+      };
+      teardown = async () => {
+        for (const a of batchers.values()) await a.close();
+        const s = batchers.get(table)!.stats();
+        extra['statements'] = s.batches;
+        if (s.written !== n) throw new Error(`${method}: stats().written ${s.written}, expected ${n}`);
+      };
+      break;
+    }
+    case 'ab-bulk': {
+      const make = (tbl: string): AuditBatcher => {
+        const base = { connectionString: url, table: tbl };
+        try {
+          const audit = new AuditBatcher({ ...base, flushAtEntries: config.flushAtEntries } as typeof base);
+          extra['variant'] = `flushAtEntries: ${config.flushAtEntries}`;
+          return audit;
+        } catch (e) {
+          const err = e as { code?: string; message?: string };
+          if (!(e instanceof TypeError) || err.code !== 'ERR_AUDIT_INVALID_OPTIONS' || !/flushAtEntries/.test(err.message ?? '')) {
+            throw e;
+          }
+          extra['variant'] = 'log all, then close() (this addon build refuses flushAtEntries)';
+          return new AuditBatcher(base);
+        }
+      };
+      let audit: AuditBatcher | undefined;
+      work = async (es, tbl) => {
+        const a = tbl === table ? audit! : make(tbl);
+        if (tbl !== table) await a.ensureSchema();
+        const t0 = performance.now();
+        for (const e of es) a.log(e as AuditEntry);
+        if (tbl === table) {
+          extra['logLoopMs'] = performance.now() - t0;
+          extra['writtenWhenLogLoopEnded'] = a.stats().written;
+        }
+        await a.close();
+      };
+      prepare = async () => {
+        audit = make(table);
+        await audit.ensureSchema(); // opens a pooled connection
+      };
+      teardown = async () => {
+        const s = audit!.stats();
+        extra['statements'] = s.batches;
+        if (s.written !== n) throw new Error(`${method}: stats().written ${s.written}, expected ${n}`);
+      };
+      break;
+    }
+    case 'ab-memory': {
+      // Nothing may be written while measuring: no server listens on this port, so any write (a
+      // background flush, if the addon has one) fails and its entries stay buffered.
+      const make = () =>
+        new AuditBatcher({ connectionString: 'postgres://bench@127.0.0.1:9/none', table, connectTimeoutMs: 1000 });
+      const warm = make();
+      const audit = make();
+      let m0: NodeJS.MemoryUsage | undefined;
+      // The warm-up (on `warm`, which stays referenced so that freeing it cannot shrink the process
+      // while measuring) also grows V8's young generation with the garbage the measured loop makes.
+      work = async (es, tbl) => {
+        const a = tbl === table ? audit : warm;
+        for (const e of es) a.log(e as AuditEntry);
+      };
+      prepare = async () => {
+        gc();
+        gc();
+        m0 = process.memoryUsage();
+      };
+      teardown = async () => {
+        gc();
+        gc();
+        const m1 = process.memoryUsage();
+        const s = audit.stats();
+        if (s.buffered !== n) throw new Error(`ab-memory: ${s.buffered} entries buffered, expected ${n}`);
+        let jsonBytes = 0;
+        for (const e of entries) jsonBytes += entryJsonBytes(e);
+        Object.assign(extra, {
+          buffered: s.buffered,
+          bufferedBytesPerEntry: s.bufferedBytes / n,
+          rssGrowthPerEntry: (m1.rss - m0!.rss) / n,
+          heapUsedGrowthPerEntry: (m1.heapUsed - m0!.heapUsed) / n,
+          heapTotalGrowthPerEntry: (m1.heapTotal - m0!.heapTotal) / n,
+          externalGrowthPerEntry: (m1.external - m0!.external) / n,
+          entryJsonBytesPerEntry: jsonBytes / n,
+          warmBuffered: warm.stats().buffered,
+        });
+        // The process exits with the entries unwritten (the addon holds no handle).
+      };
+      break;
+    }
+    default:
+      throw new Error(`unknown method ${String(method)}`);
+  }
+
+  // ---- untimed: warm-up on the warm-up table, then the parent TRUNCATEs and CHECKPOINTs -----------
+  if (warmEntries.length > 0) await work(warmEntries, WARMUP_TABLE);
+  latencies.length = 0;
+  await prepare();
+  await handshake();
+
+  // ---- timed window ---------------------------------------------------------------------------
+  gc();
+  const rssBefore = process.memoryUsage().rss;
+  const elu0 = performance.eventLoopUtilization();
+  const cpu0 = process.cpuUsage();
+  const main0 = mainThreadCpuMs();
+  const t0 = performance.now();
+  await work(entries, table);
+  const ms = performance.now() - t0;
+  const cpu = process.cpuUsage(cpu0);
+  const mainCpu = mainThreadCpuMs() - main0;
+  const elu = performance.eventLoopUtilization(performance.eventLoopUtilization(), elu0);
+  const rssPeak = process.resourceUsage().maxRSS * 1024;
+  await teardown();
+
+  const result: WorkerResult = {
+    method,
+    n,
+    ms,
+    rowsPerSec: (n / ms) * 1000,
+    cpuMs: (cpu.user + cpu.system) / 1000,
+    cpuUserMs: cpu.user / 1000,
+    cpuSystemMs: cpu.system / 1000,
+    eluActiveMs: elu.active,
+    mainThreadCpuMs: Number.isNaN(mainCpu) ? null : mainCpu,
+    rssBefore,
+    rssPeak,
+    ...(latencies.length > 0 ? { latencyMs: percentiles(latencies) } : {}),
+    ...(Object.keys(extra).length > 0 ? { extra } : {}),
+  };
+  writeFileSync(config.resultFile, JSON.stringify(result));
+}
+
+main().catch((e: unknown) => {
+  console.error(e);
+  process.exitCode = 1;
+});
