@@ -133,16 +133,33 @@ impl fmt::Display for InvalidEntry {
 
 impl std::error::Error for InvalidEntry {}
 
+/// A text slot of an entry, in storage order: the action, the optional text fields, the payload's JSON.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Slot {
+    Action,
+    Text(TextField),
+    Payload,
+}
+
+impl Slot {
+    fn index(self) -> usize {
+        match self {
+            Slot::Action => 0,
+            Slot::Text(f) => f.index() + 1,
+            Slot::Payload => 5,
+        }
+    }
+}
+
 /// An entry as the caller gave it, before it is checked and packed.
+///
+/// Its text is gathered in one buffer, so that an entry whose slots arrive in storage order (as `log()`
+/// reads them) is packed without a copy.
 #[derive(Clone, Debug, Default)]
 pub struct EntryDraft {
-    pub action: String,
-    pub tenant_id: Option<String>,
-    pub actor: Option<String>,
-    pub resource: Option<String>,
-    pub outcome: Option<String>,
-    /// The payload as JSON text (what `JSON.stringify` made of it); `None` stores `{}`.
-    pub payload_json: Option<String>,
+    data: String,
+    /// Where each slot's text lies in `data`, by [`Slot::index`].
+    spans: [Option<(u32, u32)>; 6],
     pub id: Option<Uuid>,
     pub occurred_at: Option<Timestamp>,
     /// Never sampled away, never dropped at the buffer's bound, and written at once.
@@ -151,26 +168,40 @@ pub struct EntryDraft {
 
 impl EntryDraft {
     /// An entry with just an action.
-    pub fn new(action: impl Into<String>) -> Self {
-        EntryDraft {
-            action: action.into(),
-            ..Default::default()
-        }
-    }
-
-    fn text_mut(&mut self, field: TextField) -> &mut Option<String> {
-        match field {
-            TextField::TenantId => &mut self.tenant_id,
-            TextField::Actor => &mut self.actor,
-            TextField::Resource => &mut self.resource,
-            TextField::Outcome => &mut self.outcome,
-        }
+    pub fn new(action: impl AsRef<str>) -> Self {
+        let mut draft = EntryDraft::default();
+        draft.set(Slot::Action, action.as_ref());
+        draft
     }
 
     /// Sets an optional text field.
-    pub fn with(mut self, field: TextField, value: impl Into<String>) -> Self {
-        *self.text_mut(field) = Some(value.into());
+    pub fn with(mut self, field: TextField, value: impl AsRef<str>) -> Self {
+        self.set(Slot::Text(field), value.as_ref());
         self
+    }
+
+    /// Sets the payload, as JSON text.
+    pub fn with_payload_json(mut self, json: impl AsRef<str>) -> Self {
+        self.set(Slot::Payload, json.as_ref());
+        self
+    }
+
+    /// Sets a slot's text (setting it again replaces it).
+    pub fn set(&mut self, slot: Slot, value: &str) {
+        self.append(slot, |data| data.push_str(value));
+    }
+
+    /// Sets a slot to whatever `write` appends to the draft's buffer. `write` must only append.
+    pub fn append<R>(&mut self, slot: Slot, write: impl FnOnce(&mut String) -> R) -> R {
+        let start = self.data.len();
+        let result = write(&mut self.data);
+        self.data.truncate(self.data.len().max(start));
+        self.spans[slot.index()] = Some((start as u32, self.data.len() as u32));
+        result
+    }
+
+    fn slot(&self, i: usize) -> Option<&str> {
+        self.spans[i].map(|(a, b)| &self.data[a as usize..b as usize])
     }
 
     /// Checks the draft and packs it, taking `now` as its time unless it names one.
@@ -179,36 +210,65 @@ impl EntryDraft {
     /// fail the caller's request over its audit trail), every NUL in a text field and every `\u0000` escape
     /// in the payload becomes U+FFFD, as does a lone UTF-16 surrogate escape in the payload, which `jsonb`
     /// refuses too; [`Prepared::sanitized`] says that it happened, so it can be counted.
-    pub fn prepare(self, now: Timestamp) -> Result<Prepared, InvalidEntry> {
-        if self.action.is_empty() {
+    pub fn prepare(mut self, now: Timestamp) -> Result<Prepared, InvalidEntry> {
+        if self.slot(0).is_none_or(str::is_empty) {
             return Err(InvalidEntry::new("action", "must be a non-empty string"));
         }
-        let mut sanitized = false;
-        let mut data = String::with_capacity(
-            self.action.len()
-                + [&self.tenant_id, &self.actor, &self.resource, &self.outcome]
-                    .iter()
-                    .map(|f| f.as_ref().map_or(0, |s| s.len()))
-                    .sum::<usize>()
-                + self.payload_json.as_ref().map_or(2, |p| p.len()),
-        );
+        if self.data.len() > u32::MAX as usize - 2 {
+            return Err(InvalidEntry::new("entry", "is larger than 4 GiB"));
+        }
+        if self.spans[5].is_none() {
+            self.append(Slot::Payload, |d| d.push_str("{}"));
+        }
+        let needs_fix = |i: usize, text: &str| {
+            if i == 5 {
+                text.contains("\\u")
+            } else {
+                text.contains('\0')
+            }
+        };
+        // In storage order, back to back, and nothing to replace: the buffer is the entry's text as it is.
+        let mut cursor = 0u32;
+        let mut packed = true;
+        for i in 0..6 {
+            if let Some((a, b)) = self.spans[i] {
+                packed &= a == cursor && !needs_fix(i, &self.data[a as usize..b as usize]);
+                cursor = b;
+            }
+        }
+        packed &= cursor as usize == self.data.len();
         let mut ends = [0u32; 6];
         let mut present = 0u8;
-        sanitized |= push_text(&mut data, &self.action);
-        ends[0] = end_offset(&data)?;
-        let fields = [&self.tenant_id, &self.actor, &self.resource, &self.outcome];
-        for (i, value) in fields.into_iter().enumerate() {
-            if let Some(v) = value {
-                sanitized |= push_text(&mut data, v);
-                present |= 1 << i;
+        let mut sanitized = false;
+        let data = if packed {
+            let mut end = 0;
+            for (i, span) in self.spans.iter().enumerate() {
+                if let Some((_, b)) = span {
+                    end = *b;
+                    if (1..=4).contains(&i) {
+                        present |= 1 << (i - 1);
+                    }
+                }
+                ends[i] = end;
             }
-            ends[i + 1] = end_offset(&data)?;
-        }
-        match &self.payload_json {
-            Some(json) => sanitized |= push_json(&mut data, json),
-            None => data.push_str("{}"),
-        }
-        ends[5] = end_offset(&data)?;
+            self.data
+        } else {
+            let mut out = String::with_capacity(self.data.len() + 16);
+            for (i, end) in ends.iter_mut().enumerate() {
+                if let Some(text) = self.slot(i) {
+                    sanitized |= if i == 5 {
+                        push_json(&mut out, text)
+                    } else {
+                        push_text(&mut out, text)
+                    };
+                    if (1..=4).contains(&i) {
+                        present |= 1 << (i - 1);
+                    }
+                }
+                *end = end_offset(&out)?;
+            }
+            out
+        };
         Ok(Prepared {
             entry: Entry {
                 id: self.id.unwrap_or(Uuid([0; 16])),
@@ -495,6 +555,52 @@ mod tests {
             "no offset"
         );
         assert!(Timestamp::parse_rfc3339("yesterday").is_none());
+    }
+
+    #[test]
+    fn slots_given_out_of_order_or_twice_are_packed_in_storage_order() {
+        let mut d = EntryDraft::new("first");
+        d.set(Slot::Payload, r#"{"a":1}"#);
+        d.set(Slot::Text(TextField::Outcome), "ok");
+        d.set(Slot::Action, "second");
+        d.set(Slot::Text(TextField::TenantId), "t");
+        let e = prepare(d).finish(&mut Uuid7Generator::new());
+        assert_eq!(e.action(), "second");
+        assert_eq!(e.text(TextField::TenantId), Some("t"));
+        assert_eq!(e.text(TextField::Actor), None);
+        assert_eq!(e.text(TextField::Outcome), Some("ok"));
+        assert_eq!(e.payload_json(), r#"{"a":1}"#);
+        assert_eq!(e.size_bytes(), 72 + "secondtok{\"a\":1}".len());
+    }
+
+    #[test]
+    fn slots_in_storage_order_are_kept_as_they_are() {
+        let d = EntryDraft::new("a")
+            .with(TextField::TenantId, "t")
+            .with(TextField::Outcome, "o")
+            .with_payload_json("[1]");
+        let p = prepare(d);
+        assert!(!p.sanitized);
+        let e = p.finish(&mut Uuid7Generator::new());
+        assert_eq!(
+            (
+                e.action(),
+                e.text(TextField::TenantId),
+                e.text(TextField::Outcome)
+            ),
+            ("a", Some("t"), Some("o"))
+        );
+        assert_eq!(e.payload_json(), "[1]");
+    }
+
+    #[test]
+    fn a_payload_with_nul_is_sanitized_through_the_draft() {
+        let p = prepare(EntryDraft::new("a").with_payload_json(r#"{"s":"\u0000"}"#));
+        assert!(p.sanitized);
+        assert_eq!(
+            p.finish(&mut Uuid7Generator::new()).payload_json(),
+            r#"{"s":"\ufffd"}"#
+        );
     }
 
     #[test]

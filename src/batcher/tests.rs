@@ -65,10 +65,9 @@ fn entry(i: usize) -> EntryDraft {
 }
 
 fn critical(action: &str) -> EntryDraft {
-    EntryDraft {
-        critical: true,
-        ..EntryDraft::new(action)
-    }
+    let mut draft = EntryDraft::new(action);
+    draft.critical = true;
+    draft
 }
 
 fn log_n(b: &TestBatcher, n: usize) -> Vec<Uuid> {

@@ -1,12 +1,14 @@
 //! Reading JavaScript values into the core's types, with errors that name the option or field at fault.
 
+use std::ffi::CStr;
+use std::ptr;
 use std::time::Duration;
 
 use napi::bindgen_prelude::{Function, JsObjectValue, JsValue, Object, Unknown};
-use napi::{Env, JsDate, ValueType};
+use napi::{check_status, sys, Env, JsDate, ValueType};
 
 use crate::batcher::{BackgroundConfig, BatcherConfig, OverflowPolicy, Sampling};
-use crate::entry::{EntryDraft, InvalidEntry, TextField, Timestamp};
+use crate::entry::{EntryDraft, InvalidEntry, Slot, TextField, Timestamp};
 use crate::pg::columns::ColumnMap;
 use crate::pg::ident::TableName;
 use crate::pg::PgSettings;
@@ -84,58 +86,122 @@ fn string_or_absent(v: &Unknown) -> napi::Result<Option<Result<String, &'static 
     Ok(Some(Err(type_name(v)?)))
 }
 
-/// Reads the entry object given to `log()`.
+/// Reads a property with a static name (no allocation for the key).
+fn get<'a>(obj: &Object<'a>, key: &CStr) -> napi::Result<Unknown<'a>> {
+    let env = obj.value().env;
+    let mut out = ptr::null_mut();
+    // SAFETY: `obj` is a live object of `env`, `key` is NUL-terminated.
+    check_status!(unsafe { sys::napi_get_named_property(env, obj.raw(), key.as_ptr(), &mut out) })?;
+    // SAFETY: napi returned a value of `env`.
+    Ok(unsafe { Unknown::from_raw_unchecked(env, out) })
+}
+
+/// Appends a JavaScript string to `out` as UTF-8 with one copy (lone surrogates become U+FFFD).
+fn append_string(value: &Unknown, out: &mut String) -> napi::Result<()> {
+    let (env, raw) = (value.value().env, value.raw());
+    let mut units = 0usize;
+    // SAFETY: `raw` is a string of `env` (checked by the caller); a null buffer asks for the length only,
+    // which V8 knows without scanning.
+    check_status!(unsafe {
+        sys::napi_get_value_string_utf16(env, raw, ptr::null_mut(), 0, &mut units)
+    })?;
+    // UTF-8 needs at most 3 bytes per UTF-16 unit; napi writes a terminating NUL after the text.
+    let capacity = units * 3 + 1;
+    // SAFETY: V8 writes only valid UTF-8 (REPLACE_INVALID_UTF8) into the reserved spare capacity, and
+    // `written` (which excludes the NUL) is how much of it to keep.
+    unsafe {
+        let bytes = out.as_mut_vec();
+        bytes.reserve(capacity);
+        let start = bytes.len();
+        let mut written = 0usize;
+        check_status!(sys::napi_get_value_string_utf8(
+            env,
+            raw,
+            bytes.as_mut_ptr().add(start).cast(),
+            capacity,
+            &mut written,
+        ))?;
+        bytes.set_len(start + written);
+    }
+    Ok(())
+}
+
+/// An entry's fields as JavaScript values, in storage order; `payload_json` is already `JSON.stringify`'d.
+pub struct EntryFields<'a> {
+    pub action: Unknown<'a>,
+    /// tenantId, actor, resource, outcome.
+    pub text: [Unknown<'a>; 4],
+    /// A JavaScript string, or absent.
+    pub payload_json: Option<Unknown<'a>>,
+    pub id: Unknown<'a>,
+    pub occurred_at: Unknown<'a>,
+    pub critical: Unknown<'a>,
+}
+
+/// Reads the entry object given to `log()` or `write()`.
 pub fn entry_from_js(env: &Env, value: &Unknown) -> Result<EntryDraft, ConvertError<InvalidEntry>> {
-    let invalid = |field, reason: String| ConvertError::Invalid(InvalidEntry::new(field, reason));
     let Some(obj) = as_plain_object(value)? else {
-        return Err(invalid(
+        return Err(ConvertError::Invalid(InvalidEntry::new(
             "entry",
             format!("must be an object, got {}", type_name(value)?),
-        ));
+        )));
     };
+    let payload = get(&obj, c"payload")?;
+    let payload_json = match payload.get_type()? {
+        ValueType::Undefined => None,
+        _ => Some(stringify_payload(env, payload)?),
+    };
+    entry_from_fields(&EntryFields {
+        action: get(&obj, c"action")?,
+        text: [
+            get(&obj, c"tenantId")?,
+            get(&obj, c"actor")?,
+            get(&obj, c"resource")?,
+            get(&obj, c"outcome")?,
+        ],
+        payload_json,
+        id: get(&obj, c"id")?,
+        occurred_at: get(&obj, c"occurredAt")?,
+        critical: get(&obj, c"critical")?,
+    })
+}
+
+/// Checks the fields and reads them straight into a draft's buffer, in storage order. `null` and
+/// `undefined` mean absent for every optional field.
+pub fn entry_from_fields(f: &EntryFields) -> Result<EntryDraft, ConvertError<InvalidEntry>> {
+    let invalid = |field, reason: String| ConvertError::Invalid(InvalidEntry::new(field, reason));
     let mut draft = EntryDraft::default();
-    let action: Unknown = obj.get_named_property("action")?;
-    match string_or_absent(&action)? {
-        Some(Ok(s)) if !s.is_empty() => draft.action = s,
-        Some(Ok(_)) => {
+    match f.action.get_type()? {
+        ValueType::String => draft.append(Slot::Action, |d| append_string(&f.action, d))?,
+        ValueType::Undefined | ValueType::Null => {
+            return Err(invalid("action", "is required (a non-empty string)".into()))
+        }
+        _ => {
             return Err(invalid(
                 "action",
-                "must be a non-empty string, got an empty string".into(),
+                format!("must be a non-empty string, got {}", type_name(&f.action)?),
             ))
         }
-        Some(Err(got)) => {
-            return Err(invalid(
-                "action",
-                format!("must be a non-empty string, got {got}"),
-            ))
-        }
-        None => return Err(invalid("action", "is required (a non-empty string)".into())),
     }
-    for field in TextField::ALL {
-        let v: Unknown = obj.get_named_property(field.js_name())?;
-        let slot = match field {
-            TextField::TenantId => &mut draft.tenant_id,
-            TextField::Actor => &mut draft.actor,
-            TextField::Resource => &mut draft.resource,
-            TextField::Outcome => &mut draft.outcome,
-        };
-        match string_or_absent(&v)? {
-            Some(Ok(s)) => *slot = Some(s),
-            Some(Err(got)) => {
+    for (field, v) in TextField::ALL.into_iter().zip(&f.text) {
+        match v.get_type()? {
+            ValueType::String => draft.append(Slot::Text(field), |d| append_string(v, d))?,
+            ValueType::Undefined | ValueType::Null => {}
+            _ => {
                 return Err(invalid(
                     field.js_name(),
-                    format!("must be a string, got {got}"),
+                    format!("must be a string, got {}", type_name(v)?),
                 ))
             }
-            None => {}
         }
     }
-    let payload: Unknown = obj.get_named_property("payload")?;
-    if payload.get_type()? != ValueType::Undefined {
-        draft.payload_json = Some(stringify_payload(env, payload)?);
+    if let Some(json) = &f.payload_json {
+        if json.get_type()? != ValueType::String {
+            return Err(invalid("payload", "must be given as JSON text here".into()));
+        }
+        draft.append(Slot::Payload, |d| append_string(json, d))?;
     }
-    let id: Unknown = obj.get_named_property("id")?;
-    match string_or_absent(&id)? {
+    match string_or_absent(&f.id)? {
         Some(Ok(s)) => match Uuid::parse(&s) {
             Some(uuid) => draft.id = Some(uuid),
             None => {
@@ -148,21 +214,19 @@ pub fn entry_from_js(env: &Env, value: &Unknown) -> Result<EntryDraft, ConvertEr
         Some(Err(got)) => return Err(invalid("id", format!("must be a UUID string, got {got}"))),
         None => {}
     }
-    let critical: Unknown = obj.get_named_property("critical")?;
-    match critical.get_type()? {
+    match f.critical.get_type()? {
         ValueType::Undefined | ValueType::Null => {}
         // SAFETY: the value was just checked to be a boolean.
-        ValueType::Boolean => draft.critical = unsafe { critical.cast::<bool>()? },
+        ValueType::Boolean => draft.critical = unsafe { f.critical.cast::<bool>()? },
         _ => {
             return Err(invalid(
                 "critical",
-                format!("must be a boolean, got {}", type_name(&critical)?),
+                format!("must be a boolean, got {}", type_name(&f.critical)?),
             ))
         }
     }
-    let at: Unknown = obj.get_named_property("occurredAt")?;
-    if !is_absent(&at)? {
-        draft.occurred_at = Some(occurred_at_from_js(&at)?);
+    if !is_absent(&f.occurred_at)? {
+        draft.occurred_at = Some(occurred_at_from_js(&f.occurred_at)?);
     }
     Ok(draft)
 }
@@ -206,12 +270,16 @@ fn occurred_at_from_js(at: &Unknown) -> Result<Timestamp, ConvertError<InvalidEn
     parsed
 }
 
-/// `JSON.stringify(payload)`, refusing what has no JSON form.
-fn stringify_payload(env: &Env, payload: Unknown) -> Result<String, ConvertError<InvalidEntry>> {
+/// `JSON.stringify(payload)` (a JavaScript string), refusing what has no JSON form.
+fn stringify_payload<'a>(
+    env: &'a Env,
+    payload: Unknown,
+) -> Result<Unknown<'a>, ConvertError<InvalidEntry>> {
     let invalid = |reason: String| ConvertError::Invalid(InvalidEntry::new("payload", reason));
     let kind = type_name(&payload)?;
-    let json: Object = env.get_global()?.get_named_property("JSON")?;
-    let stringify: Function<Unknown, Unknown> = json.get_named_property("stringify")?;
+    let json: Object = env.get_global()?.get_c_named_property_unchecked(c"JSON")?;
+    let stringify: Function<Unknown, Unknown> =
+        json.get_c_named_property_unchecked(c"stringify")?;
     let out = stringify
         .call(payload)
         .map_err(|e| invalid(format!("is not JSON-serialisable: {}", e.reason)))?;
@@ -220,8 +288,7 @@ fn stringify_payload(env: &Env, payload: Unknown) -> Result<String, ConvertError
             "is not JSON-serialisable: {kind} has no JSON form"
         )));
     }
-    // SAFETY: the value was just checked to be a string.
-    Ok(unsafe { out.cast::<String>()? })
+    Ok(out)
 }
 
 /// Which sink the batcher writes to.

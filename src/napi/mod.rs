@@ -155,60 +155,46 @@ impl AuditBatcher {
     /// with `code: 'ERR_AUDIT_CLOSED'` after `close()`.
     #[napi(catch_unwind, ts_args_type = "entry: AuditEntry")]
     pub fn log(&self, env: Env, entry: Unknown) -> napi::Result<String> {
-        let closed = || {
-            errors::throw(
-                &env,
-                Kind::Error,
-                errors::CLOSED,
-                "audit-batcher: log() after close()",
-            )
-        };
         if self.core.is_closing() {
-            return Err(closed());
+            return Err(log_after_close(&env));
         }
-        let draft = match convert::entry_from_js(&env, &entry) {
-            Ok(d) => d,
-            Err(ConvertError::Invalid(e)) => {
-                return Err(errors::throw(
-                    &env,
-                    Kind::TypeError,
-                    errors::INVALID_ENTRY,
-                    &invalid_entry_message(&e),
-                ))
-            }
-            Err(ConvertError::Js(e)) => return Err(e),
+        let draft = convert::entry_from_js(&env, &entry);
+        self.accept(&env, draft)
+    }
+
+    /// `log()` with the entry's fields passed one by one and the payload already `JSON.stringify`'d: the
+    /// path `index.js` takes, so that V8 reads the properties instead of napi. Not part of the API.
+    #[allow(clippy::too_many_arguments)]
+    #[napi(catch_unwind, skip_typescript)]
+    pub fn log_fields(
+        &self,
+        env: Env,
+        action: Unknown,
+        tenant_id: Unknown,
+        actor: Unknown,
+        resource: Unknown,
+        outcome: Unknown,
+        payload_json: Unknown,
+        id: Unknown,
+        occurred_at: Unknown,
+        critical: Unknown,
+    ) -> napi::Result<String> {
+        if self.core.is_closing() {
+            return Err(log_after_close(&env));
+        }
+        let payload_json = match payload_json.get_type()? {
+            ValueType::Undefined => None,
+            _ => Some(payload_json),
         };
-        let critical = draft.critical;
-        match self.core.log(draft) {
-            Ok(Logged {
-                id,
-                disposition: Disposition::Buffered { seq },
-            }) if critical => {
-                let ticket = self.core.ticket_through(seq);
-                let core = self.core.clone();
-                // Failures are counted in stats(); the entries stay buffered for the next flush.
-                spawn(async move {
-                    let _ = ticket.run(&core).await;
-                });
-                Ok(id.to_string())
-            }
-            Ok(logged) => Ok(logged.id.to_string()),
-            Err(LogError::Invalid(e)) => Err(errors::throw(
-                &env,
-                Kind::TypeError,
-                errors::INVALID_ENTRY,
-                &invalid_entry_message(&e),
-            )),
-            Err(LogError::BufferFull { entries, bytes }) => Err(errors::throw(
-                &env,
-                Kind::Error,
-                errors::BUFFER_FULL,
-                &format!(
-                    "audit-batcher: buffer full ({entries} entries, {bytes} bytes held); entry not taken"
-                ),
-            )),
-            Err(LogError::Closed) => Err(closed()),
-        }
+        let draft = convert::entry_from_fields(&convert::EntryFields {
+            action,
+            text: [tenant_id, actor, resource, outcome],
+            payload_json,
+            id,
+            occurred_at,
+            critical,
+        });
+        self.accept(&env, draft)
     }
 
     /// Writes one entry, together with everything buffered before it, and resolves with its id once it is
@@ -410,6 +396,68 @@ impl AuditBatcher {
         };
         Ok(memory.entries().iter().map(AuditRecord::from).collect())
     }
+}
+
+impl AuditBatcher {
+    /// Buffers a converted entry (or throws its conversion error), and starts the flush of a critical one.
+    fn accept(
+        &self,
+        env: &Env,
+        draft: Result<EntryDraft, ConvertError<InvalidEntry>>,
+    ) -> napi::Result<String> {
+        let draft = match draft {
+            Ok(d) => d,
+            Err(ConvertError::Invalid(e)) => {
+                return Err(errors::throw(
+                    env,
+                    Kind::TypeError,
+                    errors::INVALID_ENTRY,
+                    &invalid_entry_message(&e),
+                ))
+            }
+            Err(ConvertError::Js(e)) => return Err(e),
+        };
+        let critical = draft.critical;
+        match self.core.log(draft) {
+            Ok(Logged {
+                id,
+                disposition: Disposition::Buffered { seq },
+            }) if critical => {
+                let ticket = self.core.ticket_through(seq);
+                let core = self.core.clone();
+                // Failures are counted in stats(); the entries stay buffered for the next flush.
+                spawn(async move {
+                    let _ = ticket.run(&core).await;
+                });
+                Ok(id.to_string())
+            }
+            Ok(logged) => Ok(logged.id.to_string()),
+            Err(LogError::Invalid(e)) => Err(errors::throw(
+                env,
+                Kind::TypeError,
+                errors::INVALID_ENTRY,
+                &invalid_entry_message(&e),
+            )),
+            Err(LogError::BufferFull { entries, bytes }) => Err(errors::throw(
+                env,
+                Kind::Error,
+                errors::BUFFER_FULL,
+                &format!(
+                    "audit-batcher: buffer full ({entries} entries, {bytes} bytes held); entry not taken"
+                ),
+            )),
+            Err(LogError::Closed) => Err(log_after_close(env)),
+        }
+    }
+}
+
+fn log_after_close(env: &Env) -> napi::Error {
+    errors::throw(
+        env,
+        Kind::Error,
+        errors::CLOSED,
+        "audit-batcher: log() after close()",
+    )
 }
 
 /// Reads `close()`'s `{ timeoutMs }`.
