@@ -14,6 +14,8 @@ export interface RunRecord {
   result: WorkerResult;
   /** md5 of the first k rows (ORDER BY id), per k. */
   checksums: Record<string, string>;
+  /** 1-minute load average when the method's checks were done (other processes' CPU use shows here). */
+  load1m: number;
 }
 
 export interface Range {
@@ -58,7 +60,15 @@ export interface BenchResults {
     sizes: { naive: number; turn: number; bulk: number };
     durationS: number;
     config: Record<string, unknown>;
-    machine: { cpu: string; memoryGiB: number; os: string; node: string; loadAverage1mAtStart: number; loadAverage1mAtEnd: number };
+    machine: {
+      cpu: string;
+      memoryGiB: number;
+      os: string;
+      node: string;
+      loadAverage1mAtStart: number;
+      loadAverage1mAtEnd: number;
+      loadAverage1mMax: number;
+    };
     server: {
       source: string;
       url: string;
@@ -104,7 +114,8 @@ export function headerLines(r: BenchResults): string[] {
         .map(([k, v]) => `${k}=${v}`)
         .join(', '),
     `Machine: ${r.meta.machine.cpu} cores, ${r.meta.machine.memoryGiB} GiB, ${r.meta.machine.os}, Node ${r.meta.machine.node}, ` +
-      `load average ${r.meta.machine.loadAverage1mAtStart} at start, ${r.meta.machine.loadAverage1mAtEnd} at end. ` +
+      `1-min load average ${r.meta.machine.loadAverage1mAtStart} at start, ${r.meta.machine.loadAverage1mMax} at most, ${r.meta.machine.loadAverage1mAtEnd} at end ` +
+      `(the run itself keeps it near 1–1.5; more means other processes were using the CPU). ` +
       `Addon: ${a.file} at commit ${a.commit || '?'}${a.sourceDirty ? ' (src/ had uncommitted changes)' : ''}, built ${a.builtAt}, sha256 ${a.sha256}` +
       `${a.olderThanSource ? ' — WARNING: older than src/, not rebuilt' : ''}.`,
     `${r.meta.runs} run${r.meta.runs === 1 ? '' : 's'}, every method once per run in a fresh process, order rotated each run; ` +

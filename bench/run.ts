@@ -180,6 +180,8 @@ async function main(): Promise<void> {
   const loadAtStart = loadavg()[0]!;
   if (loadAtStart > 0.7) {
     log(`WARNING: load average ${loadAtStart.toFixed(2)} before starting: other processes are using the CPU, figures will be noisy`);
+  } else {
+    log(`load average ${loadAtStart.toFixed(2)} before starting`);
   }
   const methods = METHODS.filter((m) => !only || only.includes(m.key)).filter((m) => !(noCeiling && m.key === 'ceiling'));
   if (only && methods.length !== only.length) {
@@ -293,7 +295,7 @@ async function main(): Promise<void> {
           }
           const total = await control.query<{ n: number }>(`SELECT count(*)::int AS n FROM ${TABLE}`);
           if (total.rows[0]!.n !== n) throw new Error(`ROW COUNT: ${m.key} (run ${run}) wrote ${total.rows[0]!.n} rows, expected ${n}`);
-          records.push({ run, method: m.key, result, checksums });
+          records.push({ run, method: m.key, result, checksums, load1m: Number(loadavg()[0]!.toFixed(2)) });
           log(
             `run ${run}/${runs} ${m.key.padEnd(17)} ${Math.round(result.rowsPerSec).toLocaleString('en-US').padStart(9)} rows/s` +
               (Number.isNaN(result.eluActiveMs) ? '' : `  event loop ${((result.eluActiveMs / n) * 1000).toFixed(1)} ms/1k`) +
@@ -324,6 +326,7 @@ async function main(): Promise<void> {
         node: process.version,
         loadAverage1mAtStart: Number(loadAtStart.toFixed(2)),
         loadAverage1mAtEnd: Number(loadavg()[0]!.toFixed(2)),
+        loadAverage1mMax: Math.max(loadAtStart, ...records.map((r) => r.load1m)),
       },
       server: serverInfo,
       addon,
