@@ -157,6 +157,12 @@ export interface AuditBatcherOptions {
   flushOnExit?: boolean
   /** How long `close()` may take when its call does not say (milliseconds). Default 10000. */
   closeTimeoutMs?: number
+  /**
+   * Where entries the table refuses (a CHECK, a value too long, a trigger that raises, a foreign key)
+   * are kept, with the error and SQLSTATE. Default `<table>_dead_letter`, in the table's schema;
+   * `ensureSchema()` creates it.
+   */
+  deadLetterTable?: string
 }
 
 /** One audit entry, as given to `log()` or `write()`. */
@@ -220,7 +226,8 @@ export interface AuditRecord {
 
 /**
  * Counters since the batcher was made. Every entry `log()` accepted is in exactly one of buffered,
- * written, sampled out or dropped: `logged === buffered + written + sampledOut + dropped`.
+ * written, dead-lettered, sampled out or dropped:
+ * `logged === buffered + written + deadLettered + sampledOut + dropped`.
  */
 export interface AuditStats {
   /** Entries held in memory, not yet written (those being written included). */
@@ -231,6 +238,8 @@ export interface AuditStats {
   logged: number
   /** Entries committed to the table. */
   written: number
+  /** Entries the table refused (a constraint, a type, a trigger), moved to the dead-letter table. */
+  deadLettered: number
   /** Entries not kept by sampling. */
   sampledOut: number
   /** Entries discarded at the buffer's bound (`onBufferFull: 'drop'`). */

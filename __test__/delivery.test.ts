@@ -58,7 +58,7 @@ async function proxied(): Promise<{ proxy: Proxy; url: string }> {
 }
 
 function expectBooksBalance(s: AuditStats): void {
-  expect(s.logged).toBe(s.buffered + s.written + s.sampledOut + s.dropped);
+  expect(s.logged).toBe(s.buffered + s.written + s.deadLettered + s.sampledOut + s.dropped);
 }
 
 /** Distinct ids in the table, and whether any id is there twice. */

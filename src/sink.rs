@@ -9,6 +9,18 @@ use parking_lot::Mutex;
 use crate::entry::Entry;
 use crate::uuid7::Uuid;
 
+/// Whether trying the same write again can succeed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The connection, the server, a lock or a timeout: the same batch may succeed later. Retried, never
+    /// dead-lettered.
+    #[default]
+    Transient,
+    /// Some row breaks a rule of the table (a constraint, a type, a trigger): the same rows will fail the
+    /// same way. The batcher splits the batch to find them and dead-letters each.
+    Rejected,
+}
+
 /// Why a batch could not be written. Its text never holds a password.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WriteError {
@@ -16,13 +28,25 @@ pub struct WriteError {
     pub message: String,
     /// PostgreSQL's SQLSTATE, when the server gave one.
     pub sqlstate: Option<String>,
+    pub kind: FailureKind,
 }
 
 impl WriteError {
+    /// A transient failure.
     pub fn new(message: impl Into<String>) -> Self {
         WriteError {
             message: message.into(),
             sqlstate: None,
+            kind: FailureKind::Transient,
+        }
+    }
+
+    /// A failure caused by rows the table refuses.
+    pub fn rejected(message: impl Into<String>, sqlstate: Option<String>) -> Self {
+        WriteError {
+            message: message.into(),
+            sqlstate,
+            kind: FailureKind::Rejected,
         }
     }
 }
@@ -47,6 +71,14 @@ pub trait Sink: Send + Sync + 'static {
     /// entries again. A sink must store an entry whose id it already holds only once.
     fn write(&self, batch: &[Entry]) -> impl Future<Output = Result<(), WriteError>> + Send;
 
+    /// Stores an entry the table refused, with the reason, in a dead-letter place. Like `write`, storing
+    /// the same entry twice must keep it once.
+    fn dead_letter(
+        &self,
+        entry: &Entry,
+        cause: &WriteError,
+    ) -> impl Future<Output = Result<(), WriteError>> + Send;
+
     /// Releases the sink's resources (connections); later writes fail.
     fn close(&self) -> impl Future<Output = ()> + Send;
 }
@@ -61,6 +93,7 @@ pub struct MemorySink {
 struct MemoryInner {
     entries: Vec<Entry>,
     ids: HashSet<Uuid>,
+    dead: Vec<(Entry, WriteError)>,
 }
 
 impl MemorySink {
@@ -72,6 +105,11 @@ impl MemorySink {
     pub fn entries(&self) -> Vec<Entry> {
         self.inner.lock().entries.clone()
     }
+
+    /// Entries dead-lettered so far, with the reason, in order.
+    pub fn dead_letters(&self) -> Vec<(Entry, WriteError)> {
+        self.inner.lock().dead.clone()
+    }
 }
 
 impl Sink for MemorySink {
@@ -81,6 +119,14 @@ impl Sink for MemorySink {
             if inner.ids.insert(entry.id()) {
                 inner.entries.push(entry.clone());
             }
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(&self, entry: &Entry, cause: &WriteError) -> Result<(), WriteError> {
+        let mut inner = self.inner.lock();
+        if !inner.dead.iter().any(|(e, _)| e.id() == entry.id()) {
+            inner.dead.push((entry.clone(), cause.clone()));
         }
         Ok(())
     }

@@ -22,7 +22,7 @@ pub use self::policy::{Backoff, BatcherConfig, OverflowPolicy, Sampling};
 use self::stats::Window;
 pub use self::stats::{Percentiles, Stats};
 use crate::entry::{Entry, EntryDraft, InvalidEntry, Timestamp};
-use crate::sink::{Sink, WriteError};
+use crate::sink::{FailureKind, Sink, WriteError};
 use crate::uuid7::{Uuid, Uuid7Generator};
 
 /// Why `log()` did not take an entry. Nothing already buffered is affected.
@@ -311,7 +311,7 @@ impl<S: Sink> Batcher<S> {
         }
     }
 
-    /// Writes batches until entries `1..=target` are written or a write fails.
+    /// Writes batches until entries `1..=target` are settled (written or dead-lettered) or a write fails.
     async fn flush_to(&self, target: u64) -> Result<(), FlushError> {
         let _writer = self.writer.lock().await;
         loop {
@@ -326,14 +326,75 @@ impl<S: Sink> Batcher<S> {
                 InFlight::take(self, &mut st, n)
             };
             let started = Instant::now();
-            match self.sink.write(batch.entries()).await {
-                Ok(()) => batch.commit(started),
-                Err(cause) => {
-                    let pending = batch.give_back(&cause);
-                    return Err(FlushError::Failed { cause, pending });
+            let progress = match self.sink.write(batch.entries()).await {
+                Ok(()) => {
+                    self.record_statement(started, batch.entries().len());
+                    Progress::all(batch.entries().len())
                 }
+                Err(cause) if cause.kind == FailureKind::Rejected => {
+                    self.isolate(batch.entries(), cause).await
+                }
+                Err(cause) => Progress::failed(cause),
+            };
+            let Progress {
+                settled,
+                dead_lettered,
+                error,
+            } = progress;
+            let pending = batch.settle(settled, dead_lettered, error.as_ref());
+            if let Some(cause) = error {
+                return Err(FlushError::Failed { cause, pending });
             }
         }
+    }
+
+    /// Writes `entries`, whose batch the sink rejected, in order: halves are tried in turn, down to single
+    /// entries; a single entry the sink rejects is dead-lettered. Stops at the first transient failure.
+    async fn isolate(&self, entries: &[Entry], first: WriteError) -> Progress {
+        let mut progress = Progress::default();
+        // Ranges still to write, the next one last; each is known or suspected to hold a rejected row.
+        let mut todo = vec![(0, entries.len(), Some(first))];
+        while let Some((a, b, known)) = todo.pop() {
+            let cause = match known {
+                Some(cause) => cause,
+                None => {
+                    let started = Instant::now();
+                    match self.sink.write(&entries[a..b]).await {
+                        Ok(()) => {
+                            self.record_statement(started, b - a);
+                            progress.settled = b;
+                            continue;
+                        }
+                        Err(cause) => cause,
+                    }
+                }
+            };
+            if cause.kind != FailureKind::Rejected {
+                progress.error = Some(cause);
+                return progress;
+            }
+            if b - a == 1 {
+                if let Err(e) = self.sink.dead_letter(&entries[a], &cause).await {
+                    progress.error = Some(e);
+                    return progress;
+                }
+                progress.settled = b;
+                progress.dead_lettered += 1;
+                self.state.lock().stats.last_error = Some((cause, Timestamp::now()));
+                continue;
+            }
+            let mid = a + (b - a) / 2;
+            todo.push((mid, b, None));
+            todo.push((a, mid, None));
+        }
+        progress
+    }
+
+    fn record_statement(&self, started: Instant, rows: usize) {
+        let mut st = self.state.lock();
+        st.stats.batches += 1;
+        st.window
+            .record(started.elapsed().as_secs_f64() * 1000.0, rows);
     }
 
     /// Retries `flush_to(target)` with backoff until it succeeds or `deadline` passes.
@@ -424,6 +485,31 @@ impl CloseTicket {
     }
 }
 
+/// How far a batch got: its first `settled` entries are written or dead-lettered.
+#[derive(Debug, Default)]
+struct Progress {
+    settled: usize,
+    dead_lettered: usize,
+    /// Why it stopped before the end.
+    error: Option<WriteError>,
+}
+
+impl Progress {
+    fn all(n: usize) -> Self {
+        Progress {
+            settled: n,
+            ..Default::default()
+        }
+    }
+
+    fn failed(cause: WriteError) -> Self {
+        Progress {
+            error: Some(cause),
+            ..Default::default()
+        }
+    }
+}
+
 /// A batch taken out of the buffer for one write. Unless committed, it goes back to the front of the buffer
 /// when dropped, so a write abandoned half-way (a dropped future) loses nothing.
 struct InFlight<'a, S> {
@@ -450,25 +536,23 @@ impl<'a, S> InFlight<'a, S> {
         &self.entries
     }
 
-    fn commit(mut self, started: Instant) {
-        let n = self.entries.len();
+    /// Settles the first `settled` entries (written, but for `dead_lettered` of them) and returns the rest
+    /// to the front of the buffer; records `error` when there is one. Returns the entries buffered then.
+    fn settle(mut self, settled: usize, dead_lettered: usize, error: Option<&WriteError>) -> usize {
         let mut st = self.batcher.state.lock();
-        st.in_flight -= n;
-        st.in_flight_bytes -= self.bytes;
-        st.settled += n as u64;
-        st.stats.written += n as u64;
-        st.stats.batches += 1;
-        st.window
-            .record(started.elapsed().as_secs_f64() * 1000.0, n);
+        let rest = self.entries.split_off(settled);
+        let done_bytes: usize = self.entries.iter().map(Entry::size_bytes).sum();
+        st.in_flight -= settled;
+        st.in_flight_bytes -= done_bytes;
+        st.settled += settled as u64;
+        st.stats.written += (settled - dead_lettered) as u64;
+        st.stats.dead_lettered += dead_lettered as u64;
         self.entries.clear();
-    }
-
-    /// Returns the batch to the buffer after a failed write; the number of entries buffered then.
-    fn give_back(mut self, cause: &WriteError) -> usize {
-        let mut st = self.batcher.state.lock();
-        st.stats.failed_flushes += 1;
-        st.stats.last_error = Some((cause.clone(), Timestamp::now()));
-        Self::restore(&mut st, std::mem::take(&mut self.entries), self.bytes);
+        if let Some(cause) = error {
+            st.stats.failed_flushes += 1;
+            st.stats.last_error = Some((cause.clone(), Timestamp::now()));
+        }
+        Self::restore(&mut st, rest, self.bytes - done_bytes);
         st.buffered()
     }
 

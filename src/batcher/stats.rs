@@ -7,8 +7,9 @@ use crate::sink::WriteError;
 
 /// Counters since the batcher was made, and figures over its recent writes.
 ///
-/// Every entry `log()` accepted is, at any moment, in exactly one of: buffered, written, sampled out,
-/// dropped. So `logged == buffered + written + sampled_out + dropped` holds in every snapshot.
+/// Every entry `log()` accepted is, at any moment, in exactly one of: buffered, written, dead-lettered,
+/// sampled out, dropped. So `logged == buffered + written + dead_lettered + sampled_out + dropped` holds in
+/// every snapshot.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Stats {
     /// Entries held in memory, not yet known to be written (those being written included).
@@ -19,6 +20,8 @@ pub struct Stats {
     pub logged: u64,
     /// Entries written to the sink.
     pub written: u64,
+    /// Entries the table refused (a constraint, a type, a trigger), moved to the dead-letter place.
+    pub dead_lettered: u64,
     /// Entries not kept by sampling.
     pub sampled_out: u64,
     /// Entries discarded because the buffer was full (policy `Drop`).

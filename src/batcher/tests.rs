@@ -20,6 +20,11 @@ struct TestSink {
     gate: Mutex<Option<Arc<tokio::sync::Notify>>>,
     writes_started: AtomicUsize,
     closed: AtomicBool,
+    /// Refuse (as a table would) any batch holding an entry with this actor.
+    poison_actor: Mutex<Option<String>>,
+    /// Fail transiently any batch holding an entry with this actor.
+    flaky_actor: Mutex<Option<String>>,
+    fail_dead_letters: AtomicBool,
 }
 
 impl Sink for Arc<TestSink> {
@@ -32,6 +37,20 @@ impl Sink for Arc<TestSink> {
         if self.fail.load(Ordering::SeqCst) {
             return Err(WriteError::new("connection refused"));
         }
+        let has = |actor: &Option<String>| {
+            actor
+                .as_deref()
+                .is_some_and(|a| batch.iter().any(|e| e.text(TextField::Actor) == Some(a)))
+        };
+        if has(&self.poison_actor.lock()) {
+            return Err(WriteError::rejected(
+                "new row violates check constraint",
+                Some("23514".into()),
+            ));
+        }
+        if has(&self.flaky_actor.lock()) {
+            return Err(WriteError::new("connection reset"));
+        }
         self.batches
             .lock()
             .push(batch.iter().map(Entry::id).collect());
@@ -40,6 +59,12 @@ impl Sink for Arc<TestSink> {
             return Err(WriteError::new("connection reset"));
         }
         Ok(())
+    }
+    async fn dead_letter(&self, entry: &Entry, cause: &WriteError) -> Result<(), WriteError> {
+        if self.fail_dead_letters.load(Ordering::SeqCst) {
+            return Err(WriteError::new("connection refused"));
+        }
+        self.memory.dead_letter(entry, cause).await
     }
     async fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
@@ -101,7 +126,7 @@ async fn until(cond: impl Fn() -> bool) {
 fn assert_books_balance(s: &Stats) {
     assert_eq!(
         s.logged,
-        s.buffered as u64 + s.written + s.sampled_out + s.dropped,
+        s.buffered as u64 + s.written + s.dead_lettered + s.sampled_out + s.dropped,
         "{s:?}"
     );
 }
@@ -577,4 +602,91 @@ async fn stats_track_latency_and_batch_sizes() {
     assert_eq!(s.batch_size.max, 4.0);
     assert!(s.flush_latency_ms.p99 >= s.flush_latency_ms.p50);
     assert_books_balance(&s);
+}
+
+fn dead_ids(sink: &TestSink) -> Vec<Uuid> {
+    sink.memory
+        .dead_letters()
+        .iter()
+        .map(|(e, _)| e.id())
+        .collect()
+}
+
+#[tokio::test]
+async fn rows_the_table_refuses_are_isolated_and_dead_lettered_and_the_rest_written_in_order() {
+    let (b, sink) = batcher(1000);
+    *sink.poison_actor.lock() = Some("evil".into());
+    let mut good = Vec::new();
+    let mut bad = Vec::new();
+    for i in 0..20 {
+        let actor = if i == 3 || i == 17 {
+            "evil".to_owned()
+        } else {
+            format!("u{i}")
+        };
+        let id = b
+            .log(EntryDraft::new("act").with(TextField::Actor, actor.clone()))
+            .unwrap()
+            .id;
+        if actor == "evil" {
+            bad.push(id)
+        } else {
+            good.push(id)
+        }
+    }
+    let out = b.flush().await.unwrap();
+    assert_eq!(out.pending, 0);
+    assert_eq!(written_ids(&sink), good);
+    assert_eq!(dead_ids(&sink), bad);
+    let (_, cause) = &sink.memory.dead_letters()[0];
+    assert_eq!(cause.sqlstate.as_deref(), Some("23514"));
+    let s = b.stats();
+    assert_eq!((s.written, s.dead_lettered, s.buffered), (18, 2, 0));
+    assert_books_balance(&s);
+    assert!(
+        s.batches >= 4,
+        "good rows are written in several statements around the bad ones"
+    );
+}
+
+#[tokio::test]
+async fn a_transient_failure_while_isolating_keeps_the_unsettled_rest_in_order() {
+    let (b, sink) = batcher(1000);
+    *sink.poison_actor.lock() = Some("evil".into());
+    *sink.flaky_actor.lock() = Some("flaky".into());
+    let actors = ["a", "evil", "b", "flaky", "c"];
+    let ids: Vec<Uuid> = actors
+        .iter()
+        .map(|a| {
+            b.log(EntryDraft::new("act").with(TextField::Actor, *a))
+                .unwrap()
+                .id
+        })
+        .collect();
+    let err = b.flush().await.unwrap_err();
+    assert!(matches!(err, FlushError::Failed { .. }), "{err:?}");
+    // "a" is written and "evil" dead-lettered before the flaky row stops the flush.
+    assert_eq!(dead_ids(&sink), [ids[1]]);
+    assert!(written_ids(&sink).starts_with(&[ids[0]]));
+    let settled_before = written_ids(&sink).len() + 1;
+    assert_eq!(b.pending(), 5 - settled_before);
+    assert_books_balance(&b.stats());
+    *sink.flaky_actor.lock() = None;
+    b.flush().await.unwrap();
+    assert_eq!(written_ids(&sink), [ids[0], ids[2], ids[3], ids[4]]);
+    assert_books_balance(&b.stats());
+}
+
+#[tokio::test]
+async fn an_entry_whose_dead_letter_cannot_be_stored_stays_buffered() {
+    let (b, sink) = batcher(1000);
+    *sink.poison_actor.lock() = Some("evil".into());
+    sink.fail_dead_letters.store(true, Ordering::SeqCst);
+    b.log(EntryDraft::new("act").with(TextField::Actor, "evil"))
+        .unwrap();
+    assert!(b.flush().await.is_err());
+    assert_eq!(b.pending(), 1);
+    sink.fail_dead_letters.store(false, Ordering::SeqCst);
+    b.flush().await.unwrap();
+    assert_eq!(b.stats().dead_lettered, 1);
 }

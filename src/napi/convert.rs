@@ -309,7 +309,8 @@ pub struct Options {
     pub close_timeout: Duration,
 }
 
-const OPTION_NAMES: [&str; 16] = [
+const OPTION_NAMES: [&str; 17] = [
+    "deadLetterTable",
     "connectionString",
     "table",
     "columns",
@@ -523,6 +524,22 @@ pub fn options_from_js(value: &Unknown) -> Result<Options, ConvertError<InvalidO
     let table_text = string_option(&obj, "table")?.unwrap_or_else(|| "audit_log".to_owned());
     let table = TableName::parse(&table_text).map_err(|e| InvalidOption::new("table", e))?;
     let columns = columns_option(&obj)?;
+    let dead_letter_table = match string_option(&obj, "deadLetterTable")? {
+        Some(name) => {
+            TableName::parse(&name).map_err(|e| InvalidOption::new("deadLetterTable", e))?
+        }
+        None => TableName::parse(&format!("{}_dead_letter", table.name.as_str()))
+            .map(|name| TableName {
+                schema: table.schema.clone(),
+                name: name.name,
+            })
+            .map_err(|e| {
+                InvalidOption::new(
+                    "deadLetterTable",
+                    format!("is needed: the default name (the table's name + '_dead_letter') {e}"),
+                )
+            })?,
+    };
     let sink = string_option(&obj, "sink")?;
     let connection_string = string_option(&obj, "connectionString")?;
     let sink =
@@ -532,6 +549,7 @@ pub fn options_from_js(value: &Unknown) -> Result<Options, ConvertError<InvalidO
                 Some(s) if !s.trim().is_empty() => SinkChoice::Postgres(Box::new(PgSettings {
                     connection_string: s,
                     table,
+                    dead_letter_table,
                     columns,
                     pool_size,
                     connect_timeout: Duration::from_millis(connect_timeout_ms),

@@ -36,6 +36,13 @@ impl Sink for AnySink {
         }
     }
 
+    async fn dead_letter(&self, entry: &Entry, cause: &WriteError) -> Result<(), WriteError> {
+        match self {
+            AnySink::Postgres(s) => s.dead_letter(entry, cause).await,
+            AnySink::Memory(s) => s.dead_letter(entry, cause).await,
+        }
+    }
+
     async fn close(&self) {
         match self {
             AnySink::Postgres(s) => s.close().await,

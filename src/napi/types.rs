@@ -65,6 +65,10 @@ pub struct AuditBatcherOptions {
     pub flush_on_exit: Option<bool>,
     /// How long `close()` may take when its call does not say (milliseconds). Default 10000.
     pub close_timeout_ms: Option<u32>,
+    /// Where entries the table refuses (a CHECK, a value too long, a trigger that raises, a foreign key)
+    /// are kept, with the error and SQLSTATE. Default `<table>_dead_letter`, in the table's schema;
+    /// `ensureSchema()` creates it.
+    pub dead_letter_table: Option<String>,
 }
 
 /// One audit entry, as given to `log()` or `write()`.
@@ -154,7 +158,8 @@ impl From<Percentiles> for AuditPercentiles {
 }
 
 /// Counters since the batcher was made. Every entry `log()` accepted is in exactly one of buffered,
-/// written, sampled out or dropped: `logged === buffered + written + sampledOut + dropped`.
+/// written, dead-lettered, sampled out or dropped:
+/// `logged === buffered + written + deadLettered + sampledOut + dropped`.
 #[napi(object)]
 pub struct AuditStats {
     /// Entries held in memory, not yet written (those being written included).
@@ -165,6 +170,8 @@ pub struct AuditStats {
     pub logged: i64,
     /// Entries committed to the table.
     pub written: i64,
+    /// Entries the table refused (a constraint, a type, a trigger), moved to the dead-letter table.
+    pub dead_lettered: i64,
     /// Entries not kept by sampling.
     pub sampled_out: i64,
     /// Entries discarded at the buffer's bound (`onBufferFull: 'drop'`).
@@ -201,6 +208,7 @@ impl From<Stats> for AuditStats {
             buffered_bytes: s.buffered_bytes as i64,
             logged: s.logged as i64,
             written: s.written as i64,
+            dead_lettered: s.dead_lettered as i64,
             sampled_out: s.sampled_out as i64,
             dropped: s.dropped as i64,
             rejected: s.rejected as i64,

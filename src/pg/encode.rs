@@ -17,6 +17,45 @@ use crate::entry::{Entry, TextField};
 /// Microseconds from the Unix epoch to PostgreSQL's epoch, 2000-01-01T00:00:00Z.
 const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 
+/// JSON text sent as `jsonb` without parsing it again (it is valid JSON by construction).
+#[derive(Debug)]
+pub struct JsonText<'a>(pub &'a str);
+
+impl ToSql for JsonText<'_> {
+    fn to_sql(&self, _: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+        out.put_u8(1); // jsonb binary format version
+        out.put_slice(self.0.as_bytes());
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB
+    }
+
+    to_sql_checked!();
+}
+
+/// An entry as one JSON object, as the dead-letter table keeps it: the API's field names, absent fields
+/// left out, the payload as stored.
+pub fn entry_json(e: &Entry) -> String {
+    let quote = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned());
+    let mut out = format!(
+        "{{\"id\":\"{}\",\"occurredAt\":\"{}\",\"action\":{}",
+        e.id(),
+        e.occurred_at(),
+        quote(e.action())
+    );
+    for field in TextField::ALL {
+        if let Some(v) = e.text(field) {
+            out.push_str(&format!(",\"{}\":{}", field.js_name(), quote(v)));
+        }
+    }
+    out.push_str(",\"payload\":");
+    out.push_str(e.payload_json());
+    out.push('}');
+    out
+}
+
 /// One column of a batch, encoded as a PostgreSQL array.
 #[derive(Debug)]
 pub struct ColumnArray<'a> {

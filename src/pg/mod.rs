@@ -1,5 +1,6 @@
 //! The PostgreSQL sink: a deadpool-postgres pool and one idempotent multi-row insert per batch.
 
+pub mod classify;
 pub mod columns;
 pub mod config;
 mod encode;
@@ -25,6 +26,8 @@ pub struct PgSettings {
     /// A `postgres://` URL or a `key=value` string.
     pub connection_string: String,
     pub table: TableName,
+    /// Where entries the table refuses are kept.
+    pub dead_letter_table: TableName,
     pub columns: ColumnMap,
     /// The most connections the pool opens.
     pub pool_size: usize,
@@ -38,6 +41,8 @@ pub struct PgSettings {
 pub struct PgSink {
     pool: Pool,
     table: TableName,
+    dead_letter_table: TableName,
+    dead_letter_sql: String,
     columns: ColumnMap,
     insert_sql: String,
     redactor: Redactor,
@@ -66,6 +71,8 @@ impl PgSink {
         Ok(PgSink {
             pool,
             insert_sql: schema::insert_statement(&settings.table, &settings.columns),
+            dead_letter_sql: schema::dead_letter_statement(&settings.dead_letter_table),
+            dead_letter_table: settings.dead_letter_table,
             table: settings.table,
             columns: settings.columns,
             redactor,
@@ -77,7 +84,7 @@ impl PgSink {
         &self.insert_sql
     }
 
-    /// Creates the default table (and its schema and index) when missing. Safe to call from several
+    /// Creates the default table (and its schema and index) and the dead-letter table when missing. Safe to call from several
     /// processes at once: they take turns on an advisory lock.
     pub async fn ensure_schema(&self) -> Result<(), WriteError> {
         let mut client = self.pool.get().await.map_err(|e| self.pool_error(e))?;
@@ -89,7 +96,11 @@ impl PgSink {
         )
         .await
         .map_err(|e| self.db_error(&e))?;
-        for statement in schema::create_statements(&self.table, &self.columns) {
+        let mut statements = schema::create_statements(&self.table, &self.columns);
+        statements.push(schema::create_dead_letter_statement(
+            &self.dead_letter_table,
+        ));
+        for statement in statements {
             tx.batch_execute(&statement)
                 .await
                 .map_err(|e| self.db_error(&e))?;
@@ -104,9 +115,11 @@ impl PgSink {
                 if let Some(constraint) = db.constraint() {
                     message.push_str(&format!(" (constraint {constraint})"));
                 }
+                let code = db.code().code();
                 WriteError {
                     message: self.redactor.redact(&message),
-                    sqlstate: Some(db.code().code().to_owned()),
+                    sqlstate: Some(code.to_owned()),
+                    kind: classify::classify(Some(code)),
                 }
             }
             None => WriteError::new(self.redactor.redact(&with_causes(e))),
@@ -153,6 +166,30 @@ impl Sink for PgSink {
             .execute_typed(&self.insert_sql, &params)
             .await
             .map_err(|e| self.db_error(&e))?;
+        Ok(())
+    }
+
+    async fn dead_letter(&self, entry: &Entry, cause: &WriteError) -> Result<(), WriteError> {
+        let client = self.pool.get().await.map_err(|e| self.pool_error(e))?;
+        let id = entry.id().to_string();
+        let json = encode::entry_json(entry);
+        client
+            .execute_typed(
+                &self.dead_letter_sql,
+                &[
+                    (&id, Type::TEXT),
+                    (&cause.sqlstate, Type::TEXT),
+                    (&cause.message, Type::TEXT),
+                    (&encode::JsonText(&json), Type::JSONB),
+                ],
+            )
+            .await
+            .map_err(|e| {
+                let mut e = self.db_error(&e);
+                // A dead letter that cannot be stored is retried, never dropped.
+                e.kind = crate::sink::FailureKind::Transient;
+                e
+            })?;
         Ok(())
     }
 

@@ -72,6 +72,20 @@ pub fn create_statements(table: &TableName, columns: &ColumnMap) -> Vec<String> 
     statements
 }
 
+/// The dead-letter table: one row per entry the target table refused, with the reason.
+pub fn create_dead_letter_statement(table: &TableName) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {table} (\n  id uuid PRIMARY KEY,\n  failed_at timestamptz NOT NULL DEFAULT now(),\n  sqlstate text,\n  error text NOT NULL,\n  entry jsonb NOT NULL\n)"
+    )
+}
+
+/// Inserts one dead letter; a second insert of the same entry keeps the first.
+pub fn dead_letter_statement(table: &TableName) -> String {
+    format!(
+        "INSERT INTO {table} (id, sqlstate, error, entry) VALUES ($1::text::uuid, $2, $3, $4) ON CONFLICT (id) DO NOTHING"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
