@@ -6,6 +6,7 @@ pub mod config;
 mod encode;
 pub mod ident;
 pub mod schema;
+pub mod verify;
 
 use std::time::Duration;
 
@@ -44,7 +45,8 @@ pub struct PgSink {
     dead_letter_table: TableName,
     dead_letter_sql: String,
     columns: ColumnMap,
-    insert_sql: String,
+    /// Built from the table's verified shape before the first write.
+    insert_sql: tokio::sync::OnceCell<String>,
     redactor: Redactor,
 }
 
@@ -70,7 +72,7 @@ impl PgSink {
             .map_err(|e| ("poolSize", redactor.redact(&e.to_string())))?;
         Ok(PgSink {
             pool,
-            insert_sql: schema::insert_statement(&settings.table, &settings.columns),
+            insert_sql: tokio::sync::OnceCell::new(),
             dead_letter_sql: schema::dead_letter_statement(&settings.dead_letter_table),
             dead_letter_table: settings.dead_letter_table,
             table: settings.table,
@@ -79,9 +81,22 @@ impl PgSink {
         })
     }
 
-    /// The statement each batch is written with.
-    pub fn insert_sql(&self) -> &str {
-        &self.insert_sql
+    /// The statement each batch is written with, once the table has been checked (see [`verify::verify`]).
+    /// A failed check is not remembered: the next write checks again.
+    async fn insert_sql(&self, client: &tokio_postgres::Client) -> Result<&str, WriteError> {
+        self.insert_sql
+            .get_or_try_init(|| async {
+                let shape = verify::verify(client, &self.table, &self.columns)
+                    .await
+                    .map_err(|e| WriteError::new(self.redactor.redact(&e)))?;
+                Ok::<_, WriteError>(schema::insert_statement(
+                    &self.table,
+                    &self.columns,
+                    &shape.conflict_columns,
+                ))
+            })
+            .await
+            .map(String::as_str)
     }
 
     /// Creates the default table (and its schema and index) and the dead-letter table when missing. Safe to call from several
@@ -105,7 +120,9 @@ impl PgSink {
                 .await
                 .map_err(|e| self.db_error(&e))?;
         }
-        tx.commit().await.map_err(|e| self.db_error(&e))
+        tx.commit().await.map_err(|e| self.db_error(&e))?;
+        // An existing table is checked now rather than at the first write.
+        self.insert_sql(&client).await.map(|_| ())
     }
 
     fn db_error(&self, e: &tokio_postgres::Error) -> WriteError {
@@ -162,8 +179,9 @@ impl Sink for PgSink {
             .iter()
             .map(|a| (a as &(dyn ToSql + Sync), ColumnArray::array_type(a.column)))
             .collect();
+        let sql = self.insert_sql(&client).await?;
         client
-            .execute_typed(&self.insert_sql, &params)
+            .execute_typed(sql, &params)
             .await
             .map_err(|e| self.db_error(&e))?;
         Ok(())

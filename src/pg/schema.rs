@@ -2,13 +2,13 @@
 
 use super::columns::{Column, ColumnMap};
 use super::encode::ColumnArray;
-use super::ident::TableName;
+use super::ident::{Ident, TableName};
 
 /// `INSERT INTO <table> (<columns>) SELECT * FROM unnest($1::uuid[], ...) ON CONFLICT (<id>) DO NOTHING`.
 ///
-/// `ON CONFLICT DO NOTHING` on the id makes a write idempotent: resending a batch whose commit was not
-/// acknowledged stores each entry once.
-pub fn insert_statement(table: &TableName, columns: &ColumnMap) -> String {
+/// `ON CONFLICT DO NOTHING` on the id (with the partition key, for a partitioned table: `conflict`) makes a
+/// write idempotent: resending a batch whose commit was not acknowledged stores each entry once.
+pub fn insert_statement(table: &TableName, columns: &ColumnMap, conflict: &[Ident]) -> String {
     let names: Vec<String> = Column::ALL
         .iter()
         .map(|c| columns.name(*c).to_string())
@@ -21,11 +21,12 @@ pub fn insert_statement(table: &TableName, columns: &ColumnMap) -> String {
             format!("${}::{}", i + 1, sql_type_name(&ty))
         })
         .collect();
+    let conflict: Vec<String> = conflict.iter().map(Ident::to_string).collect();
     format!(
         "INSERT INTO {table} ({}) SELECT * FROM unnest({}) ON CONFLICT ({}) DO NOTHING",
         names.join(", "),
         params.join(", "),
-        columns.name(Column::Id)
+        conflict.join(", ")
     )
 }
 
@@ -94,7 +95,7 @@ mod tests {
     fn insert_names_every_column_quoted_and_is_idempotent() {
         let t = TableName::parse("audit.events").unwrap();
         let m = ColumnMap::with_renames([("actor", "userId")]).unwrap();
-        let sql = insert_statement(&t, &m);
+        let sql = insert_statement(&t, &m, &[Ident::parse("id").unwrap()]);
         assert_eq!(
             sql,
             "INSERT INTO \"audit\".\"events\" (\"id\", \"occurred_at\", \"tenant_id\", \"userId\", \"action\", \
