@@ -115,7 +115,7 @@ export function headerLines(r: BenchResults): string[] {
         .join(', '),
     `Machine: ${r.meta.machine.cpu} cores, ${r.meta.machine.memoryGiB} GiB, ${r.meta.machine.os}, Node ${r.meta.machine.node}, ` +
       `1-min load average ${r.meta.machine.loadAverage1mAtStart} at start, ${r.meta.machine.loadAverage1mMax} at most, ${r.meta.machine.loadAverage1mAtEnd} at end ` +
-      `(the run itself keeps it near 1–1.5; more means other processes were using the CPU). ` +
+      `(the benchmark alone keeps one core or two busy; much more means other processes were using the CPU). ` +
       `Addon: ${a.file} at commit ${a.commit || '?'}${a.sourceDirty ? ' (src/ had uncommitted changes)' : ''}, built ${a.builtAt}, sha256 ${a.sha256}` +
       `${a.olderThanSource ? ' — WARNING: older than src/, not rebuilt' : ''}.`,
     `${r.meta.runs} run${r.meta.runs === 1 ? '' : 's'}, every method once per run in a fresh process, order rotated each run; ` +
@@ -217,6 +217,19 @@ export function renderResultsMd(r: BenchResults, markdown: string): string {
 const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
 const COLORS: Record<MethodSpec['group'], string> = { pg: '#8796ad', ab: '#e0712b', ceiling: '#3f8f57' };
 
+/** Shorter labels for the chart's label column. */
+const CHART_LABELS: Record<string, (m: MethodResults) => string> = {
+  'pg-naive': () => '(a) pg: one awaited INSERT per entry',
+  'pg-turn': () => '(b) pg turn batcher, 1 turn at a time',
+  'pg-turn-64': (m) => `(b) pg turn batcher, 64 in flight (${/pg\.Pool max \d+/.exec(m.label)?.[0] ?? 'pg.Pool'})`,
+  'pg-multirow-1000': () => '(c) pg multi-row INSERT, 1000 rows/statement',
+  'pg-copy-10000': () => '(d) pg COPY (text), 10000 rows/COPY',
+  'ab-turn': () => 'audit-batcher per turn, 1 turn at a time',
+  'ab-turn-64': () => 'audit-batcher per turn, 64 in flight',
+  'ab-bulk': (m) => (m.variant?.startsWith('flushAtEntries') ? `audit-batcher bulk (${m.variant})` : 'audit-batcher bulk (log all, then close)'),
+  ceiling: () => 'ceiling: Rust binary COPY, one connection',
+};
+
 /** Two horizontal bar panels: rows/s (with min–max whiskers) and event-loop busy ms per 1k entries. */
 export function renderSvg(r: BenchResults): string {
   const W = 980;
@@ -273,7 +286,7 @@ export function renderSvg(r: BenchResults): string {
     }
   };
 
-  const short = (m: MethodResults) => m.label.replace(/^audit-batcher/, 'audit-batcher').replace(/, 10000 rows per COPY$/, '');
+  const short = (m: MethodResults) => CHART_LABELS[m.key]?.(m) ?? m.label;
   panel(
     'Rows written per second (higher is better; whiskers: min–max over runs)',
     r.methods.map((m) => ({

@@ -5,7 +5,8 @@
  *   npm run bench -- --quick      # CI smoke run: small N, 1 run (< 60 s); writes bench/results.quick.*
  *
  * Options: --runs N, --only m1,m2 (method keys), --pool-max N (pg.Pool size for pg-turn-64),
- * --out PREFIX (default bench/results, or bench/results.quick with --quick), --no-ceiling.
+ * --out PREFIX (default bench/results, or bench/results.quick with --quick), --no-ceiling,
+ * --render FILE.json (no benchmark: re-render the markdown, SVG and RESULTS.md from a results file).
  *
  * PostgreSQL: DATABASE_URL when set, else an embedded server (scripts/database.ts). The benchmark
  * creates its own database on that server (dropped at the end) and the product's default table in
@@ -15,7 +16,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync, createWriteStream, readdirSync, renameSync } from 'node:fs';
 import { cpus, loadavg, platform, release, tmpdir, totalmem } from 'node:os';
-import { dirname, join, relative } from 'node:path';
+import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { AuditBatcher } from '../index.js';
@@ -45,7 +46,7 @@ const option = (name: string): string | undefined => {
   if (v === undefined || v.startsWith('--')) throw new Error(`${name} needs a value`);
   return v;
 };
-const known = new Set(['--quick', '--runs', '--only', '--pool-max', '--out', '--no-ceiling']);
+const known = new Set(['--quick', '--runs', '--only', '--pool-max', '--out', '--no-ceiling', '--render']);
 for (const a of argv) {
   if (a.startsWith('--') && !known.has(a)) throw new Error(`unknown option ${a}; known: ${[...known].join(' ')}`);
 }
@@ -295,7 +296,9 @@ async function main(): Promise<void> {
           }
           const total = await control.query<{ n: number }>(`SELECT count(*)::int AS n FROM ${TABLE}`);
           if (total.rows[0]!.n !== n) throw new Error(`ROW COUNT: ${m.key} (run ${run}) wrote ${total.rows[0]!.n} rows, expected ${n}`);
-          records.push({ run, method: m.key, result, checksums, load1m: Number(loadavg()[0]!.toFixed(2)) });
+          const load1m = Number(loadavg()[0]!.toFixed(2));
+          result.load1m = load1m;
+          records.push({ run, method: m.key, result, checksums, load1m });
           log(
             `run ${run}/${runs} ${m.key.padEnd(17)} ${Math.round(result.rowsPerSec).toLocaleString('en-US').padStart(9)} rows/s` +
               (Number.isNaN(result.eluActiveMs) ? '' : `  event loop ${((result.eluActiveMs / n) * 1000).toFixed(1)} ms/1k`) +
@@ -506,7 +509,18 @@ function summarise(
   return { meta, methods: out, memory: { n: SIZES.bulk, median: memSummary, runs: memory }, targets };
 }
 
-main().catch((e: unknown) => {
+/** --render: write the outputs again from an existing results file (after changing report.ts). */
+function render(file: string): void {
+  const results = JSON.parse(readFileSync(file, 'utf8')) as BenchResults;
+  const prefix = resolve(file).replace(/\.json$/, '');
+  const md = renderMarkdown(results);
+  process.stdout.write(md + '\n');
+  writeFileSync(`${prefix}.svg`, renderSvg(results));
+  if (!results.meta.quick && prefix === join(here, 'results')) writeFileSync(join(here, 'RESULTS.md'), renderResultsMd(results, md));
+}
+
+const renderFile = option('--render');
+(renderFile ? Promise.resolve(render(renderFile)) : main()).catch((e: unknown) => {
   console.error(`\n[bench] FAILED: ${e instanceof Error ? e.message : String(e)}`);
   process.exitCode = 1;
 });

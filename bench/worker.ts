@@ -79,6 +79,8 @@ export interface WorkerResult {
   /** process.resourceUsage().maxRSS at the end: the process's peak RSS. */
   rssPeak: number;
   extra?: Record<string, unknown>;
+  /** Set by the parent: the 1-minute load average right after this run. */
+  load1m?: number;
 }
 
 const config = JSON.parse(process.argv[2] ?? '') as WorkerConfig;
