@@ -252,7 +252,7 @@ export function renderSvg(r: BenchResults): string {
   const s = r.meta.server;
   title(`audit-batcher benchmark${r.meta.quick ? ' (--quick smoke run)' : ''}`);
   sub(
-    `PostgreSQL ${s.version} (${s.source.split(' ')[0]}), fsync=${s.settings['fsync']}, synchronous_commit=${s.settings['synchronous_commit']} · ` +
+    `PostgreSQL ${s.version.split(' ')[0]} (${s.source.split(' ')[0]}), fsync=${s.settings['fsync']}, synchronous_commit=${s.settings['synchronous_commit']} · ` +
       `${r.meta.machine.cpu} cores · Node ${r.meta.machine.node} · ${r.meta.runs} run(s), medians · ${r.meta.date.slice(0, 10)}`,
   );
 
