@@ -146,6 +146,11 @@ export interface AuditBatcherOptions {
    */
   maxBufferedBytes?: number
   /**
+   * The largest entry `log()` takes, in bytes (its text, payload JSON included, plus 72). Larger ones
+   * throw `ERR_AUDIT_INVALID_ENTRY`. Default 1048576 (1 MiB), at most 512 MiB.
+   */
+  maxEntryBytes?: number
+  /**
    * What `log()` does with a non-critical entry when the buffer is full: `'reject'` (default) throws
    * `ERR_AUDIT_BUFFER_FULL` and takes nothing; `'drop'` discards it and counts it in `stats().dropped`.
    */

@@ -610,3 +610,97 @@ mod tests {
         assert_eq!(e.size_bytes(), 72 + 5);
     }
 }
+
+/// Properties of checking and packing, over arbitrary input (proptest).
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    use super::*;
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<String>().prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                prop::collection::btree_map(any::<String>(), inner, 0..8)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// `v` with every NUL in every string (keys included) replaced by U+FFFD.
+    fn without_nul(v: &Value) -> Value {
+        let fix = |s: &str| s.replace('\0', "\u{FFFD}");
+        match v {
+            Value::String(s) => Value::String(fix(s)),
+            Value::Array(a) => Value::Array(a.iter().map(without_nul).collect()),
+            Value::Object(o) => Value::Object(o.iter().map(|(k, v)| (fix(k), without_nul(v))).collect()),
+            other => other.clone(),
+        }
+    }
+
+    /// Pieces of JSON string content, some of which PostgreSQL's jsonb refuses.
+    fn string_piece() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec![
+            "a", "é", "日", "😀", "\\\"", "\\\\", "\\n", "\\u0000", "\\ud800", "\\udbff", "\\udc00", "\\udfff",
+            "\\ud83d\\ude00", "\\u001f", "\\\\u0000", "u", "\\u0041",
+        ])
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_and_payload_is_packed_without_nul_and_stays_the_same_json(
+            action in ".+",
+            actor in proptest::option::of(any::<String>()),
+            tenant in proptest::option::of(any::<String>()),
+            payload in json_value(),
+        ) {
+            let mut draft = EntryDraft::new(&action).with_payload_json(serde_json::to_string(&payload).unwrap());
+            if let Some(a) = &actor { draft = draft.with(TextField::Actor, a); }
+            if let Some(t) = &tenant { draft = draft.with(TextField::TenantId, t); }
+            let p = draft.prepare(Timestamp::now()).unwrap();
+            let e = p.finish(&mut Uuid7Generator::new());
+            prop_assert_eq!(e.action(), action.replace('\0', "\u{FFFD}"));
+            let actor = actor.map(|a| a.replace('\0', "\u{FFFD}"));
+            let tenant = tenant.map(|t| t.replace('\0', "\u{FFFD}"));
+            prop_assert_eq!(e.text(TextField::Actor), actor.as_deref());
+            prop_assert_eq!(e.text(TextField::TenantId), tenant.as_deref());
+            prop_assert!(!e.payload_json().contains("\\u0000"));
+            let stored: Value = serde_json::from_str(e.payload_json()).unwrap();
+            prop_assert_eq!(stored, without_nul(&payload));
+        }
+
+        #[test]
+        fn any_string_escapes_become_json_that_a_strict_parser_accepts(pieces in prop::collection::vec(string_piece(), 0..24)) {
+            let json = format!("[\"{}\"]", pieces.concat());
+            let p = EntryDraft::new("a").with_payload_json(&json).prepare(Timestamp::now()).unwrap();
+            let e = p.finish(&mut Uuid7Generator::new());
+            // serde_json, like jsonb, refuses lone surrogates; NUL escapes must be gone too.
+            let parsed: Result<Value, _> = serde_json::from_str(e.payload_json());
+            prop_assert!(parsed.is_ok(), "{} -> {}", json, e.payload_json());
+            prop_assert!(!parsed.unwrap().to_string().contains('\0'));
+        }
+
+        #[test]
+        fn uuids_round_trip_through_text(bytes in any::<[u8; 16]>()) {
+            let u = Uuid(bytes);
+            prop_assert_eq!(Uuid::parse(&u.to_string()), Some(u));
+        }
+
+        #[test]
+        fn epoch_millis_are_accepted_exactly_in_range(ms in any::<f64>()) {
+            match Timestamp::from_millis_f64(ms) {
+                Some(t) => prop_assert!(ms.is_finite() && t >= Timestamp::MIN && t <= Timestamp::MAX),
+                None => prop_assert!(!ms.is_finite() || (ms * 1000.0).round() < Timestamp::MIN.micros() as f64
+                    || (ms * 1000.0).round() > Timestamp::MAX.micros() as f64),
+            }
+        }
+    }
+}

@@ -182,13 +182,22 @@ impl<S: Sink> Batcher<S> {
             return Err(LogError::Closed);
         }
         let prepared = draft.prepare(Timestamp::now()).map_err(LogError::Invalid)?;
+        let size = prepared.size_bytes();
+        if size > self.config.max_entry_bytes {
+            return Err(LogError::Invalid(InvalidEntry::new(
+                "entry",
+                format!(
+                    "is {size} bytes, more than maxEntryBytes ({})",
+                    self.config.max_entry_bytes
+                ),
+            )));
+        }
         let critical = prepared.critical;
         let rate = if critical {
             1.0
         } else {
             self.config.sampling.rate_for(prepared.action())
         };
-        let size = prepared.size_bytes();
         let mut st = self.state.lock();
         if st.closing {
             return Err(LogError::Closed);

@@ -78,6 +78,8 @@ pub struct BatcherConfig {
     pub max_buffered_entries: usize,
     /// The most bytes held at once (see `Entry::size_bytes`), critical entries aside.
     pub max_buffered_bytes: usize,
+    /// The largest entry `log()` takes, in bytes of text (see `Entry::size_bytes`).
+    pub max_entry_bytes: usize,
     /// What happens to a non-critical entry that would pass a bound.
     pub on_buffer_full: OverflowPolicy,
     pub sampling: Sampling,
@@ -93,6 +95,7 @@ impl Default for BatcherConfig {
             max_batch_rows: 1000,
             max_buffered_entries: 100_000,
             max_buffered_bytes: 64 * 1024 * 1024,
+            max_entry_bytes: 1024 * 1024,
             on_buffer_full: OverflowPolicy::Reject,
             sampling: Sampling::default(),
             flush_at_entries: None,

@@ -309,7 +309,8 @@ pub struct Options {
     pub close_timeout: Duration,
 }
 
-const OPTION_NAMES: [&str; 17] = [
+const OPTION_NAMES: [&str; 18] = [
+    "maxEntryBytes",
     "deadLetterTable",
     "connectionString",
     "table",
@@ -500,6 +501,13 @@ pub fn options_from_js(value: &Unknown) -> Result<Options, ConvertError<InvalidO
             1024,
             1 << 40,
             defaults.max_buffered_bytes as u64,
+        )? as usize,
+        max_entry_bytes: integer_option(
+            &obj,
+            "maxEntryBytes",
+            256,
+            512 * 1024 * 1024,
+            defaults.max_entry_bytes as u64,
         )? as usize,
         on_buffer_full,
         sampling: sampling_option(&obj)?,

@@ -56,6 +56,9 @@ pub struct AuditBatcherOptions {
     /// The most bytes of entries held in memory. Default 67108864 (64 MiB). Critical entries are taken
     /// beyond it.
     pub max_buffered_bytes: Option<f64>,
+    /// The largest entry `log()` takes, in bytes (its text, payload JSON included, plus 72). Larger ones
+    /// throw `ERR_AUDIT_INVALID_ENTRY`. Default 1048576 (1 MiB), at most 512 MiB.
+    pub max_entry_bytes: Option<f64>,
     /// What `log()` does with a non-critical entry when the buffer is full: `'reject'` (default) throws
     /// `ERR_AUDIT_BUFFER_FULL` and takes nothing; `'drop'` discards it and counts it in `stats().dropped`.
     #[napi(ts_type = "'reject' | 'drop'")]

@@ -9,6 +9,7 @@ use crate::sink::FailureKind;
 /// | class `22` | data exception: value too long (22001), bad text representation, out of range | rejected |
 /// | class `23` | integrity constraint: NOT NULL, foreign key, unique (other than the id), CHECK | rejected |
 /// | `P0001`, `P0004` | raised by a trigger or an `ASSERT` | rejected |
+/// | class `54` | program limit: a payload nested too deep for the server (`54001`), an index row too large | rejected |
 /// | none | connection refused or reset, timeout, TLS, pool | transient |
 /// | class `08` | connection exception | transient |
 /// | `40001`, `40P01` | serialization failure, deadlock | transient |
@@ -21,7 +22,9 @@ use crate::sink::FailureKind;
 /// outage never empties the buffer into the dead-letter table.
 pub fn classify(sqlstate: Option<&str>) -> FailureKind {
     match sqlstate {
-        Some(code) if code.starts_with("22") || code.starts_with("23") => FailureKind::Rejected,
+        Some(code) if ["22", "23", "54"].iter().any(|class| code.starts_with(class)) => {
+            FailureKind::Rejected
+        }
         Some("P0001" | "P0004") => FailureKind::Rejected,
         _ => FailureKind::Transient,
     }

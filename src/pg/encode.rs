@@ -36,8 +36,9 @@ impl ToSql for JsonText<'_> {
 }
 
 /// An entry as one JSON object, as the dead-letter table keeps it: the API's field names, absent fields
-/// left out, the payload as stored.
-pub fn entry_json(e: &Entry) -> String {
+/// left out, and the payload as stored (`payload`) or, when `payload_as_text`, as a JSON string
+/// (`payloadText`) — the form that stores even a payload the server refused to parse.
+pub fn entry_json(e: &Entry, payload_as_text: bool) -> String {
     let quote = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned());
     let mut out = format!(
         "{{\"id\":\"{}\",\"occurredAt\":\"{}\",\"action\":{}",
@@ -50,8 +51,13 @@ pub fn entry_json(e: &Entry) -> String {
             out.push_str(&format!(",\"{}\":{}", field.js_name(), quote(v)));
         }
     }
-    out.push_str(",\"payload\":");
-    out.push_str(e.payload_json());
+    if payload_as_text {
+        out.push_str(",\"payloadText\":");
+        out.push_str(&quote(e.payload_json()));
+    } else {
+        out.push_str(",\"payload\":");
+        out.push_str(e.payload_json());
+    }
     out.push('}');
     out
 }
@@ -139,4 +145,51 @@ impl ToSql for ColumnArray<'_> {
     }
 
     to_sql_checked!();
+}
+
+#[cfg(test)]
+mod tests {
+    use postgres_protocol::types::{array_from_sql, text_from_sql};
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::entry::{EntryDraft, Timestamp};
+    use crate::uuid7::Uuid7Generator;
+
+    proptest! {
+        #[test]
+        fn any_batch_encodes_to_arrays_that_decode_to_the_same_values(
+            rows in prop::collection::vec((".+", proptest::option::of(any::<String>())), 1..40)
+        ) {
+            let mut ids = Uuid7Generator::new();
+            let batch: Vec<Entry> = rows
+                .iter()
+                .map(|(action, actor)| {
+                    let mut d = EntryDraft::new(action);
+                    if let Some(a) = actor { d = d.with(TextField::Actor, a); }
+                    d.prepare(Timestamp::now()).unwrap().finish(&mut ids)
+                })
+                .collect();
+            for column in Column::ALL {
+                let mut buf = BytesMut::new();
+                let param = ColumnArray { batch: &batch, column };
+                param.to_sql(&ColumnArray::array_type(column), &mut buf).unwrap();
+                let array = array_from_sql(&buf).unwrap();
+                let mut values = array.values();
+                let mut n = 0;
+                while let Some(v) = fallible_iterator::FallibleIterator::next(&mut values).unwrap() {
+                    let e = &batch[n];
+                    match column {
+                        Column::Action => prop_assert_eq!(text_from_sql(v.unwrap()).unwrap(), e.action()),
+                        Column::Actor => prop_assert_eq!(v.map(|b| text_from_sql(b).unwrap()), e.text(TextField::Actor)),
+                        Column::Id => prop_assert_eq!(v.unwrap(), &e.id().0[..]),
+                        Column::Payload => prop_assert_eq!(&v.unwrap()[1..], e.payload_json().as_bytes()),
+                        _ => {}
+                    }
+                    n += 1;
+                }
+                prop_assert_eq!(n, batch.len());
+            }
+        }
+    }
 }

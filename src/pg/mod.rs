@@ -190,25 +190,36 @@ impl Sink for PgSink {
     async fn dead_letter(&self, entry: &Entry, cause: &WriteError) -> Result<(), WriteError> {
         let client = self.pool.get().await.map_err(|e| self.pool_error(e))?;
         let id = entry.id().to_string();
-        let json = encode::entry_json(entry);
-        client
-            .execute_typed(
-                &self.dead_letter_sql,
-                &[
-                    (&id, Type::TEXT),
-                    (&cause.sqlstate, Type::TEXT),
-                    (&cause.message, Type::TEXT),
-                    (&encode::JsonText(&json), Type::JSONB),
-                ],
-            )
-            .await
-            .map_err(|e| {
-                let mut e = self.db_error(&e);
-                // A dead letter that cannot be stored is retried, never dropped.
-                e.kind = crate::sink::FailureKind::Transient;
-                e
-            })?;
-        Ok(())
+        let mut last = None;
+        // The payload as JSON first; if the server refuses even that (nested too deep), as plain text.
+        for payload_as_text in [false, true] {
+            let json = encode::entry_json(entry, payload_as_text);
+            let result = client
+                .execute_typed(
+                    &self.dead_letter_sql,
+                    &[
+                        (&id, Type::TEXT),
+                        (&cause.sqlstate, Type::TEXT),
+                        (&cause.message, Type::TEXT),
+                        (&encode::JsonText(&json), Type::JSONB),
+                    ],
+                )
+                .await;
+            match result {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    let e = self.db_error(&e);
+                    if e.kind != crate::sink::FailureKind::Rejected {
+                        return Err(e);
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        // A dead letter that cannot be stored is retried, never dropped.
+        let mut e = last.unwrap_or_else(|| WriteError::new("dead letter refused"));
+        e.kind = crate::sink::FailureKind::Transient;
+        Err(e)
     }
 
     async fn close(&self) {
