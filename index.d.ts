@@ -74,6 +74,13 @@ export declare class AuditBatcher {
   /** A snapshot of the counters and recent write figures. */
   stats(): AuditStats
   /**
+   * The counters in Prometheus text exposition format (version 0.0.4), for a `/metrics` route:
+   * `audit_batcher_entries_total{state="written"}` and the other states, buffer gauges, statement and
+   * failure counters, and the `audit_batcher_statement_duration_seconds` histogram. `labels` are added to
+   * every sample (e.g. `{ batcher: 'api' }`); a bad label name throws `ERR_AUDIT_INVALID_OPTIONS`.
+   */
+  metricsText(labels?: Record<string, string>): string
+  /**
    * Copies of the entries waiting in the buffer, oldest first (not those being written at this very
    * moment). After a `close()` that could not write everything, these are the entries left unwritten.
    */

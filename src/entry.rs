@@ -641,7 +641,9 @@ mod properties {
         match v {
             Value::String(s) => Value::String(fix(s)),
             Value::Array(a) => Value::Array(a.iter().map(without_nul).collect()),
-            Value::Object(o) => Value::Object(o.iter().map(|(k, v)| (fix(k), without_nul(v))).collect()),
+            Value::Object(o) => {
+                Value::Object(o.iter().map(|(k, v)| (fix(k), without_nul(v))).collect())
+            }
             other => other.clone(),
         }
     }
@@ -649,8 +651,23 @@ mod properties {
     /// Pieces of JSON string content, some of which PostgreSQL's jsonb refuses.
     fn string_piece() -> impl Strategy<Value = &'static str> {
         prop::sample::select(vec![
-            "a", "é", "日", "😀", "\\\"", "\\\\", "\\n", "\\u0000", "\\ud800", "\\udbff", "\\udc00", "\\udfff",
-            "\\ud83d\\ude00", "\\u001f", "\\\\u0000", "u", "\\u0041",
+            "a",
+            "é",
+            "日",
+            "😀",
+            "\\\"",
+            "\\\\",
+            "\\n",
+            "\\u0000",
+            "\\ud800",
+            "\\udbff",
+            "\\udc00",
+            "\\udfff",
+            "\\ud83d\\ude00",
+            "\\u001f",
+            "\\\\u0000",
+            "u",
+            "\\u0041",
         ])
     }
 

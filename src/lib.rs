@@ -8,6 +8,7 @@
 
 pub mod batcher;
 pub mod entry;
+pub mod metrics;
 mod napi;
 pub mod pg;
 pub mod sink;

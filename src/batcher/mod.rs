@@ -20,7 +20,7 @@ use tokio::time::Instant;
 pub use self::background::{run_background, BackgroundConfig};
 pub use self::policy::{Backoff, BatcherConfig, OverflowPolicy, Sampling};
 use self::stats::Window;
-pub use self::stats::{Percentiles, Stats};
+pub use self::stats::{Histogram, Percentiles, Stats};
 use crate::entry::{Entry, EntryDraft, InvalidEntry, Timestamp};
 use crate::sink::{FailureKind, Sink, WriteError};
 use crate::uuid7::{Uuid, Uuid7Generator};
@@ -400,10 +400,11 @@ impl<S: Sink> Batcher<S> {
     }
 
     fn record_statement(&self, started: Instant, rows: usize) {
+        let elapsed = started.elapsed().as_secs_f64();
         let mut st = self.state.lock();
         st.stats.batches += 1;
-        st.window
-            .record(started.elapsed().as_secs_f64() * 1000.0, rows);
+        st.stats.latency_histogram.record(elapsed);
+        st.window.record(elapsed * 1000.0, rows);
     }
 
     /// Retries `flush_to(target)` with backoff until it succeeds or `deadline` passes.

@@ -44,6 +44,52 @@ pub struct Stats {
     pub flush_latency_ms: Percentiles,
     /// Entries per write, over the recent writes.
     pub batch_size: Percentiles,
+    /// Every statement's duration since the start, in fixed buckets.
+    pub latency_histogram: Histogram,
+}
+
+/// Statement durations since the batcher was made, counted in fixed buckets (Prometheus' cumulative
+/// histogram is derived from it).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Histogram {
+    /// Statements whose duration was at most the matching bound of [`Histogram::BOUNDS_MS`] (and above the
+    /// previous one).
+    pub counts: [u64; Histogram::BOUNDS_MS.len()],
+    pub count: u64,
+    pub sum_seconds: f64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            counts: [0; Histogram::BOUNDS_MS.len()],
+            count: 0,
+            sum_seconds: 0.0,
+        }
+    }
+}
+
+impl Histogram {
+    /// Upper bounds of the buckets, in milliseconds.
+    pub const BOUNDS_MS: [f64; 14] = [
+        1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+        30000.0,
+    ];
+
+    /// The bucket bounds in seconds.
+    pub fn bounds_seconds(&self) -> [f64; Histogram::BOUNDS_MS.len()] {
+        Self::BOUNDS_MS.map(|ms| ms / 1000.0)
+    }
+
+    /// Counts one statement that took `seconds`.
+    pub fn record(&mut self, seconds: f64) {
+        let ms = seconds * 1000.0;
+        if let Some(i) = Self::BOUNDS_MS.iter().position(|b| ms <= *b) {
+            self.counts[i] += 1;
+        }
+        self.count += 1;
+        self.sum_seconds += seconds;
+    }
 }
 
 /// The median, 99th percentile and maximum of recent samples (all zero before the first).

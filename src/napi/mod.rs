@@ -378,6 +378,40 @@ impl AuditBatcher {
         self.core.stats().into()
     }
 
+    /// The counters in Prometheus text exposition format (version 0.0.4), for a `/metrics` route:
+    /// `audit_batcher_entries_total{state="written"}` and the other states, buffer gauges, statement and
+    /// failure counters, and the `audit_batcher_statement_duration_seconds` histogram. `labels` are added to
+    /// every sample (e.g. `{ batcher: 'api' }`); a bad label name throws `ERR_AUDIT_INVALID_OPTIONS`.
+    #[napi(catch_unwind, ts_args_type = "labels?: Record<string, string>")]
+    pub fn metrics_text(
+        &self,
+        env: Env,
+        labels: Option<std::collections::HashMap<String, String>>,
+    ) -> napi::Result<String> {
+        let mut labels: Vec<(String, String)> = labels.unwrap_or_default().into_iter().collect();
+        labels.sort();
+        for (name, _) in &labels {
+            let mut chars = name.chars();
+            let valid = chars
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !name.starts_with("__")
+                && !["state", "le"].contains(&name.as_str());
+            if !valid {
+                return Err(errors::throw(
+                    &env,
+                    Kind::TypeError,
+                    errors::INVALID_OPTIONS,
+                    &format!(
+                        "audit-batcher: metricsText() label {name:?} is not a valid Prometheus label name (or is reserved)"
+                    ),
+                ));
+            }
+        }
+        Ok(crate::metrics::render(&self.core.stats(), &labels))
+    }
+
     /// Copies of the entries waiting in the buffer, oldest first (not those being written at this very
     /// moment). After a `close()` that could not write everything, these are the entries left unwritten.
     #[napi(catch_unwind)]

@@ -22,7 +22,11 @@ use crate::sink::FailureKind;
 /// outage never empties the buffer into the dead-letter table.
 pub fn classify(sqlstate: Option<&str>) -> FailureKind {
     match sqlstate {
-        Some(code) if ["22", "23", "54"].iter().any(|class| code.starts_with(class)) => {
+        Some(code)
+            if ["22", "23", "54"]
+                .iter()
+                .any(|class| code.starts_with(class)) =>
+        {
             FailureKind::Rejected
         }
         Some("P0001" | "P0004") => FailureKind::Rejected,
