@@ -177,18 +177,21 @@ export interface AuditBatcherOptions {
   deadLetterTable?: string
 }
 
-/** One audit entry, as given to `log()` or `write()`. */
+/**
+ * One audit entry, as given to `log()` or `write()`. `null` and `undefined` mean absent for every optional
+ * field.
+ */
 export interface AuditEntry {
   /** What happened, e.g. `'tool.call'`. Required, non-empty. */
   action: string
   /** Who did it, e.g. `'user:42'`. */
-  actor?: string
+  actor?: string | null | undefined
   /** The tenant it happened in. */
-  tenantId?: string
+  tenantId?: string | null | undefined
   /** What it was done to, e.g. `'file:/a'`. */
-  resource?: string
+  resource?: string | null | undefined
   /** How it ended, e.g. `'success'`. */
-  outcome?: string
+  outcome?: string | null | undefined
   /**
    * Any JSON-serialisable value (stored as `jsonb`); default `{}`. Serialised with `JSON.stringify` at
    * `log()`, so later changes to the object are not recorded.

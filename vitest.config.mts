@@ -2,7 +2,7 @@ import { defineConfig } from 'vitest/config';
 
 export default defineConfig({
   test: {
-    include: ['__test__/**/*.test.ts'],
+    include: ['__test__/**/*.test.ts', 'examples/**/*.test.ts'],
     globalSetup: ['__test__/support/global-setup.ts'],
     // One test file at a time: the files share one PostgreSQL server and the
     // fault-injection tests are timing sensitive; the machine has 2 cores.

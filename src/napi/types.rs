@@ -74,7 +74,8 @@ pub struct AuditBatcherOptions {
     pub dead_letter_table: Option<String>,
 }
 
-/// One audit entry, as given to `log()` or `write()`.
+/// One audit entry, as given to `log()` or `write()`. `null` and `undefined` mean absent for every optional
+/// field.
 // Declares the TypeScript type; `log()` reads the object field by field (convert.rs).
 #[allow(dead_code)]
 #[napi(object)]
@@ -82,12 +83,16 @@ pub struct AuditEntry {
     /// What happened, e.g. `'tool.call'`. Required, non-empty.
     pub action: String,
     /// Who did it, e.g. `'user:42'`.
+    #[napi(ts_type = "string | null | undefined")]
     pub actor: Option<String>,
     /// The tenant it happened in.
+    #[napi(ts_type = "string | null | undefined")]
     pub tenant_id: Option<String>,
     /// What it was done to, e.g. `'file:/a'`.
+    #[napi(ts_type = "string | null | undefined")]
     pub resource: Option<String>,
     /// How it ended, e.g. `'success'`.
+    #[napi(ts_type = "string | null | undefined")]
     pub outcome: Option<String>,
     /// Any JSON-serialisable value (stored as `jsonb`); default `{}`. Serialised with `JSON.stringify` at
     /// `log()`, so later changes to the object are not recorded.
