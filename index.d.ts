@@ -100,6 +100,17 @@ export interface AuditBatcherOptions {
    */
   connectionString?: string
   /**
+   * Path of a PEM file of CA certificates that the server's TLS certificate must chain to (as
+   * `sslrootcert=` in the connection string, which also works; if both are given they must agree).
+   * `'system'` trusts the well-known public CAs and needs `sslmode=verify-full` (its default then).
+   * The connection string's `sslmode` says what is checked: `disable` (no TLS), `prefer` (default:
+   * TLS when the server offers it), `require` (TLS or fail), `verify-ca` (TLS, a trusted chain),
+   * `verify-full` (also the host name). With this file, `prefer` and `require` check the chain too;
+   * `verify-ca`/`verify-full` without it trust the well-known public CAs. Read once, by the
+   * constructor.
+   */
+  sslRootCert?: string
+  /**
    * Target table, optionally schema-qualified (`'audit.events'`). Default `'audit_log'`. Names are
    * plain identifiers (a letter or `_`, then letters, digits, `_`, `$`), used exactly as written.
    */

@@ -309,10 +309,11 @@ pub struct Options {
     pub close_timeout: Duration,
 }
 
-const OPTION_NAMES: [&str; 18] = [
+const OPTION_NAMES: [&str; 19] = [
     "maxEntryBytes",
     "deadLetterTable",
     "connectionString",
+    "sslRootCert",
     "table",
     "columns",
     "poolSize",
@@ -550,6 +551,7 @@ pub fn options_from_js(value: &Unknown) -> Result<Options, ConvertError<InvalidO
     };
     let sink = string_option(&obj, "sink")?;
     let connection_string = string_option(&obj, "connectionString")?;
+    let ssl_root_cert = string_option(&obj, "sslRootCert")?;
     let sink =
         match sink.as_deref() {
             Some("memory") => SinkChoice::Memory,
@@ -561,6 +563,7 @@ pub fn options_from_js(value: &Unknown) -> Result<Options, ConvertError<InvalidO
                     columns,
                     pool_size,
                     connect_timeout: Duration::from_millis(connect_timeout_ms),
+                    ssl_root_cert,
                 })),
                 _ => return Err(InvalidOption::new(
                     "connectionString",

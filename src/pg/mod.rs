@@ -6,18 +6,19 @@ pub mod config;
 mod encode;
 pub mod ident;
 pub mod schema;
+pub mod tls;
 pub mod verify;
 
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::NoTls;
 
 use self::columns::{Column, ColumnMap};
 use self::config::{ConnectionConfig, Redactor};
 use self::encode::ColumnArray;
 use self::ident::TableName;
+use self::tls::TlsConnector;
 use crate::entry::Entry;
 use crate::sink::{Sink, WriteError};
 
@@ -34,6 +35,8 @@ pub struct PgSettings {
     pub pool_size: usize,
     /// How long opening one connection may take.
     pub connect_timeout: Duration,
+    /// The `sslRootCert` option: a PEM file of CA certificates (or `system`).
+    pub ssl_root_cert: Option<String>,
 }
 
 /// Writes batches to a PostgreSQL table, each in one `INSERT ... ON CONFLICT (id) DO NOTHING` statement.
@@ -53,12 +56,18 @@ pub struct PgSink {
 impl PgSink {
     /// Checks the settings and makes the pool, without connecting. The error names the option at fault.
     pub fn new(settings: PgSettings) -> Result<PgSink, (&'static str, String)> {
-        let ConnectionConfig { pg, redactor } =
+        let mut config =
             ConnectionConfig::parse(&settings.connection_string, settings.connect_timeout)
                 .map_err(|e| ("connectionString", e))?;
+        if let Some(path) = &settings.ssl_root_cert {
+            config = config
+                .with_ssl_root_cert(path)
+                .map_err(|e| ("sslRootCert", e))?;
+        }
+        let ConnectionConfig { pg, redactor, tls } = config;
         let manager = Manager::from_config(
             pg,
-            NoTls,
+            TlsConnector::new(&tls)?,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
