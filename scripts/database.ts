@@ -11,7 +11,7 @@
  */
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { chownSync, existsSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir, userInfo } from 'node:os';
@@ -49,6 +49,13 @@ export interface StartDatabaseOptions {
   log?: (line: string) => void;
   /** How long one server start may take before it is declared failed. Default 60 s. */
   startTimeoutMs?: number;
+  /**
+   * Serve TLS (ssl=on) with this certificate and private key, PEM (the certificate may be followed by
+   * its chain). Implies an embedded server: DATABASE_URL is ignored, since an external server's TLS
+   * set-up is not ours to choose. Plain connections are still accepted (pg_hba's `host` lines match
+   * both), so a client can compare, and tools without TLS can still connect.
+   */
+  tls?: { cert: string; key: string };
 }
 
 const USER = 'postgres';
@@ -62,7 +69,7 @@ export class NotSupportedError extends Error {
 
 export async function startDatabase(opts: StartDatabaseOptions = {}): Promise<Database> {
   const envUrl = process.env['DATABASE_URL'];
-  if (envUrl && !opts.forceEmbedded) {
+  if (envUrl && !opts.forceEmbedded && !opts.tls) {
     await waitForServer(envUrl, 10_000);
     return externalDatabase(envUrl);
   }
@@ -182,6 +189,8 @@ async function startEmbedded(opts: StartDatabaseOptions): Promise<Database> {
         '-c', 'fsync=off',
         '-c', 'full_page_writes=off',
         '-c', 'max_connections=200',
+        // Relative to the data directory, where writeTlsFiles puts them after initdb.
+        ...(opts.tls ? ['-c', 'ssl=on', '-c', 'ssl_cert_file=server.crt', '-c', 'ssl_key_file=server.key'] : []),
       ],
       onLog,
       onError: (e: unknown) => onLog(`[error] ${e instanceof Error ? e.message : String(e)}\n`),
@@ -255,6 +264,7 @@ async function startEmbedded(opts: StartDatabaseOptions): Promise<Database> {
 
   try {
     await instance.initialise();
+    if (opts.tls) writeTlsFiles(databaseDir, opts.tls);
   } catch (e) {
     await rm(databaseDir, { recursive: true, force: true });
     process.removeListener('exit', onExit);
@@ -316,6 +326,23 @@ async function startEmbedded(opts: StartDatabaseOptions): Promise<Database> {
         process.removeListener('exit', onExit);
       }),
   };
+}
+
+/**
+ * Puts the server's certificate and key in its data directory (the key private to the server's user, as
+ * PostgreSQL demands: owned by it, mode 0600). As root the server runs as another user, which owns the
+ * data directory, so the files are given to that user.
+ */
+function writeTlsFiles(databaseDir: string, tls: { cert: string; key: string }): void {
+  const owner = statSync(databaseDir);
+  for (const [name, pem] of [
+    ['server.crt', tls.cert],
+    ['server.key', tls.key],
+  ] as const) {
+    const file = join(databaseDir, name);
+    writeFileSync(file, pem, { mode: 0o600 });
+    if (owner.uid !== userInfo().uid) chownSync(file, owner.uid, owner.gid);
+  }
 }
 
 /**
