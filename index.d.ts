@@ -186,6 +186,22 @@ export interface AuditBatcherOptions {
    * `ensureSchema()` creates it.
    */
   deadLetterTable?: string
+  /**
+   * Called after each INSERT statement commits, with its rows and duration. Runs on the JavaScript
+   * thread, later; never keeps the process alive; what it throws is ignored.
+   */
+  onFlush?: (event: FlushEvent) => void
+  /**
+   * Called when a write fails, with an Error (`code: 'ERR_AUDIT_FLUSH_FAILED'`, `sqlstate`, `pending`).
+   * Runs on the JavaScript thread, later; never keeps the process alive; what it throws is ignored.
+   */
+  onError?: (error: Error & { code: string; sqlstate?: string; pending: number }) => void
+  /** Called for each entry the table refused, after it was stored in the dead-letter table. */
+  onDeadLetter?: (event: DeadLetterEvent) => void
+  /** Called once each time the buffer reaches `highWaterMark` entries. */
+  onHighWater?: (event: HighWaterEvent) => void
+  /** Buffered entries at which `onHighWater` is called. */
+  highWaterMark?: number
 }
 
 /**
@@ -299,6 +315,28 @@ export interface CloseOptions {
   timeoutMs?: number
 }
 
+/** What `onDeadLetter` receives: an entry the table refused, now in the dead-letter table. */
+export interface DeadLetterEvent {
+  entry: AuditRecord
+  error: string
+  sqlstate?: string
+}
+
+/** A write failure, turned into an `Error` (`code: 'ERR_AUDIT_FLUSH_FAILED'`) before `onError` sees it. */
+export interface ErrorEvent {
+  message: string
+  sqlstate?: string
+  pending: number
+}
+
+/** What `onFlush` receives: one INSERT statement committed. */
+export interface FlushEvent {
+  /** Rows the statement wrote. */
+  rows: number
+  /** Its duration, in milliseconds. */
+  latencyMs: number
+}
+
 /** What `flush()` resolves with. */
 export interface FlushResult {
   /**
@@ -308,4 +346,10 @@ export interface FlushResult {
   written: number
   /** Entries still buffered: logged after the flush began. */
   pending: number
+}
+
+/** What `onHighWater` receives: the buffer reached `highWaterMark`. */
+export interface HighWaterEvent {
+  buffered: number
+  bufferedBytes: number
 }

@@ -25,6 +25,19 @@ use crate::entry::{Entry, EntryDraft, InvalidEntry, Timestamp};
 use crate::sink::{FailureKind, Sink, WriteError};
 use crate::uuid7::{Uuid, Uuid7Generator};
 
+/// Hears what the batcher does, for callbacks and logs. Called outside the batcher's lock, from whichever
+/// thread did the work (the caller of `log()`, or a flush's thread); it must not block.
+pub trait Observer: Send + Sync + 'static {
+    /// A statement committed `rows` entries in `latency_ms`.
+    fn on_flush(&self, _rows: usize, _latency_ms: f64) {}
+    /// A write failed; `pending` entries are buffered after it.
+    fn on_error(&self, _cause: &WriteError, _pending: usize) {}
+    /// An entry the table refused was moved to the dead-letter place.
+    fn on_dead_letter(&self, _entry: &Entry, _cause: &WriteError) {}
+    /// The buffer reached the high-water mark (once per crossing).
+    fn on_high_water(&self, _buffered: usize, _buffered_bytes: usize) {}
+}
+
 /// Why `log()` did not take an entry. Nothing already buffered is affected.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LogError {
@@ -132,6 +145,9 @@ pub struct Batcher<S> {
     wake: Arc<Notify>,
     /// Wakes the background writer and `close()`'s retry sleeps: `close()` was called.
     shutdown: Arc<Notify>,
+    observer: Option<Box<dyn Observer>>,
+    /// Entries buffered at which [`Observer::on_high_water`] is called.
+    high_water_mark: Option<usize>,
 }
 
 impl<S: Sink> Batcher<S> {
@@ -160,7 +176,20 @@ impl<S: Sink> Batcher<S> {
             writer: tokio::sync::Mutex::new(()),
             wake: Arc::new(Notify::new()),
             shutdown: Arc::new(Notify::new()),
+            observer: None,
+            high_water_mark: None,
         }
+    }
+
+    /// Reports what happens to `observer`; with `high_water_mark`, also each time the buffer reaches it.
+    pub fn with_observer(
+        mut self,
+        observer: Box<dyn Observer>,
+        high_water_mark: Option<usize>,
+    ) -> Self {
+        self.observer = Some(observer);
+        self.high_water_mark = high_water_mark;
+        self
     }
 
     /// The sink entries are written to.
@@ -237,6 +266,15 @@ impl<S: Sink> Batcher<S> {
         if let Some(n) = self.config.flush_at_entries {
             if st.queue.len() >= n {
                 self.wake.notify_one();
+            }
+        }
+        let crossed = matches!(disposition, Disposition::Buffered { .. })
+            && self.high_water_mark == Some(st.buffered());
+        let (buffered, bytes) = (st.buffered(), st.buffered_bytes());
+        drop(st);
+        if crossed {
+            if let Some(o) = &self.observer {
+                o.on_high_water(buffered, bytes);
             }
         }
         Ok(Logged { id, disposition })
@@ -352,6 +390,9 @@ impl<S: Sink> Batcher<S> {
             } = progress;
             let pending = batch.settle(settled, dead_lettered, error.as_ref());
             if let Some(cause) = error {
+                if let Some(o) = &self.observer {
+                    o.on_error(&cause, pending);
+                }
                 return Err(FlushError::Failed { cause, pending });
             }
         }
@@ -389,6 +430,9 @@ impl<S: Sink> Batcher<S> {
                 }
                 progress.settled = b;
                 progress.dead_lettered += 1;
+                if let Some(o) = &self.observer {
+                    o.on_dead_letter(&entries[a], &cause);
+                }
                 self.state.lock().stats.last_error = Some((cause, Timestamp::now()));
                 continue;
             }
@@ -401,10 +445,15 @@ impl<S: Sink> Batcher<S> {
 
     fn record_statement(&self, started: Instant, rows: usize) {
         let elapsed = started.elapsed().as_secs_f64();
-        let mut st = self.state.lock();
-        st.stats.batches += 1;
-        st.stats.latency_histogram.record(elapsed);
-        st.window.record(elapsed * 1000.0, rows);
+        {
+            let mut st = self.state.lock();
+            st.stats.batches += 1;
+            st.stats.latency_histogram.record(elapsed);
+            st.window.record(elapsed * 1000.0, rows);
+        }
+        if let Some(o) = &self.observer {
+            o.on_flush(rows, elapsed * 1000.0);
+        }
     }
 
     /// Retries `flush_to(target)` with backoff until it succeeds or `deadline` passes.

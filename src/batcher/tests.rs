@@ -690,3 +690,63 @@ async fn an_entry_whose_dead_letter_cannot_be_stored_stays_buffered() {
     b.flush().await.unwrap();
     assert_eq!(b.stats().dead_lettered, 1);
 }
+
+#[derive(Default)]
+struct Recorder {
+    events: Mutex<Vec<String>>,
+}
+
+impl Observer for Arc<Recorder> {
+    fn on_flush(&self, rows: usize, _latency_ms: f64) {
+        self.events.lock().push(format!("flush {rows}"));
+    }
+    fn on_error(&self, _cause: &WriteError, pending: usize) {
+        self.events.lock().push(format!("error {pending}"));
+    }
+    fn on_dead_letter(&self, entry: &Entry, cause: &WriteError) {
+        let actor = entry.text(TextField::Actor).unwrap_or_default().to_owned();
+        self.events.lock().push(format!(
+            "dead {actor} {}",
+            cause.sqlstate.as_deref().unwrap_or("")
+        ));
+    }
+    fn on_high_water(&self, buffered: usize, _bytes: usize) {
+        self.events.lock().push(format!("high {buffered}"));
+    }
+}
+
+#[tokio::test]
+async fn the_observer_hears_statements_failures_dead_letters_and_each_high_water_crossing() {
+    let sink = Arc::new(TestSink::default());
+    let recorder = Arc::new(Recorder::default());
+    let b = Arc::new(
+        Batcher::new(
+            sink.clone(),
+            BatcherConfig {
+                max_batch_rows: 2,
+                ..Default::default()
+            },
+        )
+        .with_observer(Box::new(recorder.clone()), Some(3)),
+    );
+    log_n(&b, 4); // crosses 3 once
+    b.flush().await.unwrap(); // two statements of 2
+    *sink.poison_actor.lock() = Some("evil".into());
+    b.log(EntryDraft::new("a").with(TextField::Actor, "evil"))
+        .unwrap();
+    b.flush().await.unwrap();
+    sink.fail.store(true, Ordering::SeqCst);
+    log_n(&b, 3); // crosses 3 again
+    assert!(b.flush().await.is_err());
+    assert_eq!(
+        *recorder.events.lock(),
+        [
+            "high 3",
+            "flush 2",
+            "flush 2",
+            "dead evil 23514",
+            "high 3",
+            "error 3"
+        ]
+    );
+}

@@ -307,9 +307,16 @@ pub struct Options {
     pub flush_on_exit: bool,
     /// How long `close()` may take when its call does not say.
     pub close_timeout: Duration,
+    /// Buffered entries at which `onHighWater` is called.
+    pub high_water_mark: Option<usize>,
 }
 
-const OPTION_NAMES: [&str; 19] = [
+const OPTION_NAMES: [&str; 24] = [
+    "onFlush",
+    "onError",
+    "onDeadLetter",
+    "onHighWater",
+    "highWaterMark",
     "maxEntryBytes",
     "deadLetterTable",
     "connectionString",
@@ -577,12 +584,14 @@ pub fn options_from_js(value: &Unknown) -> Result<Options, ConvertError<InvalidO
                 ))
             }
         };
+    let high_water_mark = optional_integer(&obj, "highWaterMark", 1, 1 << 32)?.map(|n| n as usize);
     Ok(Options {
         sink,
         batcher,
         background,
         flush_on_exit,
         close_timeout,
+        high_water_mark,
     })
 }
 

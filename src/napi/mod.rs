@@ -4,6 +4,7 @@
 
 mod convert;
 mod errors;
+mod events;
 mod exit;
 mod types;
 
@@ -125,7 +126,8 @@ impl AuditBatcher {
                 &format!("audit-batcher: option `{option}` {reason}"),
             )
         };
-        let options = match convert::options_from_js(&options) {
+        let options_value = options;
+        let options = match convert::options_from_js(&options_value) {
             Ok(o) => o,
             Err(ConvertError::Invalid(e)) => return Err(invalid(&e.option, &e.reason)),
             Err(ConvertError::Js(e)) => return Err(e),
@@ -137,7 +139,15 @@ impl AuditBatcher {
                 Err((option, reason)) => return Err(invalid(option, &reason)),
             },
         };
-        let core = Arc::new(Batcher::new(sink, options.batcher));
+        let observer = match events::from_options(&env, &options_value) {
+            Ok(o) => o,
+            Err((option, e)) => return Err(invalid(&option, &e.reason)),
+        };
+        let mut batcher = Batcher::new(sink, options.batcher);
+        if !observer.is_empty() || options.high_water_mark.is_some() {
+            batcher = batcher.with_observer(Box::new(observer), options.high_water_mark);
+        }
+        let core = Arc::new(batcher);
         if let Some(background) = options.background {
             spawn(run_background(Arc::downgrade(&core), background));
         }

@@ -81,6 +81,24 @@ pub struct AuditBatcherOptions {
     /// are kept, with the error and SQLSTATE. Default `<table>_dead_letter`, in the table's schema;
     /// `ensureSchema()` creates it.
     pub dead_letter_table: Option<String>,
+    /// Called after each INSERT statement commits, with its rows and duration. Runs on the JavaScript
+    /// thread, later; never keeps the process alive; what it throws is ignored.
+    #[napi(ts_type = "(event: FlushEvent) => void")]
+    pub on_flush: Option<serde_json::Value>,
+    /// Called when a write fails, with an Error (`code: 'ERR_AUDIT_FLUSH_FAILED'`, `sqlstate`, `pending`).
+    /// Runs on the JavaScript thread, later; never keeps the process alive; what it throws is ignored.
+    #[napi(
+        ts_type = "(error: Error & { code: string; sqlstate?: string; pending: number }) => void"
+    )]
+    pub on_error: Option<serde_json::Value>,
+    /// Called for each entry the table refused, after it was stored in the dead-letter table.
+    #[napi(ts_type = "(event: DeadLetterEvent) => void")]
+    pub on_dead_letter: Option<serde_json::Value>,
+    /// Called once each time the buffer reaches `highWaterMark` entries.
+    #[napi(ts_type = "(event: HighWaterEvent) => void")]
+    pub on_high_water: Option<serde_json::Value>,
+    /// Buffered entries at which `onHighWater` is called.
+    pub high_water_mark: Option<u32>,
 }
 
 /// One audit entry, as given to `log()` or `write()`. `null` and `undefined` mean absent for every optional
