@@ -74,9 +74,31 @@ pub fn throw(env: &Env, kind: Kind, code: &str, message: &str) -> napi::Error {
 
 /// A rejection value for a promise: the error object, carried so napi-rs rejects with it as it is.
 pub fn reject(env: &Env, kind: Kind, code: &str, message: &str, extra: &[Extra]) -> napi::Error {
-    match make(env, kind, code, message, extra) {
+    rejection(env, make(env, kind, code, message, extra))
+}
+
+/// A made error object as a rejection value (or the error of making it).
+pub fn rejection(env: &Env, made: napi::Result<Object>) -> napi::Error {
+    match made {
         // SAFETY: the object belongs to `env`, which is live during this callback.
         Ok(obj) => napi::Error::from(unsafe { Unknown::from_raw_unchecked(env.raw(), obj.raw()) }),
         Err(e) => e,
     }
+}
+
+/// The error for a failed write: `code: 'ERR_AUDIT_FLUSH_FAILED'`, with `sqlstate` and `pending` when known.
+pub fn write_failed<'a>(
+    env: &'a Env,
+    message: &str,
+    sqlstate: Option<&str>,
+    pending: Option<usize>,
+) -> napi::Result<Object<'a>> {
+    let mut extra = Vec::new();
+    if let Some(pending) = pending {
+        extra.push(Extra::Num("pending", pending as f64));
+    }
+    if let Some(code) = sqlstate {
+        extra.push(Extra::Str("sqlstate", code));
+    }
+    make(env, Kind::Error, FLUSH_FAILED, message, &extra)
 }

@@ -10,7 +10,7 @@ use napi::{sys, Env, Status, ValueType};
 use napi_derive::napi;
 use std::ptr;
 
-use super::errors::{self, Extra, Kind};
+use super::errors;
 use super::types::AuditRecord;
 use crate::batcher::Observer;
 use crate::entry::Entry;
@@ -160,11 +160,7 @@ fn error_from_event<'a>(env: &'a Env, event: &Unknown<'a>) -> napi::Result<Unkno
     let message: String = obj.get_named_property("message")?;
     let pending: f64 = obj.get_named_property("pending")?;
     let sqlstate: Option<String> = obj.get_named_property("sqlstate")?;
-    let mut extra = vec![Extra::Num("pending", pending)];
-    if let Some(code) = &sqlstate {
-        extra.push(Extra::Str("sqlstate", code));
-    }
-    let err = errors::make(env, Kind::Error, errors::FLUSH_FAILED, &message, &extra)?;
+    let err = errors::write_failed(env, &message, sqlstate.as_deref(), Some(pending as usize))?;
     // SAFETY: the error object belongs to `env`.
     Ok(unsafe { Unknown::from_raw_unchecked(env.raw(), err.raw()) })
 }

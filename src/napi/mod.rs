@@ -16,7 +16,7 @@ use napi::{Env, ValueType};
 use napi_derive::napi;
 
 use self::convert::{ConvertError, SinkChoice};
-use self::errors::{Extra, Kind};
+use self::errors::Kind;
 pub use self::types::*;
 use crate::batcher::{run_background, Batcher, Disposition, FlushError, LogError, Logged};
 use crate::entry::{Entry, EntryDraft, InvalidEntry};
@@ -73,21 +73,17 @@ fn flush_error(env: &Env, e: FlushError, what: &str) -> napi::Error {
             &format!("audit-batcher: {what} after close()"),
             &[],
         ),
-        FlushError::Failed { cause, pending } => {
-            let mut extra = vec![Extra::Num("pending", pending as f64)];
-            if let Some(code) = &cause.sqlstate {
-                extra.push(Extra::Str("sqlstate", code));
-            }
-            errors::reject(
+        FlushError::Failed { cause, pending } => errors::rejection(
+            env,
+            errors::write_failed(
                 env,
-                Kind::Error,
-                errors::FLUSH_FAILED,
                 &format!(
                     "audit-batcher: {what} failed: {cause}; entries still buffered: {pending}"
                 ),
-                &extra,
-            )
-        }
+                cause.sqlstate.as_deref(),
+                Some(pending),
+            ),
+        ),
     }
 }
 
@@ -330,16 +326,14 @@ impl AuditBatcher {
             },
             |env, result| {
                 result.map_err(|cause| {
-                    let mut extra = Vec::new();
-                    if let Some(code) = &cause.sqlstate {
-                        extra.push(Extra::Str("sqlstate", code));
-                    }
-                    errors::reject(
+                    errors::rejection(
                         env,
-                        Kind::Error,
-                        errors::FLUSH_FAILED,
-                        &format!("audit-batcher: ensureSchema() failed: {cause}"),
-                        &extra,
+                        errors::write_failed(
+                            env,
+                            &format!("audit-batcher: ensureSchema() failed: {cause}"),
+                            cause.sqlstate.as_deref(),
+                            None,
+                        ),
                     )
                 })
             },
