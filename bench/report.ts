@@ -68,6 +68,10 @@ export interface BenchResults {
       loadAverage1mAtStart: number;
       loadAverage1mAtEnd: number;
       loadAverage1mMax: number;
+      otherCpuShareMedian?: number;
+      otherCpuShareMax?: number;
+      stealShareMedian?: number;
+      stealShareMax?: number;
     };
     server: {
       source: string;
@@ -108,14 +112,29 @@ export function fmtRatio(v: number, op: '>=' | '<='): string {
 export function headerLines(r: BenchResults): string[] {
   const s = r.meta.server;
   const a = r.meta.addon;
+  const mc = r.meta.machine;
+  const pct = (v: number) => `${(v * 100).toFixed(0)}%`;
+  const busy =
+    (mc.otherCpuShareMax ?? 0) + (mc.stealShareMax ?? 0) > 0.1
+      ? [
+          `**The CPU was not all the benchmark's during this run**: other processes used up to ${pct(mc.otherCpuShareMax!)} ` +
+            `of the machine during a method (median ${pct(mc.otherCpuShareMedian!)}), and the hypervisor took up to ` +
+            `${pct(mc.stealShareMax ?? 0)} (steal; median ${pct(mc.stealShareMedian ?? 0)}). The min–max spreads are wider than on a ` +
+            'quiet machine; compare medians and per-run ratios.',
+        ]
+      : [];
   return [
+    ...busy,
     `PostgreSQL ${s.version} — ${s.source} at \`${s.url}\` — ` +
       Object.entries(s.settings)
         .map(([k, v]) => `${k}=${v}`)
         .join(', '),
-    `Machine: ${r.meta.machine.cpu} cores, ${r.meta.machine.memoryGiB} GiB, ${r.meta.machine.os}, Node ${r.meta.machine.node}, ` +
-      `1-min load average ${r.meta.machine.loadAverage1mAtStart} at start, ${r.meta.machine.loadAverage1mMax} at most, ${r.meta.machine.loadAverage1mAtEnd} at end ` +
-      `(the benchmark alone keeps one core or two busy; much more means other processes were using the CPU). ` +
+    `Machine: ${r.meta.machine.cpu} cores, ${r.meta.machine.memoryGiB} GiB, ${r.meta.machine.os}, Node ${r.meta.machine.node}. ` +
+      (mc.otherCpuShareMax === undefined
+        ? ''
+        : `While a method ran, processes other than the benchmark and PostgreSQL used a median ${pct(mc.otherCpuShareMedian!)} ` +
+          `(at most ${pct(mc.otherCpuShareMax)}) of the machine's CPU, and hypervisor steal took a median ` +
+          `${pct(mc.stealShareMedian ?? 0)} (at most ${pct(mc.stealShareMax ?? 0)}). `) +
       `Addon: ${a.file} at commit ${a.commit || '?'}${a.sourceDirty ? ' (src/ had uncommitted changes)' : ''}, built ${a.builtAt}, sha256 ${a.sha256}` +
       `${a.olderThanSource ? ' — WARNING: older than src/, not rebuilt' : ''}.`,
     `${r.meta.runs} run${r.meta.runs === 1 ? '' : 's'}, every method once per run in a fresh process, order rotated each run; ` +
@@ -207,7 +226,8 @@ export function renderResultsMd(r: BenchResults, markdown: string): string {
     '- Each figure is the median over the runs; rows/s also shows the min–max. "Node CPU" is `process.cpuUsage()` ' +
       "of the whole process (the addon's own threads included); \"event-loop busy\" is " +
       '`performance.eventLoopUtilization()` active time of the main thread over the timed window: the time the ' +
-      'app could not run anything else.',
+      'app could not run anything else. "Main-thread CPU" is that thread\'s own CPU time; event-loop busy minus it is ' +
+      'time the main thread was runnable but waiting for a core (or blocked in the kernel).',
     '',
   ].join('\n');
 }

@@ -130,6 +130,60 @@ function buildCeiling(): string {
   return join(here, 'ceiling', 'target', 'release', 'audit-batcher-bench-ceiling');
 }
 
+/**
+ * CPU accounting from /proc (Linux), in clock ticks: all CPUs' busy time, this process and its
+ * waited-for children (the workers, the ceiling), and the PostgreSQL processes (a backend that exits
+ * moves its time into the postmaster's children's time, so the sum stays whole). What is left of the
+ * busy time was used by other processes: the interference a run suffered.
+ */
+interface CpuSnapshot {
+  at: number;
+  busy: number;
+  /** Time the hypervisor gave this VM's CPUs to someone else ("steal"). */
+  steal: number;
+  ours: number;
+  server: number;
+}
+
+function cpuSnapshot(): CpuSnapshot | undefined {
+  try {
+    const cpu = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+    // user nice system idle iowait irq softirq steal ...
+    const busy = cpu[0]! + cpu[1]! + cpu[2]! + cpu[5]! + cpu[6]!;
+    const steal = cpu[7] ?? 0;
+    const times = (stat: string) => {
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      // fields 14-17 of stat (utime stime cutime cstime) are 11-14 after the command name
+      return Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14]);
+    };
+    const ours = times(readFileSync('/proc/self/stat', 'utf8'));
+    let server = 0;
+    for (const pid of readdirSync('/proc')) {
+      if (!/^\d+$/.test(pid)) continue;
+      try {
+        const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+        if (stat.includes('(postgres)')) server += times(stat);
+      } catch {
+        /* exited meanwhile */
+      }
+    }
+    return { at: Date.now(), busy, steal, ours, server };
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Between two snapshots, as shares (0-1) of all cores: CPU used by other processes, and CPU time
+ * the hypervisor took away (steal, on a VM).
+ */
+function interference(a: CpuSnapshot | undefined, b: CpuSnapshot | undefined): { other: number; steal: number } | undefined {
+  if (!a || !b || b.at <= a.at) return undefined;
+  const ticks = ((b.at - a.at) / 1000) * 100 * cpus().length; // USER_HZ = 100
+  const other = b.busy - a.busy - (b.ours - a.ours) - (b.server - a.server);
+  return { other: Math.max(0, other) / ticks, steal: (b.steal - a.steal) / ticks };
+}
+
 function log(line: string): void {
   process.stderr.write(`[bench] ${line}\n`);
 }
@@ -267,6 +321,7 @@ async function main(): Promise<void> {
         for (const m of order) {
           const n = SIZES[m.size];
           let result: WorkerResult;
+          const cpuBefore = cpuSnapshot();
           if (m.key === 'ceiling') {
             await resetTables();
             const { stdout } = await runChild('the ceiling', ceilingBin!, [url, rowsFile, String(n), '--table', TABLE, '--rows-per-copy', '10000'], 300_000);
@@ -274,6 +329,11 @@ async function main(): Promise<void> {
             result = { method: 'ceiling' as NodeMethod, n, ms: c.seconds * 1000, rowsPerSec: c.rowsPerSec, cpuMs: c.cpuMs, eluActiveMs: NaN, rssBefore: NaN, rssPeak: NaN };
           } else {
             result = await runWorker(m.key as NodeMethod, n, url, work, resetTables);
+          }
+          const other = interference(cpuBefore, cpuSnapshot());
+          if (other !== undefined) {
+            result.otherCpuShare = Number(other.other.toFixed(3));
+            result.stealShare = Number(other.steal.toFixed(3));
           }
           // Prove the rows: count, and the checksum of every prefix that other methods also wrote.
           const checksums: Record<string, string> = {};
@@ -302,6 +362,7 @@ async function main(): Promise<void> {
           log(
             `run ${run}/${runs} ${m.key.padEnd(17)} ${Math.round(result.rowsPerSec).toLocaleString('en-US').padStart(9)} rows/s` +
               (Number.isNaN(result.eluActiveMs) ? '' : `  event loop ${((result.eluActiveMs / n) * 1000).toFixed(1)} ms/1k`) +
+              (other === undefined ? '' : `  other processes ${(other.other * 100).toFixed(0)}%, steal ${(other.steal * 100).toFixed(0)}%`) +
               `  checksum ok`,
           );
         }
@@ -330,6 +391,7 @@ async function main(): Promise<void> {
         loadAverage1mAtStart: Number(loadAtStart.toFixed(2)),
         loadAverage1mAtEnd: Number(loadavg()[0]!.toFixed(2)),
         loadAverage1mMax: Math.max(loadAtStart, ...records.map((r) => r.load1m)),
+        ...otherCpuSummary(records),
       },
       server: serverInfo,
       addon,
@@ -383,6 +445,20 @@ async function runWorker(
   const result = JSON.parse(readFileSync(resultFile, 'utf8')) as WorkerResult;
   rmSync(resultFile);
   return result;
+}
+
+/** Other processes' CPU share over all timed methods: median and max (0-1 of all cores). */
+function otherCpuSummary(records: RunRecord[]): {
+  otherCpuShareMedian?: number;
+  otherCpuShareMax?: number;
+  stealShareMedian?: number;
+  stealShareMax?: number;
+} {
+  const v = records.map((r) => r.result.otherCpuShare).filter((x): x is number => x !== undefined);
+  const st = records.map((r) => r.result.stealShare).filter((x): x is number => x !== undefined);
+  return v.length
+    ? { otherCpuShareMedian: median(v), otherCpuShareMax: Math.max(...v), stealShareMedian: median(st), stealShareMax: Math.max(...st) }
+    : {};
 }
 
 /** Median of every numeric `extra` figure over the runs. */

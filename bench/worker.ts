@@ -81,6 +81,10 @@ export interface WorkerResult {
   extra?: Record<string, unknown>;
   /** Set by the parent: the 1-minute load average right after this run. */
   load1m?: number;
+  /** Set by the parent: share of all cores used by processes other than the benchmark and PostgreSQL. */
+  otherCpuShare?: number;
+  /** Set by the parent: share of all cores the hypervisor took away (steal) meanwhile. */
+  stealShare?: number;
 }
 
 const config = JSON.parse(process.argv[2] ?? '') as WorkerConfig;
