@@ -85,6 +85,8 @@ export interface BenchResults {
       sha256: string;
       builtAt: string;
       commit: string;
+      /** The last commit that changed the addon's source: "hash subject". */
+      sourceCommit?: string;
       sourceDirty: boolean;
       olderThanSource: boolean;
     };
@@ -135,7 +137,9 @@ export function headerLines(r: BenchResults): string[] {
         : `While a method ran, processes other than the benchmark and PostgreSQL used a median ${pct(mc.otherCpuShareMedian!)} ` +
           `(at most ${pct(mc.otherCpuShareMax)}) of the machine's CPU, and hypervisor steal took a median ` +
           `${pct(mc.stealShareMedian ?? 0)} (at most ${pct(mc.stealShareMax ?? 0)}). `) +
-      `Addon: ${a.file} at commit ${a.commit || '?'}${a.sourceDirty ? ' (src/ had uncommitted changes)' : ''}, built ${a.builtAt}, sha256 ${a.sha256}` +
+      `Addon: ${a.file} at commit ${a.commit || '?'}${a.sourceDirty ? ' (src/ had uncommitted changes)' : ''}` +
+      `${a.sourceCommit ? ` (source last changed in ${a.sourceCommit.split(' ')[0]}: "${a.sourceCommit.split(' ').slice(1).join(' ')}")` : ''}` +
+      `, built ${a.builtAt}, sha256 ${a.sha256}` +
       `${a.olderThanSource ? ' — WARNING: older than src/, not rebuilt' : ''}.`,
     `${r.meta.runs} run${r.meta.runs === 1 ? '' : 's'}, every method once per run in a fresh process, order rotated each run; ` +
       `table TRUNCATEd and CHECKPOINT before each timed run; after each, a server-side md5 of the rows proved ` +

@@ -104,6 +104,7 @@ function addonInfo(): BenchResults['meta']['addon'] {
     sha256: createHash('sha256').update(readFileSync(path)).digest('hex').slice(0, 16),
     builtAt: new Date(builtAt).toISOString(),
     commit: git(['rev-parse', '--short', 'HEAD']),
+    sourceCommit: git(['log', '-1', '--format=%h %s', '--', 'src', 'Cargo.toml', 'Cargo.lock', 'build.rs', 'index.js', 'binding.js']).slice(0, 100),
     sourceDirty: git(['status', '--porcelain', '--', 'src', 'Cargo.toml', 'Cargo.lock', 'build.rs']) !== '',
     olderThanSource: builtAt < newestSource,
   };
@@ -377,7 +378,9 @@ async function main(): Promise<void> {
 
     const results = summarise(methods, records, memory, {
       date: new Date().toISOString(),
-      command: `npm run bench${argv.length ? ' -- ' + argv.join(' ') : ''}`,
+      command:
+        (process.env['DATABASE_URL'] ? `DATABASE_URL=${redact(process.env['DATABASE_URL'])} ` : '') +
+        `npm run bench${argv.length ? ' -- ' + argv.join(' ') : ''}`,
       quick,
       runs,
       sizes: SIZES,
