@@ -53,11 +53,6 @@ impl Timestamp {
         self.0
     }
 
-    /// Milliseconds since the Unix epoch, as JavaScript's `Date` counts them.
-    pub fn millis_f64(self) -> f64 {
-        self.0 as f64 / 1000.0
-    }
-
     /// Whole milliseconds since the Unix epoch, clamped at zero (for UUIDv7 timestamps).
     pub fn unix_millis(self) -> u64 {
         self.0.max(0) as u64 / 1000

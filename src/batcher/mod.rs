@@ -197,11 +197,6 @@ impl<S: Sink> Batcher<S> {
         &self.sink
     }
 
-    /// The settings in force.
-    pub fn config(&self) -> &BatcherConfig {
-        &self.config
-    }
-
     /// Checks one entry, stamps it (now, unless it names its own time) and decides its fate: buffered,
     /// sampled out, dropped at the bound, or refused at the bound. Critical entries are always buffered.
     ///

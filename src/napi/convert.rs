@@ -595,6 +595,28 @@ pub fn options_from_js(value: &Unknown) -> Result<Options, ConvertError<InvalidO
     })
 }
 
+/// Reads `close()`'s optional `{ timeoutMs }`; `default` when not given.
+pub fn close_timeout_from_js(
+    options: Option<&Unknown>,
+    default: Duration,
+) -> Result<Duration, ConvertError<InvalidOption>> {
+    let Some(options) = options else {
+        return Ok(default);
+    };
+    if is_absent(options)? {
+        return Ok(default);
+    }
+    let Some(obj) = as_plain_object(options)? else {
+        return Err(InvalidOption::new(
+            "options",
+            format!("must be an object, got {}", type_name(options)?),
+        ));
+    };
+    Ok(optional_integer(&obj, "timeoutMs", 0, 86_400_000)?
+        .map(Duration::from_millis)
+        .unwrap_or(default))
+}
+
 fn columns_option(obj: &Object) -> Result<ColumnMap, ConvertError<InvalidOption>> {
     let v: Unknown = obj.get_named_property("columns")?;
     if is_absent(&v)? {

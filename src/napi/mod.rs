@@ -11,7 +11,7 @@ mod types;
 use std::sync::Arc;
 use std::time::Duration;
 
-use napi::bindgen_prelude::{spawn, JsObjectValue, Object, PromiseRaw, ToNapiValue, Unknown};
+use napi::bindgen_prelude::{spawn, PromiseRaw, ToNapiValue, Unknown};
 use napi::{Env, ValueType};
 use napi_derive::napi;
 
@@ -356,14 +356,14 @@ impl AuditBatcher {
         env: &'env Env,
         options: Option<Unknown>,
     ) -> napi::Result<PromiseRaw<'env, ()>> {
-        let timeout = match close_timeout(options, self.close_timeout) {
+        let timeout = match convert::close_timeout_from_js(options.as_ref(), self.close_timeout) {
             Ok(t) => t,
-            Err(ConvertError::Invalid(reason)) => {
+            Err(ConvertError::Invalid(e)) => {
                 return rejected(
                     env,
                     Kind::TypeError,
                     errors::INVALID_OPTIONS,
-                    format!("audit-batcher: close() option `timeoutMs` {reason}"),
+                    format!("audit-batcher: close() option `{}` {}", e.option, e.reason),
                 )
             }
             Err(ConvertError::Js(e)) => return Err(e),
@@ -503,43 +503,4 @@ fn log_after_close(env: &Env) -> napi::Error {
         errors::CLOSED,
         "audit-batcher: log() after close()",
     )
-}
-
-/// Reads `close()`'s `{ timeoutMs }`.
-fn close_timeout(
-    options: Option<Unknown>,
-    default: Duration,
-) -> Result<Duration, ConvertError<String>> {
-    let Some(options) = options else {
-        return Ok(default);
-    };
-    match options.get_type()? {
-        ValueType::Undefined | ValueType::Null => return Ok(default),
-        ValueType::Object => {}
-        _ => {
-            return Err(ConvertError::Invalid(
-                "must be given in an options object".into(),
-            ))
-        }
-    }
-    // SAFETY: the value was just checked to be an object.
-    let obj = unsafe { options.cast::<Object>()? };
-    let v: Unknown = obj.get_named_property("timeoutMs")?;
-    match v.get_type()? {
-        ValueType::Undefined => Ok(default),
-        ValueType::Number => {
-            // SAFETY: the value was just checked to be a number.
-            let ms = unsafe { v.cast::<f64>()? };
-            if ms.fract() == 0.0 && (0.0..=86_400_000.0).contains(&ms) {
-                Ok(Duration::from_millis(ms as u64))
-            } else {
-                Err(ConvertError::Invalid(format!(
-                    "must be an integer from 0 to 86400000, got {ms}"
-                )))
-            }
-        }
-        _ => Err(ConvertError::Invalid(
-            "must be a number of milliseconds".into(),
-        )),
-    }
 }
