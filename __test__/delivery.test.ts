@@ -3,11 +3,12 @@
  * background mode, critical entries and write(), sampling, the bounded buffer's two policies.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { AuditBatcher, type AuditBatcherOptions, type AuditStats } from '../index.js';
+import { AuditBatcher, type AuditBatcherOptions } from '../index.js';
 import { startProxy, type Proxy } from './support/proxy.ts';
 import { waitFor } from './support/wait.ts';
 import {
   countRows,
+  expectBooksBalance,
   countStatements,
   dropDatabase,
   freshDatabase,
@@ -57,9 +58,6 @@ async function proxied(): Promise<{ proxy: Proxy; url: string }> {
   return { proxy, url: proxy.url(url) };
 }
 
-function expectBooksBalance(s: AuditStats): void {
-  expect(s.logged).toBe(s.buffered + s.written + s.deadLettered + s.sampledOut + s.dropped);
-}
 
 /** Distinct ids in the table, and whether any id is there twice. */
 async function idsIn(table: string): Promise<{ ids: Set<string>; rows: number }> {

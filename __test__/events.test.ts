@@ -2,13 +2,12 @@
  * Event callbacks: delivered on the JavaScript thread, never keeping the process alive, never able to crash
  * it when they throw.
  */
-import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AuditBatcher, type DeadLetterEvent, type FlushEvent, type HighWaterEvent } from '../index.js';
 import { startProxy } from './support/proxy.ts';
 import { waitFor } from './support/wait.ts';
-import { dropDatabase, freshDatabase, rejectionOf, thrownBy, uniqueTable, withClient } from './support/fixture.ts';
+import { dropDatabase, freshDatabase, rejectionOf, runNode, thrownBy, uniqueTable, withClient } from './support/fixture.ts';
 
 let url: string;
 beforeAll(async () => {
@@ -81,12 +80,7 @@ describe('event callbacks', () => {
 
   it('callbacks that throw neither crash the process nor stop the batcher, and keep nothing alive', async () => {
     const script = fileURLToPath(new URL('./fixtures/throwing-callbacks.cjs', import.meta.url));
-    const out = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve, reject) => {
-      const child = execFile(process.execPath, [script], { timeout: 15_000, killSignal: 'SIGKILL' }, (err, stdout, stderr) => {
-        if (err?.killed) reject(new Error('the process did not exit on its own'));
-        else resolve({ code: child.exitCode, stdout, stderr });
-      });
-    });
+    const out = await runNode([script]);
     expect(out.stderr).not.toContain('exploded');
     expect(out.code).toBe(0);
     const result = JSON.parse(out.stdout) as { written: number; calls: { flush: number; highWater: number } };

@@ -2,14 +2,13 @@
  * The examples in examples/ run as users would run them: the Express server, the agent loop, a user's
  * vitest suite (collected by this run) and jest suite, and the whole-API example.
  */
-import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AuditBatcher } from 'audit-batcher';
 import { start } from '../examples/express-server.ts';
 import { runTurn } from '../examples/agent-loop.ts';
 import { wholeApi } from '../examples/whole-api.ts';
-import { dropDatabase, freshDatabase, readRows, uniqueTable, withClient } from './support/fixture.ts';
+import { dropDatabase, freshDatabase, readRows, runNode, uniqueTable, withClient } from './support/fixture.ts';
 
 let url: string;
 beforeAll(async () => {
@@ -84,12 +83,9 @@ describe('examples', () => {
   it("jest-app: a user's jest suite with the memory sink passes and exits without --forceExit", async () => {
     const jest = fileURLToPath(new URL('../node_modules/jest/bin/jest.js', import.meta.url));
     const config = fileURLToPath(new URL('../examples/jest-app/jest.config.cjs', import.meta.url));
-    const stderr = await new Promise<string>((resolve, reject) => {
-      execFile(process.execPath, [jest, '--config', config, '--ci'], { timeout: 60_000, killSignal: 'SIGKILL' }, (err, _out, errOut) => {
-        if (err) reject(new Error(`jest failed or hung: ${err.message}\n${errOut}`));
-        else resolve(errOut);
-      });
-    });
+    const run = await runNode([jest, '--config', config, '--ci'], { timeoutMs: 60_000 });
+    expect(run.code, run.stderr).toBe(0);
+    const stderr = run.stderr;
     expect(stderr).toMatch(/Tests:\s+1 passed, 1 total/);
   }, 70_000);
 });

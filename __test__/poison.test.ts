@@ -4,8 +4,8 @@
  * with its error and SQLSTATE. Errors that are not about rows are retried, never dead-lettered.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AuditBatcher, type AuditStats } from '../index.js';
-import { dropDatabase, freshDatabase, readRows, rejectionOf, uniqueTable, withClient } from './support/fixture.ts';
+import { AuditBatcher } from '../index.js';
+import { dropDatabase, expectBooksBalance, freshDatabase, readRows, rejectionOf, uniqueTable, withClient } from './support/fixture.ts';
 
 let url: string;
 beforeAll(async () => {
@@ -15,9 +15,6 @@ afterAll(async () => {
   await dropDatabase(url);
 });
 
-function expectBooksBalance(s: AuditStats): void {
-  expect(s.logged).toBe(s.buffered + s.written + s.deadLettered + s.sampledOut + s.dropped);
-}
 
 interface DeadLetter {
   id: string;

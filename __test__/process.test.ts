@@ -1,36 +1,16 @@
 /**
  * The addon never keeps a Node process alive on its own.
  */
-import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { countRows, dropDatabase, freshDatabase, uniqueTable } from './support/fixture.ts';
+import { countRows, dropDatabase, freshDatabase, runNode, uniqueTable, type NodeRun } from './support/fixture.ts';
 
 const script = fileURLToPath(new URL('./fixtures/log-flush-close.cjs', import.meta.url));
 const onExitScript = fileURLToPath(new URL('./fixtures/flush-on-exit.cjs', import.meta.url));
 
-/** Runs `file`; resolves with how it ended, rejects if it is still running after `timeoutMs`. */
-function runScript(file: string, args: string[], timeoutMs = 15_000): Promise<{ code: number | null; signal: string | null }> {
-  return new Promise((resolve, reject) => {
-    const child = execFile(process.execPath, [file, ...args], { timeout: timeoutMs, killSignal: 'SIGKILL' }, (err) => {
-      if (err?.killed) reject(new Error(`the process did not end within ${timeoutMs} ms`));
-    });
-    child.on('exit', (code, signal) => resolve({ code, signal }));
-  });
-}
-
-/** Runs the fixture script; rejects if it has not exited within `timeoutMs`. */
-function run(args: string[], timeoutMs = 15_000): Promise<{ code: number | null; stdout: string; ms: number }> {
-  const started = Date.now();
-  return new Promise((resolve, reject) => {
-    execFile(process.execPath, [script, ...args], { timeout: timeoutMs, killSignal: 'SIGKILL' }, (err, stdout, stderr) => {
-      if (err && (err.killed || err.signal)) {
-        reject(new Error(`the process did not exit within ${timeoutMs} ms (stderr: ${stderr})`));
-        return;
-      }
-      resolve({ code: err ? Number(err.code) : 0, stdout, ms: Date.now() - started });
-    });
-  });
+/** Runs the log-flush-close fixture with `args`. */
+function run(args: string[]): Promise<NodeRun> {
+  return runNode([script, ...args]);
 }
 
 let url: string;
@@ -57,20 +37,9 @@ describe('process lifetime', () => {
     const jest = fileURLToPath(new URL('../node_modules/jest/bin/jest.js', import.meta.url));
     const config = fileURLToPath(new URL('./jest/jest.config.cjs', import.meta.url));
     const started = Date.now();
-    const result = await new Promise<{ code: number; stderr: string }>((resolve, reject) => {
-      execFile(
-        process.execPath,
-        [jest, '--config', config, '--ci'],
-        {
-          timeout: 60_000,
-          killSignal: 'SIGKILL',
-          env: { ...process.env, AUDIT_TEST_DATABASE_URL: url, AUDIT_TEST_TABLE: uniqueTable() },
-        },
-        (err, _stdout, stderr) => {
-          if (err && (err.killed || err.signal)) reject(new Error(`jest did not exit on its own: ${stderr}`));
-          else resolve({ code: err ? Number(err.code) : 0, stderr });
-        },
-      );
+    const result = await runNode([jest, '--config', config, '--ci'], {
+      timeoutMs: 60_000,
+      env: { ...process.env, AUDIT_TEST_DATABASE_URL: url, AUDIT_TEST_TABLE: uniqueTable() },
     });
     expect(result.stderr).toMatch(/Tests:\s+3 passed, 3 total/);
     expect(result.stderr).not.toContain('did not exit');
@@ -80,14 +49,14 @@ describe('process lifetime', () => {
 
   it('flushOnExit writes what is buffered when the event loop runs dry, then lets the process exit', async () => {
     const table = uniqueTable();
-    const r = await runScript(onExitScript, [url, table, 'exit']);
-    expect(r).toEqual({ code: 0, signal: null });
+    const r = await runNode([onExitScript, url, table, 'exit']);
+    expect({ code: r.code, signal: r.signal }).toEqual({ code: 0, signal: null });
     expect(await countRows(url, table)).toBe(25);
   });
 
   it('flushOnExit writes what is buffered on SIGTERM, then ends the process by SIGTERM as it would have', async () => {
     const table = uniqueTable();
-    const r = await runScript(onExitScript, [url, table, 'sigterm']);
+    const r = await runNode([onExitScript, url, table, 'sigterm']);
     expect(r.signal).toBe('SIGTERM');
     expect(await countRows(url, table)).toBe(25);
   });

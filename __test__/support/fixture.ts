@@ -2,8 +2,9 @@
  * Shared pieces of the addon's test suites: a private database per test file, row readers, and a
  * statement counter that proves how many INSERT statements reached the table.
  */
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { inject } from 'vitest';
+import { expect, inject } from 'vitest';
 import { createTestDatabase, dropTestDatabase, withClient } from '../../scripts/database.ts';
 
 export { withClient };
@@ -83,4 +84,50 @@ export function thrownBy(fn: () => unknown): Error & Record<string, unknown> {
     return e as Error & Record<string, unknown>;
   }
   throw new Error('expected the call to throw, but it returned');
+}
+
+/** Every accepted entry is in exactly one state. */
+export function expectBooksBalance(s: {
+  logged: number;
+  buffered: number;
+  written: number;
+  deadLettered: number;
+  sampledOut: number;
+  dropped: number;
+}): void {
+  expect(s.logged).toBe(s.buffered + s.written + s.deadLettered + s.sampledOut + s.dropped);
+}
+
+export interface NodeRun {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * Runs `node ...args` and resolves with how it ended. Rejects when the process has not exited on its own
+ * within `timeoutMs` (it is then killed): the tests that use it are about processes ending by themselves.
+ */
+export function runNode(args: string[], opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<NodeRun> {
+  const timeoutMs = opts.timeoutMs ?? 15_000;
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, args, { env: opts.env ?? process.env });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`the process did not exit on its own within ${timeoutMs} ms (stderr: ${stderr})`));
+    }, timeoutMs);
+    child.once('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    child.once('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, stdout, stderr });
+    });
+  });
 }
