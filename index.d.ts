@@ -143,7 +143,8 @@ export interface AuditBatcherOptions {
   flushIntervalMs?: number
   /**
    * Write-behind: flush in the background as soon as this many entries are buffered; a burst is
-   * written in `maxBatchRows` batches back to back until the buffer is drained.
+   * written in `maxBatchRows` batches back to back, with whatever arrives meanwhile, until the buffer
+   * is empty.
    */
   flushAtEntries?: number
   /**

@@ -22,7 +22,8 @@ pub struct BackgroundConfig {
 ///
 /// - Flushes when `at_entries` entries are buffered or `interval` has passed, whichever comes first. A
 ///   flush writes everything buffered, in batches of `max_batch_rows` back to back, and starts again at
-///   once if the buffer refilled meanwhile, so a burst is drained as fast as the sink takes it.
+///   once while anything was logged meanwhile, so a burst is drained to the last entry as fast as the sink
+///   takes it; only an empty buffer waits for the next trigger.
 /// - Manual flushes share its batches (they queue on the same writer), so the two never race.
 /// - After a failure it waits [`super::Backoff::delay`] (exponential, jittered, capped) before the next
 ///   attempt, ignoring the size trigger meanwhile, so an outage costs no CPU.
@@ -36,6 +37,8 @@ pub async fn run_background<S: Sink>(batcher: Weak<Batcher<S>>, config: Backgrou
     };
     let mut failures: u32 = 0;
     let mut last_flush = Instant::now();
+    // The last flush succeeded and entries arrived while it ran: write them now, whatever their number.
+    let mut draining = false;
     loop {
         let next = if failures > 0 {
             let backoff = match batcher.upgrade() {
@@ -58,7 +61,7 @@ pub async fn run_background<S: Sink>(batcher: Weak<Batcher<S>>, config: Backgrou
                     return;
                 }
                 let size_reached = config.at_entries.is_some_and(|n| st.queue.len() >= n);
-                if failures == 0 && size_reached {
+                if failures == 0 && (size_reached || (draining && !st.queue.is_empty())) {
                     break;
                 }
             }
@@ -93,9 +96,13 @@ pub async fn run_background<S: Sink>(batcher: Weak<Batcher<S>>, config: Backgrou
             };
             target.map(|t| b.ticket_through(t))
         };
+        draining = false;
         if let Some(ticket) = ticket {
             match ticket.run(&b).await {
-                Ok(_) => failures = 0,
+                Ok(outcome) => {
+                    failures = 0;
+                    draining = outcome.pending > 0;
+                }
                 Err(FlushError::Closed) => return,
                 Err(FlushError::Failed { .. }) => failures = failures.saturating_add(1),
             }

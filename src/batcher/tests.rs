@@ -116,11 +116,16 @@ fn spawn_flush(b: &TestBatcher) -> tokio::task::JoinHandle<Result<FlushOutcome, 
     tokio::spawn(async move { b.flush().await })
 }
 
-/// Waits for `cond`, checking every millisecond (of the paused clock, in `start_paused` tests).
+/// Waits for `cond`, checking every millisecond (of the paused clock, in `start_paused` tests); fails the
+/// test after 60 s instead of hanging.
 async fn until(cond: impl Fn() -> bool) {
-    while !cond() {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    let waited = tokio::time::timeout(Duration::from_secs(60), async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "condition not met within 60 s");
 }
 
 fn assert_books_balance(s: &Stats) {
@@ -531,6 +536,33 @@ async fn background_writer_drains_a_burst_in_back_to_back_batches() {
     let ids = log_n(&b, 1000);
     until(|| b.pending() == 0).await;
     assert_eq!(batch_sizes(&sink), [100; 10]);
+    assert_eq!(written_ids(&sink), ids);
+    b.close(soon()).await.unwrap();
+    task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn background_writer_drains_what_arrived_during_a_write_even_below_the_size() {
+    let (b, sink) = batcher_with(BatcherConfig {
+        flush_at_entries: Some(100),
+        ..Default::default()
+    });
+    let gate = Arc::new(tokio::sync::Notify::new());
+    *sink.gate.lock() = Some(gate.clone());
+    let task = background(
+        &b,
+        BackgroundConfig {
+            interval: None,
+            at_entries: Some(100),
+        },
+    );
+    let mut ids = log_n(&b, 100);
+    until(|| sink.writes_started.load(Ordering::SeqCst) == 1).await;
+    ids.extend(log_n(&b, 30)); // logged during the write, below the size, and nothing comes after
+    *sink.gate.lock() = None;
+    gate.notify_one();
+    until(|| b.pending() == 0).await;
+    assert_eq!(batch_sizes(&sink), [100, 30]);
     assert_eq!(written_ids(&sink), ids);
     b.close(soon()).await.unwrap();
     task.await.unwrap();

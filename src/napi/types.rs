@@ -52,7 +52,8 @@ pub struct AuditBatcherOptions {
     /// its statements.
     pub flush_interval_ms: Option<u32>,
     /// Write-behind: flush in the background as soon as this many entries are buffered; a burst is
-    /// written in `maxBatchRows` batches back to back until the buffer is drained.
+    /// written in `maxBatchRows` batches back to back, with whatever arrives meanwhile, until the buffer
+    /// is empty.
     pub flush_at_entries: Option<u32>,
     /// Share of non-critical entries kept, from 0 to 1. Default 1 (keep all). Entries sampled away are
     /// counted in `stats().sampledOut`.
