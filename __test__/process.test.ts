@@ -7,6 +7,7 @@ import { countRows, dropDatabase, freshDatabase, runNode, uniqueTable, type Node
 
 const script = fileURLToPath(new URL('./fixtures/log-flush-close.cjs', import.meta.url));
 const onExitScript = fileURLToPath(new URL('./fixtures/flush-on-exit.cjs', import.meta.url));
+const workerScript = fileURLToPath(new URL('./fixtures/worker-flush.cjs', import.meta.url));
 
 /** Runs the log-flush-close fixture with `args`. */
 function run(args: string[]): Promise<NodeRun> {
@@ -61,8 +62,16 @@ describe('process lifetime', () => {
     expect(await countRows(url, table)).toBe(25);
   });
 
-  it('the memory sink exits at once', async () => {
+  it('the memory sink exits at once, after a pending flush() settled', async () => {
+    // Nothing but the flush's promise keeps this script running until its result is printed.
     const r = await run(['memory', 'unused']);
     expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout)).toEqual({ written: 10, pending: 0 });
+  });
+
+  it('a worker thread terminated with a flush() in flight takes nothing down when the flush ends later', async () => {
+    const r = await runNode([workerScript]);
+    expect({ code: r.code, signal: r.signal, stderr: r.stderr }).toEqual({ code: 0, signal: null, stderr: '' });
+    expect(r.stdout).toContain('flush ended after the worker was gone');
   });
 });

@@ -306,6 +306,16 @@ impl<S: Sink> Batcher<S> {
         Ok(self.ticket_through(target))
     }
 
+    /// The outcome of `ticket` if it has nothing left to wait for (everything it covers is already
+    /// settled), without running it.
+    pub fn outcome_if_settled(&self, ticket: &FlushTicket) -> Option<FlushOutcome> {
+        let st = self.state.lock();
+        (st.settled >= ticket.target).then(|| FlushOutcome {
+            written: ticket.target.saturating_sub(ticket.settled_at_call),
+            pending: st.buffered(),
+        })
+    }
+
     /// A flush of the entries numbered up to `seq` (and so of everything logged before entry `seq`):
     /// what `write()` and critical entries wait for.
     pub fn ticket_through(&self, seq: u64) -> FlushTicket {

@@ -6,9 +6,10 @@ mod convert;
 mod errors;
 mod events;
 mod exit;
+mod settle;
 mod types;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use napi::bindgen_prelude::{spawn, PromiseRaw, ToNapiValue, Unknown};
@@ -17,6 +18,7 @@ use napi_derive::napi;
 
 use self::convert::{ConvertError, SinkChoice};
 use self::errors::Kind;
+use self::settle::{Outcome, Settler};
 pub use self::types::*;
 use crate::batcher::{run_background, Batcher, Disposition, FlushError, LogError, Logged};
 use crate::entry::{Entry, EntryDraft, InvalidEntry};
@@ -62,28 +64,51 @@ impl Sink for AnySink {
 pub struct AuditBatcher {
     core: Arc<Batcher<AnySink>>,
     close_timeout: Duration,
+    /// Settles `flush()` promises; made at the first flush that has to wait.
+    settler: OnceLock<Settler>,
 }
 
-fn flush_error(env: &Env, e: FlushError, what: &str) -> napi::Error {
+/// The error object a failed flush rejects with (`ERR_AUDIT_CLOSED`, or `ERR_AUDIT_FLUSH_FAILED` with
+/// `sqlstate` and `pending`).
+fn flush_error_object<'a>(
+    env: &'a Env,
+    e: FlushError,
+    what: &str,
+) -> napi::Result<napi::bindgen_prelude::Object<'a>> {
     match e {
-        FlushError::Closed => errors::reject(
+        FlushError::Closed => errors::make(
             env,
             Kind::Error,
             errors::CLOSED,
             &format!("audit-batcher: {what} after close()"),
             &[],
         ),
-        FlushError::Failed { cause, pending } => errors::rejection(
+        FlushError::Failed { cause, pending } => errors::write_failed(
             env,
-            errors::write_failed(
-                env,
-                &format!(
-                    "audit-batcher: {what} failed: {cause}; entries still buffered: {pending}"
-                ),
-                cause.sqlstate.as_deref(),
-                Some(pending),
-            ),
+            &format!("audit-batcher: {what} failed: {cause}; entries still buffered: {pending}"),
+            cause.sqlstate.as_deref(),
+            Some(pending),
         ),
+    }
+}
+
+fn flush_error(env: &Env, e: FlushError, what: &str) -> napi::Error {
+    errors::rejection(env, flush_error_object(env, e, what))
+}
+
+/// How a `flush()` promise settles: `{ written, pending }`, or the flush's error object.
+fn render_flush(
+    env: &Env,
+    outcome: Outcome,
+) -> Result<napi::sys::napi_value, napi::sys::napi_value> {
+    use napi::bindgen_prelude::JsValue;
+    match outcome {
+        Ok(o) => settle::flush_result(env, o),
+        Err(e) => match flush_error_object(env, e, "flush()") {
+            Ok(obj) => Err(obj.raw()),
+            // SAFETY: JavaScript thread, live environment.
+            Err(e) => Err(unsafe { napi::JsError::from(e).into_value(env.raw()) }),
+        },
     }
 }
 
@@ -153,6 +178,7 @@ impl AuditBatcher {
         Ok(AuditBatcher {
             core,
             close_timeout: options.close_timeout,
+            settler: OnceLock::new(),
         })
     }
 
@@ -296,20 +322,25 @@ impl AuditBatcher {
     /// entries stay buffered, in order, and the next flush retries them.
     #[napi(catch_unwind, ts_return_type = "Promise<FlushResult>")]
     pub fn flush<'env>(&self, env: &'env Env) -> napi::Result<PromiseRaw<'env, FlushResult>> {
-        let core = self.core.clone();
-        // The flush's extent is fixed here, synchronously: entries logged after this call wait for the next.
-        let ticket = core.begin_flush();
-        let work = async move {
-            Ok(match ticket {
-                Ok(ticket) => ticket.run(&core).await,
-                Err(e) => Err(e),
-            })
+        let settler = match self.settler.get() {
+            Some(s) => s,
+            None => {
+                let made = Settler::new(env, render_flush)?;
+                self.settler.get_or_init(|| made)
+            }
         };
-        env.spawn_future_with_callback(work, |env, result| {
-            result
-                .map(FlushResult::from)
-                .map_err(|e| flush_error(env, e, "flush()"))
-        })
+        // The flush's extent is fixed here, synchronously: entries logged after this call wait for the next.
+        let ticket = match self.core.begin_flush() {
+            Ok(ticket) => ticket,
+            Err(e) => return settler.settled(env, Err(e)),
+        };
+        if let Some(outcome) = self.core.outcome_if_settled(&ticket) {
+            return settler.settled(env, Ok(outcome));
+        }
+        let (promise, completion) = settler.promise(env)?;
+        let core = self.core.clone();
+        spawn(async move { completion.complete(ticket.run(&core).await) });
+        Ok(promise)
     }
 
     /// Creates the default table, its schema and its `(tenant_id, occurred_at)` index when missing.
