@@ -377,23 +377,19 @@ impl<S: Sink> Batcher<S> {
                     .min(st.queue.len() as u64) as usize;
                 InFlight::take(self, &mut st, n)
             };
+            let mut batch = batch;
             let started = Instant::now();
-            let progress = match self.sink.write(batch.entries()).await {
+            match self.sink.write(batch.entries()).await {
                 Ok(()) => {
                     self.record_statement(started, batch.entries().len());
-                    Progress::all(batch.entries().len())
+                    batch.progress = Progress::all(batch.entries().len());
                 }
                 Err(cause) if cause.kind == FailureKind::Rejected => {
-                    self.isolate(batch.entries(), cause).await
+                    self.isolate(&mut batch, cause).await
                 }
-                Err(cause) => Progress::failed(cause),
-            };
-            let Progress {
-                settled,
-                dead_lettered,
-                error,
-            } = progress;
-            let pending = batch.settle(settled, dead_lettered, error.as_ref());
+                Err(cause) => batch.progress.error = Some(cause),
+            }
+            let (pending, error) = batch.settle();
             if let Some(cause) = error {
                 if let Some(o) = &self.observer {
                     o.on_error(&cause, pending);
@@ -403,10 +399,13 @@ impl<S: Sink> Batcher<S> {
         }
     }
 
-    /// Writes `entries`, whose batch the sink rejected, in order: halves are tried in turn, down to single
-    /// entries; a single entry the sink rejects is dead-lettered. Stops at the first transient failure.
-    async fn isolate(&self, entries: &[Entry], first: WriteError) -> Progress {
-        let mut progress = Progress::default();
+    /// Writes `batch`, which the sink rejected, in order: halves are tried in turn, down to single entries;
+    /// a single entry the sink rejects is dead-lettered. Stops at the first transient failure. Progress is
+    /// recorded in the batch as it is made, so a flush abandoned half-way keeps what it settled.
+    async fn isolate(&self, batch: &mut InFlight<'_, S>, first: WriteError) {
+        let InFlight {
+            entries, progress, ..
+        } = batch;
         // Ranges still to write, the next one last; each is known or suspected to hold a rejected row.
         let mut todo = vec![(0, entries.len(), Some(first))];
         while let Some((a, b, known)) = todo.pop() {
@@ -426,12 +425,12 @@ impl<S: Sink> Batcher<S> {
             };
             if cause.kind != FailureKind::Rejected {
                 progress.error = Some(cause);
-                return progress;
+                return;
             }
             if b - a == 1 {
                 if let Err(e) = self.sink.dead_letter(&entries[a], &cause).await {
                     progress.error = Some(e);
-                    return progress;
+                    return;
                 }
                 progress.settled = b;
                 progress.dead_lettered += 1;
@@ -445,7 +444,6 @@ impl<S: Sink> Batcher<S> {
             todo.push((mid, b, None));
             todo.push((a, mid, None));
         }
-        progress
     }
 
     fn record_statement(&self, started: Instant, rows: usize) {
@@ -565,21 +563,16 @@ impl Progress {
             ..Default::default()
         }
     }
-
-    fn failed(cause: WriteError) -> Self {
-        Progress {
-            error: Some(cause),
-            ..Default::default()
-        }
-    }
 }
 
-/// A batch taken out of the buffer for one write. Unless committed, it goes back to the front of the buffer
-/// when dropped, so a write abandoned half-way (a dropped future) loses nothing.
+/// A batch taken out of the buffer for one write, and how far the write got. When dropped, its settled
+/// prefix is counted and the rest goes back to the front of the buffer, so a write abandoned half-way (a
+/// dropped future) loses nothing and counts nothing twice.
 struct InFlight<'a, S> {
     batcher: &'a Batcher<S>,
     entries: Vec<Entry>,
     bytes: usize,
+    progress: Progress,
 }
 
 impl<'a, S> InFlight<'a, S> {
@@ -593,6 +586,7 @@ impl<'a, S> InFlight<'a, S> {
             batcher,
             entries,
             bytes,
+            progress: Progress::default(),
         }
     }
 
@@ -600,31 +594,40 @@ impl<'a, S> InFlight<'a, S> {
         &self.entries
     }
 
-    /// Settles the first `settled` entries (written, but for `dead_lettered` of them) and returns the rest
-    /// to the front of the buffer; records `error` when there is one. Returns the entries buffered then.
-    fn settle(mut self, settled: usize, dead_lettered: usize, error: Option<&WriteError>) -> usize {
+    /// Settles the batch as far as it got and records its error, if any. Returns the entries buffered then,
+    /// and the error.
+    fn settle(mut self) -> (usize, Option<WriteError>) {
+        let error = self.progress.error.take();
         let mut st = self.batcher.state.lock();
+        if let Some(cause) = &error {
+            st.stats.failed_flushes += 1;
+            st.stats.last_error = Some((cause.clone(), Timestamp::now()));
+        }
+        self.settle_into(&mut st);
+        (st.buffered(), error)
+    }
+
+    /// Counts the first `progress.settled` entries as written (but for `progress.dead_lettered` of them)
+    /// and returns the rest to the front of the buffer, in order.
+    fn settle_into(&mut self, st: &mut State) {
+        let Progress {
+            settled,
+            dead_lettered,
+            ..
+        } = self.progress;
         let rest = self.entries.split_off(settled);
         let done_bytes: usize = self.entries.iter().map(Entry::size_bytes).sum();
-        st.in_flight -= settled;
-        st.in_flight_bytes -= done_bytes;
+        let rest_bytes = self.bytes - done_bytes;
+        st.in_flight -= settled + rest.len();
+        st.in_flight_bytes -= self.bytes;
         st.settled += settled as u64;
         st.stats.written += (settled - dead_lettered) as u64;
         st.stats.dead_lettered += dead_lettered as u64;
         self.entries.clear();
-        if let Some(cause) = error {
-            st.stats.failed_flushes += 1;
-            st.stats.last_error = Some((cause.clone(), Timestamp::now()));
-        }
-        Self::restore(&mut st, rest, self.bytes - done_bytes);
-        st.buffered()
-    }
-
-    fn restore(st: &mut State, entries: Vec<Entry>, bytes: usize) {
-        st.in_flight -= entries.len();
-        st.in_flight_bytes -= bytes;
-        st.queue_bytes += bytes;
-        for entry in entries.into_iter().rev() {
+        self.bytes = 0;
+        self.progress = Progress::default();
+        st.queue_bytes += rest_bytes;
+        for entry in rest.into_iter().rev() {
             st.queue.push_front(entry);
         }
     }
@@ -633,8 +636,9 @@ impl<'a, S> InFlight<'a, S> {
 impl<S> Drop for InFlight<'_, S> {
     fn drop(&mut self) {
         if !self.entries.is_empty() {
-            let mut st = self.batcher.state.lock();
-            Self::restore(&mut st, std::mem::take(&mut self.entries), self.bytes);
+            let batcher = self.batcher;
+            let mut st = batcher.state.lock();
+            self.settle_into(&mut st);
         }
     }
 }

@@ -25,6 +25,8 @@ struct TestSink {
     /// Fail transiently any batch holding an entry with this actor.
     flaky_actor: Mutex<Option<String>>,
     fail_dead_letters: AtomicBool,
+    /// Never finish a write of a batch holding an entry with this actor (and no poisoned one).
+    hold_actor: Mutex<Option<String>>,
 }
 
 impl Sink for Arc<TestSink> {
@@ -50,6 +52,9 @@ impl Sink for Arc<TestSink> {
         }
         if has(&self.flaky_actor.lock()) {
             return Err(WriteError::new("connection reset"));
+        }
+        if has(&self.hold_actor.lock()) {
+            std::future::pending::<()>().await;
         }
         self.batches
             .lock()
@@ -707,6 +712,44 @@ async fn a_transient_failure_while_isolating_keeps_the_unsettled_rest_in_order()
     b.flush().await.unwrap();
     assert_eq!(written_ids(&sink), [ids[0], ids[2], ids[3], ids[4]]);
     assert_books_balance(&b.stats());
+}
+
+#[tokio::test]
+async fn a_flush_abandoned_while_isolating_keeps_what_it_settled_and_counts_nothing_twice() {
+    let (b, sink) = batcher(1000);
+    *sink.poison_actor.lock() = Some("evil".into());
+    *sink.hold_actor.lock() = Some("hold".into());
+    let ids: Vec<Uuid> = ["a", "evil", "c", "hold"]
+        .iter()
+        .map(|a| {
+            b.log(EntryDraft::new("act").with(TextField::Actor, *a))
+                .unwrap()
+                .id
+        })
+        .collect();
+    let flush = spawn_flush(&b);
+    // "a" is written and "evil" dead-lettered; the write of ["c", "hold"] never finishes.
+    until(|| sink.memory.dead_letters().len() == 1 && written_ids(&sink).len() == 1).await;
+    until(|| sink.writes_started.load(Ordering::SeqCst) >= 4).await;
+    flush.abort();
+    assert!(flush.await.unwrap_err().is_cancelled());
+    let s = b.stats();
+    assert_eq!((s.written, s.dead_lettered, s.buffered), (1, 1, 2));
+    assert_books_balance(&s);
+    assert_eq!(
+        b.buffered_entries()
+            .iter()
+            .map(Entry::id)
+            .collect::<Vec<_>>(),
+        ids[2..]
+    );
+    *sink.hold_actor.lock() = None;
+    b.flush().await.unwrap();
+    assert_eq!(written_ids(&sink), [ids[0], ids[2], ids[3]]);
+    assert_eq!(dead_ids(&sink), [ids[1]]);
+    let s = b.stats();
+    assert_eq!((s.written, s.dead_lettered, s.buffered), (3, 1, 0));
+    assert_books_balance(&s);
 }
 
 #[tokio::test]
