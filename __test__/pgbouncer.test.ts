@@ -1,6 +1,7 @@
 /**
  * Through a real PgBouncer in transaction pooling mode (1.18: no prepared statements across transactions):
- * every statement the batcher sends is unnamed and self-contained, so no option needs to be set.
+ * every statement the batcher sends is unnamed and self-contained, so no option needs to be set; a large batch's
+ * binary COPY (a named statement) runs inside its own transaction, which pins one server connection.
  *
  * Needs the `pgbouncer` binary (Debian package `pgbouncer`; .ci/run installs it, or set $PGBOUNCER).
  */
@@ -52,6 +53,43 @@ describe.runIf(binary)('through PgBouncer (transaction pooling)', () => {
     expect(rows.length).toBe(ids.length);
     expect(new Set(rows.map((r) => r.id))).toEqual(new Set(ids));
     await Promise.all([...batchers, background, poisoned].map((b) => b.close()));
+  });
+
+  it('large batches go through binary COPY, each row stored exactly once, from several batchers at once', async () => {
+    const table = uniqueTable();
+    const batchers = Array.from({ length: 3 }, () => new AuditBatcher({ connectionString: bouncer.url, table, poolSize: 2 }));
+    await batchers[0]!.ensureSchema();
+    // Which statement stored each row: COPY or INSERT (the top-level statement the trigger fires in).
+    await withClient(url, (c) =>
+      c.query(`
+        CREATE TABLE ${table}_stored (id uuid NOT NULL, via text NOT NULL);
+        CREATE FUNCTION ${table}_stored() RETURNS trigger LANGUAGE plpgsql AS $$
+          BEGIN
+            INSERT INTO ${table}_stored
+              VALUES (NEW.id, CASE WHEN upper(current_query()) LIKE 'COPY%' THEN 'COPY' ELSE 'INSERT' END);
+            RETURN NULL;
+          END $$;
+        CREATE TRIGGER ${table}_stored AFTER INSERT ON ${table} FOR EACH ROW EXECUTE FUNCTION ${table}_stored();
+      `),
+    );
+    const ids: string[] = [];
+    for (let round = 0; round < 3; round++) {
+      await Promise.all(
+        batchers.map((b, n) => {
+          for (let i = 0; i < 1000; i++) ids.push(b.log({ action: 'bulk', actor: `agent:${n}`, payload: { round, i } }));
+          return b.flush();
+        }),
+      );
+    }
+    const rows = await readRows(url, table);
+    expect(rows.length).toBe(ids.length);
+    expect(new Set(rows.map((r) => r.id))).toEqual(new Set(ids));
+    const via = await withClient(url, async (c) =>
+      (await c.query<{ via: string; n: number }>(`SELECT via, count(*)::int AS n FROM ${table}_stored GROUP BY via`)).rows,
+    );
+    expect(via).toEqual([{ via: 'COPY', n: ids.length }]);
+    for (const b of batchers) expect(b.stats()).toMatchObject({ written: 3000, deadLettered: 0, failedFlushes: 0 });
+    await Promise.all(batchers.map((b) => b.close()));
   });
 });
 

@@ -1,7 +1,10 @@
-//! Binary encoding of a batch as one array parameter per column, for `INSERT ... SELECT FROM unnest(...)`.
+//! Binary encoding of a batch: as one array parameter per column, for `INSERT ... SELECT FROM unnest(...)`,
+//! and as the rows of a binary `COPY ... FROM STDIN (FORMAT binary)` (see [`super::copy`]).
 //!
 //! Sending columns as arrays keeps the statement text and its parameter count fixed (eight), whatever the
 //! batch size: no 65535-parameter ceiling, and nothing for the server to re-plan per batch size.
+//! Both forms write each value the same way ([`value_to_sql`]): the binary format of `uuid`,
+//! `timestamptz`, `text` and `jsonb` (or `json`, for COPY into a `json` column).
 
 use std::error::Error;
 
@@ -81,6 +84,63 @@ impl ColumnArray<'_> {
     }
 }
 
+/// The type the payload is written as: `jsonb` (the arrays, and COPY into a `jsonb` column) or `json`
+/// (COPY into a `json` column, whose binary form is the bare text).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PayloadType {
+    Jsonb,
+    Json,
+}
+
+/// Writes one field of `e` in PostgreSQL's binary format, without a length prefix; an absent optional
+/// text field writes nothing and returns `IsNull::Yes`.
+fn value_to_sql(
+    e: &Entry,
+    column: Column,
+    payload: PayloadType,
+    buf: &mut BytesMut,
+) -> postgres_protocol::IsNull {
+    match column {
+        Column::Id => uuid_to_sql(e.id().0, buf),
+        Column::OccurredAt => timestamp_to_sql(e.occurred_at().micros() - PG_EPOCH_OFFSET_US, buf),
+        Column::Action => text_to_sql(e.action(), buf),
+        Column::Payload => {
+            if payload == PayloadType::Jsonb {
+                buf.put_u8(1); // jsonb binary format version
+            }
+            buf.put_slice(e.payload_json().as_bytes());
+        }
+        other => match text_field(other).and_then(|f| e.text(f)) {
+            Some(v) => text_to_sql(v, buf),
+            None => return postgres_protocol::IsNull::Yes,
+        },
+    }
+    postgres_protocol::IsNull::No
+}
+
+/// The start of binary COPY data: the 11-byte signature, then flags (0: no OIDs) and the header
+/// extension length (0), both `i32`.
+pub const COPY_HEADER: &[u8; 19] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+
+/// The end of binary COPY data: a field count of -1.
+pub const COPY_TRAILER: &[u8; 2] = &[0xff, 0xff];
+
+/// Appends `e` as one binary COPY row: the field count (`i16`), then each column of [`Column::ALL`], in
+/// order, as an `i32` length (-1 for NULL) followed by that many bytes.
+pub fn copy_row(e: &Entry, payload: PayloadType, buf: &mut BytesMut) {
+    buf.put_i16(Column::ALL.len() as i16);
+    for column in Column::ALL {
+        let at = buf.len();
+        buf.put_i32(0);
+        let len = match value_to_sql(e, column, payload, buf) {
+            postgres_protocol::IsNull::Yes => -1,
+            // A value is at most one entry's text: at most maxEntryBytes, itself at most 512 MiB.
+            postgres_protocol::IsNull::No => (buf.len() - at - 4) as i32,
+        };
+        buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+    }
+}
+
 fn text_field(column: Column) -> Option<TextField> {
     match column {
         Column::TenantId => Some(TextField::TenantId),
@@ -111,24 +171,7 @@ impl ToSql for ColumnArray<'_> {
             dims,
             element,
             self.batch.iter(),
-            |e, buf| {
-                match column {
-                    Column::Id => uuid_to_sql(e.id().0, buf),
-                    Column::OccurredAt => {
-                        timestamp_to_sql(e.occurred_at().micros() - PG_EPOCH_OFFSET_US, buf)
-                    }
-                    Column::Action => text_to_sql(e.action(), buf),
-                    Column::Payload => {
-                        buf.put_u8(1); // jsonb binary format version
-                        buf.put_slice(e.payload_json().as_bytes());
-                    }
-                    other => match text_field(other).and_then(|f| e.text(f)) {
-                        Some(v) => text_to_sql(v, buf),
-                        None => return Ok(postgres_protocol::IsNull::Yes),
-                    },
-                }
-                Ok(postgres_protocol::IsNull::No)
-            },
+            |e, buf| Ok(value_to_sql(e, column, PayloadType::Jsonb, buf)),
             out,
         )?;
         Ok(IsNull::No)
@@ -154,7 +197,56 @@ mod tests {
 
     use super::*;
     use crate::entry::{EntryDraft, Timestamp};
-    use crate::uuid7::Uuid7Generator;
+    use crate::uuid7::{Uuid, Uuid7Generator};
+
+    #[test]
+    fn a_copy_row_is_the_field_count_then_each_column_as_length_and_bytes() {
+        let mut d = EntryDraft::new("tool.call")
+            .with(TextField::Actor, "u:é")
+            .with_payload_json("{\"a\":1}");
+        d.id = Uuid::parse("01932c07-8f3a-7c3e-9b1d-3f0a2c4e5d6f");
+        // 2000-01-01T00:00:01.000002Z: 1 000 002 µs after PostgreSQL's epoch.
+        d.occurred_at = Timestamp::from_micros(PG_EPOCH_OFFSET_US + 1_000_002);
+        let e = d
+            .prepare(Timestamp::now())
+            .unwrap()
+            .finish(&mut Uuid7Generator::new());
+
+        let mut expected: Vec<u8> = vec![0, 8]; // eight fields
+        expected.extend([0, 0, 0, 16]);
+        expected.extend(e.id().0);
+        expected.extend([0, 0, 0, 8]);
+        expected.extend(1_000_002i64.to_be_bytes());
+        expected.extend([0xff; 4]); // tenant_id: NULL
+        expected.extend([0, 0, 0, 4]);
+        expected.extend("u:é".as_bytes());
+        expected.extend([0, 0, 0, 9]);
+        expected.extend(b"tool.call");
+        expected.extend([0xff; 4]); // resource
+        expected.extend([0xff; 4]); // outcome
+        let mut as_json = expected.clone();
+        expected.extend([0, 0, 0, 8, 1]); // jsonb: version 1, then the text
+        expected.extend(b"{\"a\":1}");
+        as_json.extend([0, 0, 0, 7]); // json: the text alone
+        as_json.extend(b"{\"a\":1}");
+
+        let mut buf = BytesMut::new();
+        copy_row(&e, PayloadType::Jsonb, &mut buf);
+        assert_eq!(&buf[..], &expected[..]);
+        buf.clear();
+        copy_row(&e, PayloadType::Json, &mut buf);
+        assert_eq!(&buf[..], &as_json[..]);
+    }
+
+    #[test]
+    fn copy_header_and_trailer_are_the_binary_format() {
+        let mut header = b"PGCOPY\n".to_vec();
+        header.extend([0xff, b'\r', b'\n', 0]);
+        header.extend(0i32.to_be_bytes()); // flags
+        header.extend(0i32.to_be_bytes()); // header extension length
+        assert_eq!(&COPY_HEADER[..], &header[..]);
+        assert_eq!(&COPY_TRAILER[..], &(-1i16).to_be_bytes()[..]);
+    }
 
     proptest! {
         #[test]

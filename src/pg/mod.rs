@@ -1,21 +1,29 @@
-//! The PostgreSQL sink: a deadpool-postgres pool and one idempotent multi-row insert per batch.
+//! The PostgreSQL sink: a deadpool-postgres pool and one statement per batch, an idempotent multi-row
+//! insert or, for a large batch sent for the first time, a binary COPY (see [`copy`]).
 
 pub mod classify;
 pub mod columns;
 pub mod config;
+pub mod copy;
+#[cfg(test)]
+mod copy_measure;
 mod encode;
 pub mod ident;
 pub mod schema;
 pub mod tls;
 pub mod verify;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use futures_util::SinkExt;
 use tokio_postgres::types::{ToSql, Type};
 
 use self::columns::{Column, ColumnMap};
 use self::config::{ConnectionConfig, Redactor};
+use self::copy::{CopyPlan, SentIds, COPY_CHUNK_BYTES, COPY_MIN_ROWS};
 use self::encode::ColumnArray;
 use self::ident::TableName;
 use self::tls::TlsConnector;
@@ -39,7 +47,8 @@ pub struct PgSettings {
     pub ssl_root_cert: Option<String>,
 }
 
-/// Writes batches to a PostgreSQL table, each in one `INSERT ... ON CONFLICT (id) DO NOTHING` statement.
+/// Writes batches to a PostgreSQL table, each in one `INSERT ... ON CONFLICT (id) DO NOTHING` statement,
+/// or, when it is large and new, one binary `COPY` (see [`copy`]).
 ///
 /// Connections are opened when first needed, and a connection found broken is replaced on the next write.
 pub struct PgSink {
@@ -49,8 +58,28 @@ pub struct PgSink {
     dead_letter_sql: String,
     columns: ColumnMap,
     /// Built from the table's verified shape before the first write.
-    insert_sql: tokio::sync::OnceCell<String>,
+    statements: tokio::sync::OnceCell<Statements>,
+    /// Every id sent so far, as far as telling new batches from retries needs.
+    sent: SentIds,
+    /// Set once a COPY failed in a way that says the table cannot take COPY at all.
+    copy_disabled: AtomicBool,
     redactor: Redactor,
+}
+
+/// How batches are written to the verified table.
+struct Statements {
+    insert_sql: String,
+    /// `None` when a column's type rules COPY out.
+    copy: Option<CopyPlan>,
+}
+
+/// Which statement writes a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    /// `INSERT ... ON CONFLICT DO NOTHING` only.
+    Insert,
+    /// Binary COPY, with the INSERT as fallback on a server error.
+    Copy,
 }
 
 impl PgSink {
@@ -81,7 +110,9 @@ impl PgSink {
             .map_err(|e| ("poolSize", redactor.redact(&e.to_string())))?;
         Ok(PgSink {
             pool,
-            insert_sql: tokio::sync::OnceCell::new(),
+            statements: tokio::sync::OnceCell::new(),
+            sent: SentIds::default(),
+            copy_disabled: AtomicBool::new(false),
             dead_letter_sql: schema::dead_letter_statement(&settings.dead_letter_table),
             dead_letter_table: settings.dead_letter_table,
             table: settings.table,
@@ -90,22 +121,24 @@ impl PgSink {
         })
     }
 
-    /// The statement each batch is written with, once the table has been checked (see [`verify::verify`]).
+    /// The statements batches are written with, once the table has been checked (see [`verify::verify`]).
     /// A failed check is not remembered: the next write checks again.
-    async fn insert_sql(&self, client: &tokio_postgres::Client) -> Result<&str, WriteError> {
-        self.insert_sql
+    async fn statements(&self, client: &tokio_postgres::Client) -> Result<&Statements, WriteError> {
+        self.statements
             .get_or_try_init(|| async {
                 let shape = verify::verify(client, &self.table, &self.columns)
                     .await
                     .map_err(|e| WriteError::new(self.redactor.redact(&e)))?;
-                Ok::<_, WriteError>(schema::insert_statement(
-                    &self.table,
-                    &self.columns,
-                    &shape.conflict_columns,
-                ))
+                Ok::<_, WriteError>(Statements {
+                    insert_sql: schema::insert_statement(
+                        &self.table,
+                        &self.columns,
+                        &shape.conflict_columns,
+                    ),
+                    copy: CopyPlan::for_table(&self.table, &self.columns, &shape),
+                })
             })
             .await
-            .map(String::as_str)
     }
 
     /// Creates the default table (and its schema and index) and the dead-letter table when missing. Safe to call from several
@@ -131,7 +164,7 @@ impl PgSink {
         }
         tx.commit().await.map_err(|e| self.db_error(&e))?;
         // An existing table is checked now rather than at the first write.
-        self.insert_sql(&client).await.map(|_| ())
+        self.statements(&client).await.map(|_| ())
     }
 
     fn db_error(&self, e: &tokio_postgres::Error) -> WriteError {
@@ -180,20 +213,131 @@ fn with_causes(e: &dyn std::error::Error) -> String {
     text
 }
 
+impl PgSink {
+    /// Writes `batch` with the path [`Self::choose_path`] picks: COPY first, falling back to the INSERT
+    /// in the same call on a server error, or the INSERT alone.
+    async fn write_batch(&self, batch: &[Entry]) -> Result<(), WriteError> {
+        let mut client = self.pool.get().await.map_err(|e| self.pool_error(e))?;
+        let statements = self.statements(&client).await?;
+        if self.choose_path(batch) == Path::Copy {
+            if let Some(plan) = &statements.copy {
+                let failure = match copy_batch(&mut client, plan, batch).await {
+                    Ok(()) => return Ok(()),
+                    Err(failure) => failure,
+                };
+                let Some(db) = failure.error.as_db_error() else {
+                    // A lost connection or reply: the COPY may have committed. The retry goes through the
+                    // INSERT (the ids are recorded as sent), which stores each entry once.
+                    if failure.spoiled {
+                        drop(deadpool_postgres::Object::take(client));
+                    }
+                    return Err(self.db_error(&failure.error));
+                };
+                // Nothing was committed; the INSERT decides what becomes of the batch.
+                if copy::disables_copy(db.code().code()) {
+                    self.copy_disabled.store(true, Ordering::Relaxed);
+                }
+                if failure.spoiled {
+                    // Not returned to the pool: a later statement on it would get another one's reply.
+                    drop(deadpool_postgres::Object::take(client));
+                    client = self.pool.get().await.map_err(|e| self.pool_error(e))?;
+                }
+            }
+        }
+        insert_batch(&client, &statements.insert_sql, batch)
+            .await
+            .map_err(|e| self.db_error(&e))
+    }
+
+    /// Which statement a batch should be written with: COPY for a large batch none of whose entries was
+    /// sent before, unless a COPY failed in a way that rules it out for this table. Records the batch as
+    /// sent, so call it once per write, just before sending.
+    fn choose_path(&self, batch: &[Entry]) -> Path {
+        let fresh = self.sent.record(batch);
+        if fresh && batch.len() >= COPY_MIN_ROWS && !self.copy_disabled.load(Ordering::Relaxed) {
+            Path::Copy
+        } else {
+            Path::Insert
+        }
+    }
+}
+
+/// `INSERT ... SELECT * FROM unnest(...) ON CONFLICT DO NOTHING`, sent unnamed.
+async fn insert_batch(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    batch: &[Entry],
+) -> Result<(), tokio_postgres::Error> {
+    let arrays = Column::ALL.map(|column| ColumnArray { batch, column });
+    let params: Vec<(&(dyn ToSql + Sync), Type)> = arrays
+        .iter()
+        .map(|a| (a as &(dyn ToSql + Sync), ColumnArray::array_type(a.column)))
+        .collect();
+    client.execute_typed(sql, &params).await.map(|_| ())
+}
+
+/// Why [`copy_batch`] failed, and whether the connection must be thrown away.
+#[derive(Debug)]
+struct CopyFailure {
+    error: tokio_postgres::Error,
+    /// The server refused the COPY statement itself (before taking any data: row-level security, a view,
+    /// no privilege, a lock timeout...). tokio-postgres 0.7 sends `Sync` both after the COPY's `Execute`
+    /// and after its data; the server skips the first only once in COPY mode, so such a refusal is
+    /// answered with two `ReadyForQuery`, and the connection would pair the next statement with the
+    /// previous one's reply (rust-postgres issue 789, PR 1337).
+    spoiled: bool,
+}
+
+/// One binary COPY of `batch`, in its own transaction: `BEGIN`, prepare, `COPY`, the data in
+/// [`COPY_CHUNK_BYTES`] messages, then `COMMIT` sent right behind the end of the data.
+///
+/// tokio-postgres runs COPY through a named prepared statement. Inside a transaction, a transaction-pooling
+/// PgBouncer keeps the one server connection for all of it, and the statement is closed (its `Close`
+/// queued behind the data) before the `COMMIT`, so no statement outlives the transaction. On an error the
+/// transaction is rolled back (a failed COPY aborts it; the `COMMIT` then answers `ROLLBACK`, and an
+/// unfinished one is ended by the `Transaction`'s drop).
+async fn copy_batch(
+    client: &mut deadpool_postgres::Client,
+    plan: &CopyPlan,
+    batch: &[Entry],
+) -> Result<(), CopyFailure> {
+    let kept = |error| CopyFailure {
+        error,
+        spoiled: false,
+    };
+    let tx = client.transaction().await.map_err(kept)?;
+    let statement = tx.prepare(&plan.sql).await.map_err(kept)?;
+    let sink = tx
+        .copy_in::<_, bytes::Bytes>(&statement)
+        .await
+        .map_err(|error| CopyFailure {
+            error,
+            spoiled: true,
+        })?;
+    // The Close goes out after the copy data and before the COMMIT: requests leave in order, and the copy
+    // holds the connection's queue until its end.
+    drop(statement);
+    futures_util::pin_mut!(sink);
+    let mut buf = BytesMut::with_capacity(COPY_CHUNK_BYTES + 4096);
+    buf.extend_from_slice(encode::COPY_HEADER);
+    for entry in batch {
+        encode::copy_row(entry, plan.payload, &mut buf);
+        if buf.len() >= COPY_CHUNK_BYTES {
+            sink.send(buf.split().freeze()).await.map_err(kept)?;
+        }
+    }
+    buf.extend_from_slice(encode::COPY_TRAILER);
+    sink.feed(buf.freeze()).await.map_err(kept)?;
+    // COMMIT is sent without waiting for the COPY's own reply (one round trip less): after a failed COPY
+    // the server answers it with ROLLBACK, and the COPY's error is what counts.
+    let (copied, committed) = tokio::join!(sink.as_mut().finish(), tx.commit());
+    copied.map_err(kept)?;
+    committed.map_err(kept)
+}
+
 impl Sink for PgSink {
     async fn write(&self, batch: &[Entry]) -> Result<(), WriteError> {
-        let client = self.pool.get().await.map_err(|e| self.pool_error(e))?;
-        let arrays = Column::ALL.map(|column| ColumnArray { batch, column });
-        let params: Vec<(&(dyn ToSql + Sync), Type)> = arrays
-            .iter()
-            .map(|a| (a as &(dyn ToSql + Sync), ColumnArray::array_type(a.column)))
-            .collect();
-        let sql = self.insert_sql(&client).await?;
-        client
-            .execute_typed(sql, &params)
-            .await
-            .map_err(|e| self.db_error(&e))?;
-        Ok(())
+        self.write_batch(batch).await
     }
 
     async fn dead_letter(&self, entry: &Entry, cause: &WriteError) -> Result<(), WriteError> {

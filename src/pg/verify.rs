@@ -14,6 +14,9 @@ pub struct TableShape {
     /// `ON CONFLICT` target. Just the id for the default table; `(id, occurred_at)` for a table
     /// partitioned on `occurred_at`.
     pub conflict_columns: Vec<Ident>,
+    /// The type (its OID) of the column each field is written to, in [`Column::ALL`] order: whether a
+    /// binary COPY can fill the table (see [`super::copy::CopyPlan`]).
+    pub column_types: [u32; 8],
 }
 
 /// The column types an entry field may be written to (PostgreSQL's `typname`).
@@ -31,6 +34,7 @@ struct Attribute {
     type_name: String,
     not_null: bool,
     has_default: bool,
+    type_oid: u32,
 }
 
 /// Reads the table's definition and checks it; the error says what is wrong in a user's terms.
@@ -43,7 +47,7 @@ pub async fn verify(
     let rows = client
         .query_typed(
             "SELECT a.attname::text, t.typname::text, a.attnotnull,
-                    a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> ''
+                    a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '', a.atttypid
              FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
              WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
             &[(&regclass, Type::TEXT)],
@@ -68,9 +72,11 @@ pub async fn verify(
             type_name: r.get(1),
             not_null: r.get(2),
             has_default: r.get(3),
+            type_oid: r.get(4),
         })
         .collect();
-    for column in Column::ALL {
+    let mut column_types = [0; 8];
+    for (i, column) in Column::ALL.into_iter().enumerate() {
         let name = columns.name(column).as_str();
         let Some(attr) = attributes.iter().find(|a| a.name == name) else {
             return Err(format!(
@@ -89,6 +95,7 @@ pub async fn verify(
                 accepted.join(" or ")
             ));
         }
+        column_types[i] = attr.type_oid;
     }
     let mapped = |name: &str| {
         Column::ALL
@@ -136,5 +143,6 @@ pub async fn verify(
             .map(|c| Ident::parse(c))
             .collect::<Result<_, _>>()
             .map_err(|e| format!("unique index column {e}"))?,
+        column_types,
     })
 }
