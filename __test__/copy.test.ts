@@ -23,7 +23,7 @@ import {
   withClient,
 } from './support/fixture.ts';
 
-/** Comfortably above the COPY threshold (COPY_MIN_ROWS, 320) and within the default maxBatchRows (1000). */
+/** Comfortably above the COPY threshold (COPY_MIN_ROWS, 128) and within the default maxBatchRows (1000). */
 const LARGE = 1000;
 /** Below it. */
 const SMALL = 20;

@@ -20,16 +20,16 @@ use crate::uuid7::Uuid;
 /// Batches of at least this many rows are written with binary COPY (when the table allows it and no
 /// entry of the batch was sent before); smaller ones with the INSERT.
 ///
-/// A COPY costs three round trips more than the INSERT (BEGIN, prepare, the COPY's go-ahead; the COMMIT
-/// rides behind the data) and then stores rows at about twice the rate. Measured on the development
-/// machine's PostgreSQL 15 over loopback (`src/pg/copy_measure.rs`: ~600-byte JSON payloads, every field
-/// set, medians of 5 alternating runs, rows/s INSERT → COPY): 50 rows 45k → 40k, 100 rows 63k → 59k,
-/// 200 rows 58k → 86k, 320 rows 59k → 90k, 500 rows 62k → 110k, 1 000 rows 67k → 115k, 10 000 rows 66k →
-/// 141k. So COPY wins from between 100 and 200 rows over loopback; it saves about 7 µs a row, and each
-/// millisecond of network round trip moves the break-even up by about 400 rows. 320 keeps COPY ahead up to
-/// a round trip of about half a millisecond (a database in the same zone), and still catches the default
-/// 1 000-row batches.
-pub const COPY_MIN_ROWS: usize = 320;
+/// A COPY costs two round trips more than the INSERT (BEGIN rides with the prepare, COMMIT behind the
+/// data; the prepare and the COPY's go-ahead remain) and then stores rows at 1.5 to 2 times the rate.
+/// Measured on the development machine's PostgreSQL 15 over loopback (`src/pg/copy_measure.rs`: ~600-byte
+/// JSON payloads, every field set, medians of 5 alternating runs, rows/s INSERT → COPY): 50 rows 46k →
+/// 35k, 100 rows 47k → 54k, 200 rows 41k → 60k, 320 rows 45k → 77k, 500 rows 46k → 82k, 1 000 rows 51k →
+/// 85k, 10 000 rows 59k → 104k. COPY wins from about 80 rows over loopback and saves about 9 µs a row, so
+/// each millisecond of network round trip moves the break-even up by about 220 rows: 128 keeps COPY ahead
+/// up to a round trip of about 0.25 ms (the same host or zone); on a slower network, batches just above
+/// 128 rows lose at most those two round trips.
+pub const COPY_MIN_ROWS: usize = 128;
 
 /// COPY data is sent in messages of about this size.
 pub const COPY_CHUNK_BYTES: usize = 256 * 1024;

@@ -42,13 +42,13 @@ enum Method {
 async fn run(sink: &PgSink, method: Method, batches: &[Vec<Entry>]) -> Duration {
     let started = Instant::now();
     for batch in batches {
-        let mut client = sink.pool.get().await.unwrap();
+        let client = sink.pool.get().await.unwrap();
         let statements = sink.statements(&client).await.unwrap();
         match method {
             Method::Insert => insert_batch(&client, &statements.insert_sql, batch)
                 .await
                 .unwrap(),
-            Method::Copy => copy_batch(&mut client, statements.copy.as_ref().unwrap(), batch)
+            Method::Copy => copy_batch(&client, statements.copy.as_ref().unwrap(), batch)
                 .await
                 .unwrap(),
         }

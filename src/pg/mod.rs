@@ -221,27 +221,22 @@ impl PgSink {
         let statements = self.statements(&client).await?;
         if self.choose_path(batch) == Path::Copy {
             if let Some(plan) = &statements.copy {
-                let failure = match copy_batch(&mut client, plan, batch).await {
+                let error = match copy_batch(&client, plan, batch).await {
                     Ok(()) => return Ok(()),
-                    Err(failure) => failure,
+                    Err(error) => error,
                 };
-                let Some(db) = failure.error.as_db_error() else {
+                // The connection may be mid-transaction or out of step (see copy_batch): never reused.
+                drop(deadpool_postgres::Object::take(client));
+                let Some(db) = error.as_db_error() else {
                     // A lost connection or reply: the COPY may have committed. The retry goes through the
                     // INSERT (the ids are recorded as sent), which stores each entry once.
-                    if failure.spoiled {
-                        drop(deadpool_postgres::Object::take(client));
-                    }
-                    return Err(self.db_error(&failure.error));
+                    return Err(self.db_error(&error));
                 };
                 // Nothing was committed; the INSERT decides what becomes of the batch.
                 if copy::disables_copy(db.code().code()) {
                     self.copy_disabled.store(true, Ordering::Relaxed);
                 }
-                if failure.spoiled {
-                    // Not returned to the pool: a later statement on it would get another one's reply.
-                    drop(deadpool_postgres::Object::take(client));
-                    client = self.pool.get().await.map_err(|e| self.pool_error(e))?;
-                }
+                client = self.pool.get().await.map_err(|e| self.pool_error(e))?;
             }
         }
         insert_batch(&client, &statements.insert_sql, batch)
@@ -276,44 +271,28 @@ async fn insert_batch(
     client.execute_typed(sql, &params).await.map(|_| ())
 }
 
-/// Why [`copy_batch`] failed, and whether the connection must be thrown away.
-#[derive(Debug)]
-struct CopyFailure {
-    error: tokio_postgres::Error,
-    /// The server refused the COPY statement itself (before taking any data: row-level security, a view,
-    /// no privilege, a lock timeout...). tokio-postgres 0.7 sends `Sync` both after the COPY's `Execute`
-    /// and after its data; the server skips the first only once in COPY mode, so such a refusal is
-    /// answered with two `ReadyForQuery`, and the connection would pair the next statement with the
-    /// previous one's reply (rust-postgres issue 789, PR 1337).
-    spoiled: bool,
-}
-
-/// One binary COPY of `batch`, in its own transaction: `BEGIN`, prepare, `COPY`, the data in
-/// [`COPY_CHUNK_BYTES`] messages, then `COMMIT` sent right behind the end of the data.
+/// One binary COPY of `batch`, in its own transaction: `BEGIN` and the prepare sent together, `COPY`, the
+/// data in [`COPY_CHUNK_BYTES`] messages, then `COMMIT` sent right behind the end of the data. Two round
+/// trips more than the INSERT.
 ///
 /// tokio-postgres runs COPY through a named prepared statement. Inside a transaction, a transaction-pooling
 /// PgBouncer keeps the one server connection for all of it, and the statement is closed (its `Close`
-/// queued behind the data) before the `COMMIT`, so no statement outlives the transaction. On an error the
-/// transaction is rolled back (a failed COPY aborts it; the `COMMIT` then answers `ROLLBACK`, and an
-/// unfinished one is ended by the `Transaction`'s drop).
+/// queued behind the data) before the `COMMIT`, so no statement outlives the transaction.
+///
+/// After a failure the connection must not be reused: it may still be inside the transaction, and when the
+/// server refused the COPY statement itself (before taking any data: row-level security, a view, no
+/// privilege, a lock timeout...) tokio-postgres 0.7 is left expecting one reply too many, so the next
+/// statement on it would be paired with the previous one's reply (rust-postgres issue 789, PR 1337).
 async fn copy_batch(
-    client: &mut deadpool_postgres::Client,
+    client: &deadpool_postgres::Client,
     plan: &CopyPlan,
     batch: &[Entry],
-) -> Result<(), CopyFailure> {
-    let kept = |error| CopyFailure {
-        error,
-        spoiled: false,
-    };
-    let tx = client.transaction().await.map_err(kept)?;
-    let statement = tx.prepare(&plan.sql).await.map_err(kept)?;
-    let sink = tx
-        .copy_in::<_, bytes::Bytes>(&statement)
-        .await
-        .map_err(|error| CopyFailure {
-            error,
-            spoiled: true,
-        })?;
+) -> Result<(), tokio_postgres::Error> {
+    // Requests leave in the order they are first polled: BEGIN, then the prepare, in one round trip.
+    let (begun, statement) = tokio::join!(client.batch_execute("BEGIN"), client.prepare(&plan.sql));
+    begun?;
+    let statement = statement?;
+    let sink = client.copy_in::<_, bytes::Bytes>(&statement).await?;
     // The Close goes out after the copy data and before the COMMIT: requests leave in order, and the copy
     // holds the connection's queue until its end.
     drop(statement);
@@ -323,16 +302,16 @@ async fn copy_batch(
     for entry in batch {
         encode::copy_row(entry, plan.payload, &mut buf);
         if buf.len() >= COPY_CHUNK_BYTES {
-            sink.send(buf.split().freeze()).await.map_err(kept)?;
+            sink.send(buf.split().freeze()).await?;
         }
     }
     buf.extend_from_slice(encode::COPY_TRAILER);
-    sink.feed(buf.freeze()).await.map_err(kept)?;
+    sink.feed(buf.freeze()).await?;
     // COMMIT is sent without waiting for the COPY's own reply (one round trip less): after a failed COPY
     // the server answers it with ROLLBACK, and the COPY's error is what counts.
-    let (copied, committed) = tokio::join!(sink.as_mut().finish(), tx.commit());
-    copied.map_err(kept)?;
-    committed.map_err(kept)
+    let (copied, committed) = tokio::join!(sink.as_mut().finish(), client.batch_execute("COMMIT"));
+    copied?;
+    committed
 }
 
 impl Sink for PgSink {
