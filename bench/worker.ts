@@ -371,10 +371,14 @@ async function main(): Promise<void> {
     }
     case 'ab-bulk': {
       const make = (tbl: string): AuditBatcher => {
-        const audit = newBatcherTrying({ connectionString: url, table: tbl }, { flushAtEntries: config.flushAtEntries });
+        // Write-behind, with statements as large as (d)'s and the ceiling's COPYs (copyRows rows).
+        const audit = newBatcherTrying(
+          { connectionString: url, table: tbl, maxBatchRows: config.copyRows },
+          { flushAtEntries: config.flushAtEntries },
+        );
         extra['variant'] = audit.refused.length
-          ? 'log all, then close() (this addon build refuses flushAtEntries)'
-          : `flushAtEntries: ${config.flushAtEntries}`;
+          ? `log all, then close() (this addon build refuses flushAtEntries), maxBatchRows: ${config.copyRows}`
+          : `flushAtEntries: ${config.flushAtEntries}, maxBatchRows: ${config.copyRows}`;
         return audit.batcher;
       };
       let audit: AuditBatcher | undefined;
