@@ -124,12 +124,20 @@ export interface AuditBatcherOptions {
   /** Most connections in the pool. Default 2. */
   poolSize?: number
   /**
-   * Most rows in one INSERT statement; a larger flush is written as several statements, in order,
-   * back to back. Default 1000, at most 100000.
+   * Most rows in one statement; a larger flush is written as several statements, in order, back to
+   * back. Default 1000, at most 100000.
    */
   maxBatchRows?: number
   /** How long opening a connection may take before the write fails, in milliseconds. Default 10000. */
   connectTimeoutMs?: number
+  /**
+   * Prepare the `INSERT` once per connection instead of having the server parse and plan it again with
+   * every flush: about 0.1 ms less per statement (a 5-row INSERT on the development machine: 0.36–0.41
+   * ms prepared, 0.46–0.60 ms unnamed). Default false. Leave it off behind a transaction-pooling
+   * PgBouncer older than 1.21 (or any pooler without prepared-statement support): there a connection's
+   * prepared statement may be missing, or be another client's.
+   */
+  preparedStatements?: boolean
   /**
    * `'postgres'` (default) or `'memory'`: keep written entries in memory, readable with
    * `memoryEntries()`, for your own tests. Same validation, ordering and API; no database.

@@ -272,6 +272,56 @@ describe('log() and flush()', () => {
   });
 });
 
+describe('preparedStatements', () => {
+  /**
+   * Logs `turns` turns of 5 entries with `options`, flushing after each, into a table whose row trigger
+   * records how many prepared statements the writing session holds.
+   */
+  async function writeTurns(options: { preparedStatements?: boolean }, turns: number) {
+    const table = uniqueTable();
+    const b = batcher({ table, ...options });
+    await b.ensureSchema();
+    await withClient(url, (c) =>
+      c.query(`
+        CREATE TABLE ${table}_seen (prepared int NOT NULL);
+        CREATE FUNCTION ${table}_see() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+          INSERT INTO ${table}_seen SELECT count(*) FROM pg_prepared_statements;
+          RETURN NULL;
+        END $$;
+        CREATE TRIGGER see AFTER INSERT ON ${table} FOR EACH ROW EXECUTE FUNCTION ${table}_see();`),
+    );
+    const logged: string[] = [];
+    for (let t = 0; t < turns; t++) {
+      for (let i = 0; i < 5; i++) logged.push(b.log({ action: 'tool.call', actor: `agent:${t}`, payload: { t, i } }));
+      expect(await b.flush()).toEqual({ written: 5, pending: 0 });
+    }
+    const seen = await withClient(url, async (c) =>
+      (await c.query<{ prepared: number }>(`SELECT prepared FROM ${table}_seen`)).rows.map((r) => r.prepared),
+    );
+    return { table, logged, seen };
+  }
+
+  it('off (the default): every INSERT is sent unnamed, and the session keeps no prepared statement', async () => {
+    const { table, logged, seen } = await writeTurns({}, 4);
+    expect((await readRows(url, table)).map((r) => r.id)).toEqual(logged);
+    expect(new Set(seen)).toEqual(new Set([0]));
+  });
+
+  it('on: the INSERT is prepared once per connection and reused, writing the same rows', async () => {
+    const { table, logged, seen } = await writeTurns({ preparedStatements: true }, 4);
+    expect((await readRows(url, table)).map((r) => r.id)).toEqual(logged);
+    // One connection (flushes run one at a time), one statement prepared on it, reused by every flush.
+    expect(new Set(seen)).toEqual(new Set([1]));
+  });
+
+  it('must be a boolean', () => {
+    expect(() => new AuditBatcher({ connectionString: url, preparedStatements: 'yes' as unknown as boolean })).toThrow(
+      expect.objectContaining({ code: 'ERR_AUDIT_INVALID_OPTIONS', message: expect.stringContaining('preparedStatements') }),
+    );
+  });
+});
+
 describe('a flush that fails', () => {
   it('rejects with ERR_AUDIT_FLUSH_FAILED and a clear cause, keeps the entries in order, and the next flush writes them', async () => {
     const table = uniqueTable();

@@ -171,9 +171,9 @@ export function renderMarkdown(r: BenchResults): string {
   if (bulk?.variant) {
     const x = bulk.extraMedian;
     lines.push(
-      `audit-batcher bulk ran as: **${bulk.variant}** (default maxBatchRows, poolSize). Its ${int(bulk.n)} log() calls took ` +
+      `audit-batcher bulk ran as: **${bulk.variant}** (other options at their defaults). Its ${int(bulk.n)} log() calls took ` +
         `${fix(x['logLoopMs'] ?? null, 0)} ms (${fix(((x['logLoopMs'] ?? NaN) / bulk.n) * 1000, 2)} µs per call, flushing included); ` +
-        `${int(x['writtenWhenLogLoopEnded'] ?? NaN)} entries were already written when the loop ended; ${int(x['statements'] ?? NaN)} INSERT statements in all (medians).`,
+        `${int(x['writtenWhenLogLoopEnded'] ?? NaN)} entries were already written when the loop ended; ${int(x['statements'] ?? NaN)} statements in all (medians).`,
       '',
     );
   }
@@ -249,6 +249,7 @@ const CHART_LABELS: Record<string, (m: MethodResults) => string> = {
   'pg-multirow-1000': () => '(c) pg multi-row INSERT, 1000 rows/statement',
   'pg-copy-10000': () => '(d) pg COPY (text), 10000 rows/COPY',
   'ab-turn': () => 'audit-batcher per turn, 1 turn at a time',
+  'ab-turn-default': () => 'audit-batcher per turn, 1 at a time, default options',
   'ab-turn-64': () => 'audit-batcher per turn, 64 in flight',
   'ab-bulk': (m) => (m.variant?.startsWith('flushAtEntries') ? `audit-batcher bulk (${m.variant})` : 'audit-batcher bulk (log all, then close)'),
   ceiling: () => 'ceiling: Rust binary COPY, one connection',

@@ -25,6 +25,7 @@ export type NodeMethod =
   | 'pg-multirow-1000'
   | 'pg-copy-10000'
   | 'ab-turn'
+  | 'ab-turn-default'
   | 'ab-turn-64'
   | 'ab-bulk'
   | 'ab-memory';
@@ -340,10 +341,16 @@ async function main(): Promise<void> {
       break;
     }
     case 'ab-turn':
+    case 'ab-turn-default':
     case 'ab-turn-64': {
       const batchers = new Map<string, AuditBatcher>();
+      // Like (b), which prepares its INSERT once per connection: preparedStatements (when this addon build
+      // has the option), except in the default-options variant.
+      const optional = method === 'ab-turn-default' ? {} : { preparedStatements: true };
       for (const tbl of [WARMUP_TABLE, table]) {
-        const audit = new AuditBatcher({ connectionString: url, table: tbl });
+        const made = newBatcherTrying({ connectionString: url, table: tbl }, optional);
+        if (made.refused.length) extra['refusedOptions'] = made.refused.join(', ');
+        const audit = made.batcher;
         await audit.ensureSchema(); // opens a pooled connection
         batchers.set(tbl, audit);
       }
@@ -355,7 +362,7 @@ async function main(): Promise<void> {
           await audit.flush();
           latencies.push(performance.now() - t0);
         };
-        if (method === 'ab-turn') {
+        if (method !== 'ab-turn-64') {
           for (let t = 0; t < turnsOf(es); t++) await turn(t);
         } else {
           await runAgents(config.agents, turnsOf(es), turn);

@@ -311,7 +311,7 @@ pub struct Options {
     pub high_water_mark: Option<usize>,
 }
 
-const OPTION_NAMES: [&str; 24] = [
+const OPTION_NAMES: [&str; 25] = [
     "onFlush",
     "onError",
     "onDeadLetter",
@@ -326,6 +326,7 @@ const OPTION_NAMES: [&str; 24] = [
     "poolSize",
     "maxBatchRows",
     "connectTimeoutMs",
+    "preparedStatements",
     "sink",
     "flushIntervalMs",
     "flushAtEntries",
@@ -537,6 +538,7 @@ pub fn options_from_js(value: &Unknown) -> Result<Options, ConvertError<InvalidO
     )?);
     let pool_size = integer_option(&obj, "poolSize", 1, 1000, 2)? as usize;
     let connect_timeout_ms = integer_option(&obj, "connectTimeoutMs", 1, 600_000, 10_000)?;
+    let prepared_statements = bool_option(&obj, "preparedStatements")?;
     let table_text = string_option(&obj, "table")?.unwrap_or_else(|| "audit_log".to_owned());
     let table = TableName::parse(&table_text).map_err(|e| InvalidOption::new("table", e))?;
     let columns = columns_option(&obj)?;
@@ -571,6 +573,7 @@ pub fn options_from_js(value: &Unknown) -> Result<Options, ConvertError<InvalidO
                     pool_size,
                     connect_timeout: Duration::from_millis(connect_timeout_ms),
                     ssl_root_cert,
+                    prepared_statements,
                 })),
                 _ => return Err(InvalidOption::new(
                     "connectionString",

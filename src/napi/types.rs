@@ -38,11 +38,17 @@ pub struct AuditBatcherOptions {
     pub columns: Option<HashMap<String, String>>,
     /// Most connections in the pool. Default 2.
     pub pool_size: Option<u32>,
-    /// Most rows in one INSERT statement; a larger flush is written as several statements, in order,
-    /// back to back. Default 1000, at most 100000.
+    /// Most rows in one statement; a larger flush is written as several statements, in order, back to
+    /// back. Default 1000, at most 100000.
     pub max_batch_rows: Option<u32>,
     /// How long opening a connection may take before the write fails, in milliseconds. Default 10000.
     pub connect_timeout_ms: Option<u32>,
+    /// Prepare the `INSERT` once per connection instead of having the server parse and plan it again with
+    /// every flush: about 0.1 ms less per statement (a 5-row INSERT on the development machine: 0.36–0.41
+    /// ms prepared, 0.46–0.60 ms unnamed). Default false. Leave it off behind a transaction-pooling
+    /// PgBouncer older than 1.21 (or any pooler without prepared-statement support): there a connection's
+    /// prepared statement may be missing, or be another client's.
+    pub prepared_statements: Option<bool>,
     /// `'postgres'` (default) or `'memory'`: keep written entries in memory, readable with
     /// `memoryEntries()`, for your own tests. Same validation, ordering and API; no database.
     #[napi(ts_type = "'postgres' | 'memory'")]

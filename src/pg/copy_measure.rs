@@ -45,7 +45,7 @@ async fn run(sink: &PgSink, method: Method, batches: &[Vec<Entry>]) -> Duration 
         let client = sink.pool.get().await.unwrap();
         let statements = sink.statements(&client).await.unwrap();
         match method {
-            Method::Insert => insert_batch(&client, &statements.insert_sql, batch)
+            Method::Insert => insert_batch(&client, &statements.insert_sql, batch, false)
                 .await
                 .unwrap(),
             Method::Copy => copy_batch(&client, statements.copy.as_ref().unwrap(), batch)
@@ -70,6 +70,7 @@ async fn measure_insert_vs_copy() {
         pool_size: 2,
         connect_timeout: Duration::from_secs(5),
         ssl_root_cert: None,
+        prepared_statements: false,
     })
     .unwrap();
     sink.ensure_schema().await.unwrap();

@@ -45,6 +45,8 @@ pub struct PgSettings {
     pub connect_timeout: Duration,
     /// The `sslRootCert` option: a PEM file of CA certificates (or `system`).
     pub ssl_root_cert: Option<String>,
+    /// Prepare the INSERT once per connection rather than send it unnamed each time.
+    pub prepared_statements: bool,
 }
 
 /// Writes batches to a PostgreSQL table, each in one `INSERT ... ON CONFLICT (id) DO NOTHING` statement,
@@ -63,6 +65,8 @@ pub struct PgSink {
     sent: SentIds,
     /// Set once a COPY failed in a way that says the table cannot take COPY at all.
     copy_disabled: AtomicBool,
+    /// The `preparedStatements` option.
+    prepared: bool,
     redactor: Redactor,
 }
 
@@ -113,6 +117,7 @@ impl PgSink {
             statements: tokio::sync::OnceCell::new(),
             sent: SentIds::default(),
             copy_disabled: AtomicBool::new(false),
+            prepared: settings.prepared_statements,
             dead_letter_sql: schema::dead_letter_statement(&settings.dead_letter_table),
             dead_letter_table: settings.dead_letter_table,
             table: settings.table,
@@ -239,7 +244,7 @@ impl PgSink {
                 client = self.pool.get().await.map_err(|e| self.pool_error(e))?;
             }
         }
-        insert_batch(&client, &statements.insert_sql, batch)
+        insert_batch(&client, &statements.insert_sql, batch, self.prepared)
             .await
             .map_err(|e| self.db_error(&e))
     }
@@ -257,13 +262,22 @@ impl PgSink {
     }
 }
 
-/// `INSERT ... SELECT * FROM unnest(...) ON CONFLICT DO NOTHING`, sent unnamed.
+/// `INSERT ... SELECT * FROM unnest(...) ON CONFLICT DO NOTHING`: sent unnamed (parsed and planned by the
+/// server every time), or, when `prepared`, through the connection's cached prepared statement.
 async fn insert_batch(
-    client: &tokio_postgres::Client,
+    client: &deadpool_postgres::Client,
     sql: &str,
     batch: &[Entry],
+    prepared: bool,
 ) -> Result<(), tokio_postgres::Error> {
     let arrays = Column::ALL.map(|column| ColumnArray { batch, column });
+    if prepared {
+        let types = Column::ALL.map(ColumnArray::array_type);
+        let statement = client.prepare_typed_cached(sql, &types).await?;
+        let params: Vec<&(dyn ToSql + Sync)> =
+            arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
+        return client.execute(&statement, &params).await.map(|_| ());
+    }
     let params: Vec<(&(dyn ToSql + Sync), Type)> = arrays
         .iter()
         .map(|a| (a as &(dyn ToSql + Sync), ColumnArray::array_type(a.column)))
