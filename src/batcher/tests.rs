@@ -104,6 +104,18 @@ fn log_n(b: &TestBatcher, n: usize) -> Vec<Uuid> {
     (0..n).map(|i| b.log(entry(i)).unwrap().id).collect()
 }
 
+/// Logs one entry per actor, in order, and returns their ids.
+fn log_actors(b: &TestBatcher, actors: &[&str]) -> Vec<Uuid> {
+    actors
+        .iter()
+        .map(|a| {
+            b.log(EntryDraft::new("act").with(TextField::Actor, *a))
+                .unwrap()
+                .id
+        })
+        .collect()
+}
+
 fn written_ids(sink: &TestSink) -> Vec<Uuid> {
     sink.memory.entries().iter().map(Entry::id).collect()
 }
@@ -691,15 +703,7 @@ async fn a_transient_failure_while_isolating_keeps_the_unsettled_rest_in_order()
     let (b, sink) = batcher(1000);
     *sink.poison_actor.lock() = Some("evil".into());
     *sink.flaky_actor.lock() = Some("flaky".into());
-    let actors = ["a", "evil", "b", "flaky", "c"];
-    let ids: Vec<Uuid> = actors
-        .iter()
-        .map(|a| {
-            b.log(EntryDraft::new("act").with(TextField::Actor, *a))
-                .unwrap()
-                .id
-        })
-        .collect();
+    let ids = log_actors(&b, &["a", "evil", "b", "flaky", "c"]);
     let err = b.flush().await.unwrap_err();
     assert!(matches!(err, FlushError::Failed { .. }), "{err:?}");
     // "a" is written and "evil" dead-lettered before the flaky row stops the flush.
@@ -719,14 +723,7 @@ async fn a_flush_abandoned_while_isolating_keeps_what_it_settled_and_counts_noth
     let (b, sink) = batcher(1000);
     *sink.poison_actor.lock() = Some("evil".into());
     *sink.hold_actor.lock() = Some("hold".into());
-    let ids: Vec<Uuid> = ["a", "evil", "c", "hold"]
-        .iter()
-        .map(|a| {
-            b.log(EntryDraft::new("act").with(TextField::Actor, *a))
-                .unwrap()
-                .id
-        })
-        .collect();
+    let ids = log_actors(&b, &["a", "evil", "c", "hold"]);
     let flush = spawn_flush(&b);
     // "a" is written and "evil" dead-lettered; the write of ["c", "hold"] never finishes.
     until(|| sink.memory.dead_letters().len() == 1 && written_ids(&sink).len() == 1).await;

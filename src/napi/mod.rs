@@ -9,9 +9,11 @@ mod exit;
 mod settle;
 mod types;
 
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use napi::bindgen_prelude::{spawn, PromiseRaw, ToNapiValue, Unknown};
 use napi::{Env, ValueType};
 use napi_derive::napi;
@@ -64,7 +66,7 @@ impl Sink for AnySink {
 pub struct AuditBatcher {
     core: Arc<Batcher<AnySink>>,
     close_timeout: Duration,
-    /// Settles `flush()` promises; made at the first flush that has to wait.
+    /// Settles `flush()` promises; made at the first `flush()`.
     settler: OnceLock<Settler>,
 }
 
@@ -339,7 +341,19 @@ impl AuditBatcher {
         }
         let (promise, completion) = settler.promise(env)?;
         let core = self.core.clone();
-        spawn(async move { completion.complete(ticket.run(&core).await) });
+        spawn(async move {
+            // A panic in the flush rejects its promise instead of leaving it (and the process) waiting.
+            let outcome = AssertUnwindSafe(ticket.run(&core))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| {
+                    Err(FlushError::Failed {
+                        cause: WriteError::new("internal error: the flush panicked"),
+                        pending: core.pending(),
+                    })
+                });
+            completion.complete(outcome)
+        });
         Ok(promise)
     }
 
