@@ -190,10 +190,32 @@ describe('critical entries and write()', () => {
     await proxy.refuse();
     const err = await rejectionOf(b.write({ action: 'must.land' }));
     expect(err.code).toBe('ERR_AUDIT_FLUSH_FAILED');
+    expect(err.message).toContain('write() failed');
     expect(b.pending).toBe(1);
     await proxy.accept();
     await b.flush();
     expect((await readRows(url, table)).map((r) => r.action)).toEqual(['must.land']);
+  });
+
+  it('write() and flush() promises pending together each settle with their own value', async () => {
+    const { b, table } = await batcherWithTable();
+    const first = b.log({ action: 'first' });
+    const settled = await Promise.all([
+      b.write({ action: 'w1' }),
+      b.flush(),
+      b.write({ action: 'w2' }),
+      b.flush(),
+    ]);
+    const rows = (await readRows(url, table)).map((r) => r.id);
+    expect(rows).toHaveLength(3);
+    expect(rows[0]).toBe(first);
+    // Whether w2 shares the first statement depends on timing, so the first flush's pending is not asserted.
+    expect(settled).toEqual([
+      rows[1],
+      expect.objectContaining({ written: 2 }),
+      rows[2],
+      { written: 3, pending: 0 },
+    ]);
   });
 
   it('write() rejects an invalid entry with ERR_AUDIT_INVALID_ENTRY', async () => {

@@ -20,9 +20,11 @@ use napi_derive::napi;
 
 use self::convert::{ConvertError, SinkChoice};
 use self::errors::Kind;
-use self::settle::{Outcome, Settler};
+use self::settle::{Completion, Outcome, Resolves, Settler};
 pub use self::types::*;
-use crate::batcher::{run_background, Batcher, Disposition, FlushError, LogError, Logged};
+use crate::batcher::{
+    run_background, Batcher, Disposition, FlushError, FlushTicket, LogError, Logged,
+};
 use crate::entry::{Entry, EntryDraft, InvalidEntry};
 use crate::pg::PgSink;
 use crate::sink::{MemorySink, Sink, WriteError};
@@ -66,7 +68,7 @@ impl Sink for AnySink {
 pub struct AuditBatcher {
     core: Arc<Batcher<AnySink>>,
     close_timeout: Duration,
-    /// Settles `flush()` promises; made at the first `flush()`.
+    /// Settles `flush()` and `write()` promises; made at the first of them.
     settler: OnceLock<Settler>,
 }
 
@@ -98,20 +100,47 @@ fn flush_error(env: &Env, e: FlushError, what: &str) -> napi::Error {
     errors::rejection(env, flush_error_object(env, e, what))
 }
 
-/// How a `flush()` promise settles: `{ written, pending }`, or the flush's error object.
-fn render_flush(
+/// How a `flush()` or `write()` promise settles: `{ written, pending }` or the entry's id, or the error
+/// object of the flush.
+fn render_outcome(
     env: &Env,
+    resolves: Resolves,
     outcome: Outcome,
 ) -> Result<napi::sys::napi_value, napi::sys::napi_value> {
     use napi::bindgen_prelude::JsValue;
-    match outcome {
-        Ok(o) => settle::flush_result(env, o),
-        Err(e) => match flush_error_object(env, e, "flush()") {
+    // SAFETY (both): JavaScript thread, live environment.
+    let thrown = |e: napi::Error| unsafe { napi::JsError::from(e).into_value(env.raw()) };
+    let what = match resolves {
+        Resolves::FlushResult => "flush()",
+        Resolves::EntryId(_) => "write()",
+    };
+    match (outcome, resolves) {
+        (Ok(o), Resolves::FlushResult) => settle::flush_result(env, o),
+        (Ok(_), Resolves::EntryId(id)) => {
+            unsafe { String::to_napi_value(env.raw(), id.to_string()) }.map_err(thrown)
+        }
+        (Err(e), _) => match flush_error_object(env, e, what) {
             Ok(obj) => Err(obj.raw()),
-            // SAFETY: JavaScript thread, live environment.
-            Err(e) => Err(unsafe { napi::JsError::from(e).into_value(env.raw()) }),
+            Err(e) => Err(thrown(e)),
         },
     }
+}
+
+/// Runs `ticket` on the addon's runtime and reports its outcome to `completion`; a panic in the flush
+/// is reported as a failure rather than leaving the promise (and the process) waiting.
+fn run_ticket(core: Arc<Batcher<AnySink>>, ticket: FlushTicket, completion: Completion) {
+    spawn(async move {
+        let outcome = AssertUnwindSafe(ticket.run(&core))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| {
+                Err(FlushError::Failed {
+                    cause: WriteError::new("internal error: the flush panicked"),
+                    pending: core.pending(),
+                })
+            });
+        completion.complete(outcome)
+    });
 }
 
 fn invalid_entry_message(e: &InvalidEntry) -> String {
@@ -299,15 +328,9 @@ impl AuditBatcher {
             }
         };
         let ticket = self.core.ticket_through(seq);
-        let core = self.core.clone();
-        env.spawn_future_with_callback(
-            async move { Ok(ticket.run(&core).await) },
-            move |env, result| {
-                result
-                    .map(|_| id.to_string())
-                    .map_err(|e| flush_error(env, e, "write()"))
-            },
-        )
+        let (promise, completion) = self.settler(env)?.promise(env, Resolves::EntryId(id))?;
+        run_ticket(self.core.clone(), ticket, completion);
+        Ok(promise)
     }
 
     /// Entries accepted and not yet written (those being written included).
@@ -324,13 +347,7 @@ impl AuditBatcher {
     /// entries stay buffered, in order, and the next flush retries them.
     #[napi(catch_unwind, ts_return_type = "Promise<FlushResult>")]
     pub fn flush<'env>(&self, env: &'env Env) -> napi::Result<PromiseRaw<'env, FlushResult>> {
-        let settler = match self.settler.get() {
-            Some(s) => s,
-            None => {
-                let made = Settler::new(env, render_flush)?;
-                self.settler.get_or_init(|| made)
-            }
-        };
+        let settler = self.settler(env)?;
         // The flush's extent is fixed here, synchronously: entries logged after this call wait for the next.
         let ticket = match self.core.begin_flush() {
             Ok(ticket) => ticket,
@@ -339,21 +356,8 @@ impl AuditBatcher {
         if let Some(outcome) = self.core.outcome_if_settled(&ticket) {
             return settler.settled(env, Ok(outcome));
         }
-        let (promise, completion) = settler.promise(env)?;
-        let core = self.core.clone();
-        spawn(async move {
-            // A panic in the flush rejects its promise instead of leaving it (and the process) waiting.
-            let outcome = AssertUnwindSafe(ticket.run(&core))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|_| {
-                    Err(FlushError::Failed {
-                        cause: WriteError::new("internal error: the flush panicked"),
-                        pending: core.pending(),
-                    })
-                });
-            completion.complete(outcome)
-        });
+        let (promise, completion) = settler.promise(env, Resolves::FlushResult)?;
+        run_ticket(self.core.clone(), ticket, completion);
         Ok(promise)
     }
 
@@ -489,6 +493,15 @@ impl AuditBatcher {
 }
 
 impl AuditBatcher {
+    /// The batcher's promise settler, made at the first call that needs it. JavaScript thread only.
+    fn settler(&self, env: &Env) -> napi::Result<&Settler> {
+        if let Some(settler) = self.settler.get() {
+            return Ok(settler);
+        }
+        let made = Settler::new(env, render_outcome)?;
+        Ok(self.settler.get_or_init(|| made))
+    }
+
     /// Buffers a converted entry (or throws its conversion error), and starts the flush of a critical one.
     fn accept(
         &self,

@@ -1,4 +1,4 @@
-//! Settles `flush()` promises on the JavaScript thread, as many as are done per wake-up.
+//! Settles `flush()` and `write()` promises on the JavaScript thread, as many as are done per wake-up.
 //!
 //! A promise made by napi-rs's `spawn_future` carries its own threadsafe function, an error object with a
 //! captured stack and an environment cleanup hook: tens of microseconds of main-thread work per flush, and
@@ -26,13 +26,23 @@ use parking_lot::Mutex;
 
 use super::types::FlushResult;
 use crate::batcher::{FlushError, FlushOutcome};
+use crate::uuid7::Uuid;
 
 /// What a flush ended with.
 pub type Outcome = Result<FlushOutcome, FlushError>;
 
+/// What a promise resolves with once its flush succeeded.
+#[derive(Clone, Copy, Debug)]
+pub enum Resolves {
+    /// `flush()`: `{ written, pending }`.
+    FlushResult,
+    /// `write()`: the entry's id.
+    EntryId(Uuid),
+}
+
 /// Turns an outcome into the value a promise is resolved with, or the error object it is rejected with.
 /// Called on the JavaScript thread.
-pub type Render = fn(&Env, Outcome) -> Result<sys::napi_value, sys::napi_value>;
+pub type Render = fn(&Env, Resolves, Outcome) -> Result<sys::napi_value, sys::napi_value>;
 
 /// The batcher's end: makes promises (JavaScript thread only) and hands out [`Completion`]s.
 pub struct Settler {
@@ -63,7 +73,7 @@ struct Shared {
 
 struct Waiting {
     next_id: u64,
-    deferreds: HashMap<u64, RawDeferred>,
+    deferreds: HashMap<u64, (RawDeferred, Resolves)>,
     /// Whether the threadsafe function is referenced (keeps the event loop alive).
     referenced: bool,
 }
@@ -128,17 +138,21 @@ impl Settler {
         })
     }
 
-    /// A new pending promise and the completion that settles it. JavaScript thread only.
-    pub fn promise<'env>(
+    /// A new pending promise that resolves with `resolves` once its flush succeeded, and the completion
+    /// that settles it. JavaScript thread only.
+    pub fn promise<'env, T>(
         &self,
         env: &'env Env,
-    ) -> napi::Result<(PromiseRaw<'env, FlushResult>, Completion)> {
+        resolves: Resolves,
+    ) -> napi::Result<(PromiseRaw<'env, T>, Completion)> {
         let (deferred, promise) = create_promise(env)?;
         let shared = &self.inner.shared;
         let mut waiting = shared.waiting.lock();
         let id = waiting.next_id;
         waiting.next_id += 1;
-        waiting.deferreds.insert(id, RawDeferred(deferred));
+        waiting
+            .deferreds
+            .insert(id, (RawDeferred(deferred), resolves));
         if !waiting.referenced {
             if let Some(tsfn) = *shared.tsfn.lock() {
                 // SAFETY: JavaScript thread; the handle is live while it is in the slot.
@@ -163,7 +177,8 @@ impl Settler {
         outcome: Outcome,
     ) -> napi::Result<PromiseRaw<'env, FlushResult>> {
         let (deferred, promise) = create_promise(env)?;
-        settle(env, deferred, (self.inner.shared.render)(env, outcome));
+        let render = self.inner.shared.render;
+        settle(env, deferred, render(env, Resolves::FlushResult, outcome));
         Ok(PromiseRaw::new(env.raw(), promise))
     }
 }
@@ -251,7 +266,7 @@ unsafe extern "C" fn deliver(
     let shared = unsafe { &*(context as *const Shared) };
     let env = Env::from_raw(env);
     let done = std::mem::take(&mut *shared.done.lock());
-    let ready: Vec<(RawDeferred, Outcome)> = {
+    let ready: Vec<((RawDeferred, Resolves), Outcome)> = {
         let mut waiting = shared.waiting.lock();
         let ready = done
             .into_iter()
@@ -266,8 +281,8 @@ unsafe extern "C" fn deliver(
         }
         ready
     };
-    for (deferred, outcome) in ready {
-        settle(&env, deferred.0, (shared.render)(&env, outcome));
+    for ((deferred, resolves), outcome) in ready {
+        settle(&env, deferred.0, (shared.render)(&env, resolves, outcome));
     }
 }
 
