@@ -37,6 +37,8 @@ fn entries(n: usize, ids: &mut Uuid7Generator) -> Vec<Entry> {
 enum Method {
     Insert,
     Copy,
+    /// The INSERT through the connection's cached prepared statement (`preparedStatements`).
+    InsertPrepared,
 }
 
 async fn run(sink: &PgSink, method: Method, batches: &[Vec<Entry>]) -> Duration {
@@ -45,9 +47,14 @@ async fn run(sink: &PgSink, method: Method, batches: &[Vec<Entry>]) -> Duration 
         let client = sink.pool.get().await.unwrap();
         let statements = sink.statements(&client).await.unwrap();
         match method {
-            Method::Insert => insert_batch(&client, &statements.insert_sql, batch, false)
-                .await
-                .unwrap(),
+            Method::Insert | Method::InsertPrepared => insert_batch(
+                &client,
+                &statements.insert_sql,
+                batch,
+                method == Method::InsertPrepared,
+            )
+            .await
+            .unwrap(),
             Method::Copy => copy_batch(&client, statements.copy.as_ref().unwrap(), batch)
                 .await
                 .unwrap(),
@@ -77,16 +84,16 @@ async fn measure_insert_vs_copy() {
     let client = sink.pool.get().await.unwrap();
     let mut ids = Uuid7Generator::new();
     let rounds = 5;
-    println!("rows/batch | INSERT rows/s (median; min-max) | COPY rows/s (median; min-max) | COPY / INSERT");
-    for size in [50, 100, 200, 320, 500, 1000, 10_000] {
+    println!("rows/batch | INSERT rows/s (median; min-max) | COPY rows/s (median; min-max) | COPY / INSERT | prepared INSERT rows/s (median; min-max) | COPY / prepared INSERT");
+    for size in [50, 100, 128, 160, 200, 320, 500, 1000, 10_000] {
         let total = (size * 10).max(20_000);
-        let mut rates = [Vec::new(), Vec::new()];
+        let mut rates = [Vec::new(), Vec::new(), Vec::new()];
         for round in 0..rounds {
             // Alternate which goes first, and start each run on an empty table.
             let order = if round % 2 == 0 {
-                [Method::Insert, Method::Copy]
+                [Method::Insert, Method::Copy, Method::InsertPrepared]
             } else {
-                [Method::Copy, Method::Insert]
+                [Method::InsertPrepared, Method::Copy, Method::Insert]
             };
             for method in order {
                 client
@@ -112,9 +119,11 @@ async fn measure_insert_vs_copy() {
         };
         let (insert, imin, imax) = summary(&mut rates[0]);
         let (copy, cmin, cmax) = summary(&mut rates[1]);
+        let (prepared, pmin, pmax) = summary(&mut rates[2]);
         println!(
-            "{size} | {insert:.0} ({imin:.0}-{imax:.0}) | {copy:.0} ({cmin:.0}-{cmax:.0}) | {:.2}",
-            copy / insert
+            "{size} | {insert:.0} ({imin:.0}-{imax:.0}) | {copy:.0} ({cmin:.0}-{cmax:.0}) | {:.2} | {prepared:.0} ({pmin:.0}-{pmax:.0}) | {:.2}",
+            copy / insert,
+            copy / prepared
         );
     }
     client
