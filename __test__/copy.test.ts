@@ -7,18 +7,17 @@
  * top-level statement (`current_query()`: COPY or INSERT) of every row actually stored, and a BEFORE INSERT
  * row trigger counts, in a sequence (not rolled back), the rows a COPY offered, even a COPY that failed.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { AuditBatcher } from '../index.js';
 import { startProxy } from './support/proxy.ts';
 import { waitFor } from './support/wait.ts';
 import {
   countRows,
   countStatements,
-  dropDatabase,
   expectBooksBalance,
-  freshDatabase,
   readRows,
   rejectionOf,
+  suiteDatabase,
   uniqueTable,
   withClient,
 } from './support/fixture.ts';
@@ -28,23 +27,11 @@ const LARGE = 1000;
 /** Below it. */
 const SMALL = 20;
 
-let url: string;
-const open: AuditBatcher[] = [];
+const db = suiteDatabase();
 
 function batcher(table: string, options: Partial<ConstructorParameters<typeof AuditBatcher>[0]> = {}): AuditBatcher {
-  const b = new AuditBatcher({ connectionString: url, table, ...options });
-  open.push(b);
-  return b;
+  return db.batcher({ table, ...options });
 }
-
-beforeAll(async () => {
-  url = await freshDatabase();
-});
-
-afterAll(async () => {
-  await Promise.allSettled(open.map((b) => b.close()));
-  await dropDatabase(url);
-});
 
 interface Trace {
   /** Rows stored so far, by the statement that stored them: `{ COPY: n, INSERT: m }`. */
@@ -57,7 +44,7 @@ interface Trace {
 
 /** Installs the two tracing triggers on `table` (whose id column is `id`). */
 async function trace(table: string): Promise<Trace> {
-  await withClient(url, (c) =>
+  await withClient(db.url, (c) =>
     c.query(`
       CREATE SEQUENCE ${table}_copy_offered;
       CREATE TABLE ${table}_stored (id text NOT NULL, via text NOT NULL);
@@ -78,19 +65,19 @@ async function trace(table: string): Promise<Trace> {
   );
   return {
     stored: () =>
-      withClient(url, async (c) => {
+      withClient(db.url, async (c) => {
         const r = await c.query<{ via: string; n: number }>(`SELECT via, count(*)::int AS n FROM ${table}_stored GROUP BY via`);
         return Object.fromEntries(r.rows.map((row) => [row.via, row.n]));
       }),
     copyOffered: () =>
-      withClient(url, async (c) => {
+      withClient(db.url, async (c) => {
         const r = await c.query<{ n: string }>(
           `SELECT CASE WHEN is_called THEN last_value ELSE 0 END AS n FROM ${table}_copy_offered`,
         );
         return Number(r.rows[0]?.n);
       }),
     reset: () =>
-      withClient(url, (c) =>
+      withClient(db.url, (c) =>
         c.query(`TRUNCATE ${table}_stored; ALTER SEQUENCE ${table}_copy_offered RESTART`).then(() => undefined),
       ),
   };
@@ -137,7 +124,7 @@ function logMany(audit: AuditBatcher, n: number, tag = 'x'): Logged[] {
 }
 
 async function deadLetters(table: string): Promise<{ id: string; sqlstate: string }[]> {
-  return withClient(url, async (c) => (await c.query(`SELECT id::text, sqlstate FROM ${table}_dead_letter ORDER BY id`)).rows);
+  return withClient(db.url, async (c) => (await c.query(`SELECT id::text, sqlstate FROM ${table}_dead_letter ORDER BY id`)).rows);
 }
 
 describe('binary COPY for large batches', () => {
@@ -146,7 +133,7 @@ describe('binary COPY for large batches', () => {
     const audit = batcher(table);
     await audit.ensureSchema();
     const t = await trace(table);
-    const statements = await countStatements(url, table);
+    const statements = await countStatements(db.url, table);
 
     const large = logMany(audit, LARGE, 'large');
     expect(await audit.flush()).toEqual({ written: LARGE, pending: 0 });
@@ -160,7 +147,7 @@ describe('binary COPY for large batches', () => {
     expect(await statements()).toBe(2);
     expect(audit.stats()).toMatchObject({ batches: 2, written: LARGE + SMALL });
 
-    expect(await readRows(url, table)).toEqual([...large, ...small]);
+    expect(await readRows(db.url, table)).toEqual([...large, ...small]);
   });
 
   it('a large batch holding a user-supplied id the table already has: the COPY fails, the INSERT writes the rest once', async () => {
@@ -179,7 +166,7 @@ describe('binary COPY for large batches', () => {
 
     expect(await t.copyOffered()).toBeGreaterThan(0); // COPY was tried ...
     expect(await t.stored()).toEqual({ INSERT: LARGE }); // ... and the INSERT stored the batch
-    const rows = await readRows(url, table);
+    const rows = await readRows(db.url, table);
     expect(rows).toEqual([existing, ...before, ...after]);
     expect(rows.find((r) => r.id === existing!.id)?.action).toBe('tool.call.first');
     expect(await deadLetters(table)).toEqual([]);
@@ -198,7 +185,7 @@ describe('binary COPY for large batches', () => {
     const table = uniqueTable();
     const audit = batcher(table);
     await audit.ensureSchema();
-    await withClient(url, (c) => c.query(`ALTER TABLE ${table} ADD CONSTRAINT no_evil CHECK (actor IS DISTINCT FROM 'evil')`));
+    await withClient(db.url, (c) => c.query(`ALTER TABLE ${table} ADD CONSTRAINT no_evil CHECK (actor IS DISTINCT FROM 'evil')`));
     const t = await trace(table);
 
     const good = logMany(audit, 600, 'a');
@@ -208,7 +195,7 @@ describe('binary COPY for large batches', () => {
 
     expect(await t.copyOffered()).toBeGreaterThan(0);
     expect(await t.stored()).toEqual({ INSERT: LARGE - 1 });
-    expect(await readRows(url, table)).toEqual(good);
+    expect(await readRows(db.url, table)).toEqual(good);
     expect(await deadLetters(table)).toEqual([{ id: badId, sqlstate: '23514' }]);
     const s = audit.stats();
     expect(s).toMatchObject({ written: LARGE - 1, deadLettered: 1, buffered: 0 });
@@ -226,7 +213,7 @@ describe('binary COPY for large batches', () => {
     ['a char(n) column', 'id uuid PRIMARY KEY', 'occurred_at timestamptz NOT NULL', 'char(20)'],
   ])('a table with %s never gets COPY, and gets the right values', async (_, id, occurredAt, outcome = 'text') => {
     const table = uniqueTable();
-    await withClient(url, (c) =>
+    await withClient(db.url, (c) =>
       c.query(`CREATE TABLE ${table} (${id}, ${occurredAt}, tenant_id text, actor text, action text NOT NULL,
                  resource text, outcome ${outcome}, payload jsonb NOT NULL)`),
     );
@@ -236,7 +223,7 @@ describe('binary COPY for large batches', () => {
     expect(await audit.flush()).toEqual({ written: LARGE, pending: 0 });
     expect(await t.copyOffered()).toBe(0);
     expect(await t.stored()).toEqual({ INSERT: LARGE });
-    const got = await withClient(url, async (c) =>
+    const got = await withClient(db.url, async (c) =>
       (
         await c.query(
           `SELECT id::text, (extract(epoch FROM occurred_at::timestamptz) * 1000)::bigint::text AS ms, actor,
@@ -252,7 +239,7 @@ describe('binary COPY for large batches', () => {
 
   it('a json payload and varchar(n) columns get COPY; a value too long falls back and is dead-lettered', async () => {
     const table = uniqueTable();
-    await withClient(url, (c) =>
+    await withClient(db.url, (c) =>
       c.query(`CREATE TABLE ${table} (id uuid PRIMARY KEY, occurred_at timestamptz NOT NULL, tenant_id varchar(10),
                  actor varchar(30), action varchar(40) NOT NULL, resource text, outcome text, payload json NOT NULL)`),
     );
@@ -263,7 +250,7 @@ describe('binary COPY for large batches', () => {
     const logged = logMany(audit, LARGE, 'j');
     await audit.flush();
     expect(await t.stored()).toEqual({ COPY: LARGE });
-    const text = await withClient(url, async (c) => (await c.query(`SELECT payload::text AS p FROM ${table} ORDER BY id`)).rows);
+    const text = await withClient(db.url, async (c) => (await c.query(`SELECT payload::text AS p FROM ${table} ORDER BY id`)).rows);
     expect(text.map((r) => r['p'])).toEqual(logged.map((e) => JSON.stringify(e.payload)));
 
     await t.reset();
@@ -279,10 +266,10 @@ describe('binary COPY for large batches', () => {
   it('a table that cannot take COPY (row-level security) falls back at once, and COPY is not tried again', async () => {
     const table = uniqueTable();
     const role = uniqueTable('copy_role');
-    const setup = new AuditBatcher({ connectionString: url, table });
+    const setup = new AuditBatcher({ connectionString: db.url, table });
     await setup.ensureSchema();
     await setup.close();
-    await withClient(url, (c) =>
+    await withClient(db.url, (c) =>
       c.query(`
         CREATE ROLE ${role} LOGIN PASSWORD 'pw';
         GRANT ALL ON ${table}, ${table}_dead_letter TO ${role};
@@ -292,7 +279,7 @@ describe('binary COPY for large batches', () => {
     );
     try {
       const t = await trace(table);
-      const asRole = new URL(url);
+      const asRole = new URL(db.url);
       asRole.username = role;
       asRole.password = 'pw';
       const audit = batcher(table, { connectionString: asRole.toString() });
@@ -300,32 +287,32 @@ describe('binary COPY for large batches', () => {
       expect(await audit.flush()).toEqual({ written: LARGE, pending: 0 });
       // Committed when the flush resolves: the connection the refused COPY left out of step (an extra
       // ReadyForQuery) is not reused, so the INSERT's reply is the INSERT's own.
-      expect(await countRows(url, table)).toBe(LARGE);
+      expect(await countRows(db.url, table)).toBe(LARGE);
       // 0A000 "COPY FROM not supported with row-level security" comes before any row.
       expect(await t.copyOffered()).toBe(0);
       expect(await t.stored()).toEqual({ INSERT: LARGE });
       const second = logMany(audit, LARGE, 'b');
       expect(await audit.flush()).toEqual({ written: LARGE, pending: 0 });
       expect(await t.stored()).toEqual({ INSERT: 2 * LARGE });
-      expect(await readRows(url, table)).toEqual([...first, ...second]);
+      expect(await readRows(db.url, table)).toEqual([...first, ...second]);
       await audit.close();
     } finally {
-      await withClient(url, (c) =>
+      await withClient(db.url, (c) =>
         c.query(`DROP TABLE ${table}, ${table}_dead_letter; DROP OWNED BY ${role}; DROP ROLE ${role}`),
       );
     }
   });
 
   it('a connection cut after the COPY committed, before its reply: the retry (an INSERT) stores every entry once', async () => {
-    const target = new URL(url);
+    const target = new URL(db.url);
     const proxy = await startProxy(target.hostname, Number(target.port || 5432));
     try {
       const table = uniqueTable();
-      const audit = batcher(table, { connectionString: proxy.url(url), connectTimeoutMs: 2000 });
+      const audit = batcher(table, { connectionString: proxy.url(db.url), connectTimeoutMs: 2000 });
       await audit.ensureSchema();
       const t = await trace(table);
       // The first row a COPY offers waits a moment, so the test can hold the replies while the COPY runs.
-      await withClient(url, (c) =>
+      await withClient(db.url, (c) =>
         c.query(`
           CREATE SEQUENCE ${table}_gate;
           CREATE FUNCTION ${table}_gate() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -340,12 +327,12 @@ describe('binary COPY for large batches', () => {
       const flush = audit.flush();
       // The server has the first row, so the client has the COPY's go-ahead and is sending data.
       await waitFor(
-        () => withClient(url, async (c) => (await c.query(`SELECT is_called FROM ${table}_gate`)).rows[0]?.is_called === true),
+        () => withClient(db.url, async (c) => (await c.query(`SELECT is_called FROM ${table}_gate`)).rows[0]?.is_called === true),
         10_000,
         { message: 'the COPY is running on the server' },
       );
       proxy.pause(); // the client still sends the rest, the end of the data and COMMIT; no reply comes back
-      await waitFor(async () => (await countRows(url, table)) === LARGE, 10_000, { message: 'the COPY committed' });
+      await waitFor(async () => (await countRows(db.url, table)) === LARGE, 10_000, { message: 'the COPY committed' });
       expect(proxy.cutAll('reset')).toBeGreaterThan(0);
       const err = await rejectionOf(flush);
       expect(err.code).toBe('ERR_AUDIT_FLUSH_FAILED');
@@ -354,7 +341,7 @@ describe('binary COPY for large batches', () => {
       proxy.resume();
       const more = logMany(audit, SMALL, 'b');
       expect(await audit.flush()).toEqual({ written: LARGE + SMALL, pending: 0 });
-      expect(await readRows(url, table)).toEqual([...logged, ...more]);
+      expect(await readRows(db.url, table)).toEqual([...logged, ...more]);
       // The retry (the same entries first) went through the INSERT, which skipped the rows already there.
       expect(await t.stored()).toEqual({ COPY: LARGE, INSERT: SMALL });
       expect(audit.stats()).toMatchObject({ written: LARGE + SMALL, buffered: 0, failedFlushes: 1 });

@@ -2,36 +2,20 @@
  * The PostgreSQL path, end to end on a real server: schema, rows, statement count, ordering, concurrent
  * flushes, and flushes that fail.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { AuditBatcher } from '../index.js';
 import {
   countRows,
   countStatements,
-  dropDatabase,
-  freshDatabase,
   readRows,
   rejectionOf,
+  suiteDatabase,
   uniqueTable,
   withClient,
 } from './support/fixture.ts';
 
-let url: string;
-const open: AuditBatcher[] = [];
-
-function batcher(options: Partial<ConstructorParameters<typeof AuditBatcher>[0]> = {}): AuditBatcher {
-  const b = new AuditBatcher({ connectionString: url, ...options });
-  open.push(b);
-  return b;
-}
-
-beforeAll(async () => {
-  url = await freshDatabase();
-});
-
-afterAll(async () => {
-  await Promise.allSettled(open.map((b) => b.close()));
-  await dropDatabase(url);
-});
+const db = suiteDatabase();
+const batcher = db.batcher;
 
 describe('ensureSchema()', () => {
   it('creates the default table and its (tenant_id, occurred_at) index, and is idempotent', async () => {
@@ -40,7 +24,7 @@ describe('ensureSchema()', () => {
     const b = batcher({ table });
     await Promise.all([a.ensureSchema(), b.ensureSchema(), a.ensureSchema()]);
     await a.ensureSchema();
-    const columns = await withClient(url, async (c) =>
+    const columns = await withClient(db.url, async (c) =>
       (
         await c.query<{ column_name: string; data_type: string; is_nullable: string }>(
           `SELECT column_name, data_type, is_nullable FROM information_schema.columns
@@ -59,7 +43,7 @@ describe('ensureSchema()', () => {
       'outcome text YES',
       'payload jsonb NO',
     ]);
-    const indexes = await withClient(url, async (c) =>
+    const indexes = await withClient(db.url, async (c) =>
       (await c.query<{ indexdef: string }>(`SELECT indexdef FROM pg_indexes WHERE tablename = $1`, [table])).rows.map(
         (r) => r.indexdef,
       ),
@@ -75,7 +59,7 @@ describe('ensureSchema()', () => {
     await b.ensureSchema();
     b.log({ action: 'a' });
     await b.flush();
-    expect(await countRows(url, `${schema}.events`)).toBe(1);
+    expect(await countRows(db.url, `${schema}.events`)).toBe(1);
   });
 });
 
@@ -102,7 +86,7 @@ describe('log() and flush()', () => {
     expect(await b.flush()).toEqual({ written: 2, pending: 0 });
     expect(b.pending).toBe(0);
 
-    const rows = await readRows(url, table);
+    const rows = await readRows(db.url, table);
     expect(rows.map((r) => r.id)).toEqual([id1, id2]);
     expect(id1 < id2).toBe(true);
     expect(id1).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
@@ -131,7 +115,7 @@ describe('log() and flush()', () => {
     b.log({ action: 'b', id: ids[1]!, occurredAt: '2021-01-02T03:04:05.123456+02:00' });
     b.log({ action: 'c', id: ids[2]!.toUpperCase(), occurredAt: 1_600_000_000_000 });
     await b.flush();
-    const rows = await withClient(url, async (c) =>
+    const rows = await withClient(db.url, async (c) =>
       (
         await c.query<{ id: string; t: string }>(
           `SELECT id::text, to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US') AS t FROM ${table} ORDER BY id`,
@@ -158,7 +142,7 @@ describe('log() and flush()', () => {
     ];
     for (const payload of payloads) b.log({ action: 'p', payload });
     await b.flush();
-    expect((await readRows(url, table)).map((r) => r.payload)).toEqual(payloads);
+    expect((await readRows(db.url, table)).map((r) => r.payload)).toEqual(payloads);
   });
 
   it('replaces NUL characters and lone surrogates (which PostgreSQL cannot store) and counts them', async () => {
@@ -168,7 +152,7 @@ describe('log() and flush()', () => {
     b.log({ action: 'nul\u0000action', actor: 'a\u0000b', payload: { s: 'x\u0000y', lone: '\ud800!', pair: '😀' } });
     b.log({ action: 'clean', payload: { s: 'fine' } });
     expect(await b.flush()).toEqual({ written: 2, pending: 0 });
-    const rows = await readRows(url, table);
+    const rows = await readRows(db.url, table);
     expect(rows[0]).toMatchObject({
       action: 'nul\ufffdaction',
       actor: 'a\ufffdb',
@@ -181,11 +165,11 @@ describe('log() and flush()', () => {
     const table = uniqueTable();
     const one = batcher({ table });
     await one.ensureSchema();
-    const statements = await countStatements(url, table);
+    const statements = await countStatements(db.url, table);
     for (let i = 0; i < 999; i++) one.log({ action: 'tool.call', actor: `u${i}` });
     await one.flush();
     expect(await statements()).toBe(1);
-    expect(await countRows(url, table)).toBe(999);
+    expect(await countRows(db.url, table)).toBe(999);
 
     const split = batcher({ table, maxBatchRows: 100 });
     for (let i = 0; i < 250; i++) split.log({ action: 'tool.call' });
@@ -209,7 +193,7 @@ describe('log() and flush()', () => {
       flushes.push(b.flush()); // not awaited: the next turn logs while this flush runs
     }
     await Promise.all(flushes);
-    const rows = await readRows(url, table);
+    const rows = await readRows(db.url, table);
     expect(rows.map((r) => r.id)).toEqual(ids);
     expect(rows.map((r) => r.payload)).toEqual(
       Array.from({ length: 100 }, (_, k) => ({ turn: Math.floor(k / 5), i: k % 5 })),
@@ -220,7 +204,7 @@ describe('log() and flush()', () => {
     const table = uniqueTable();
     const b = batcher({ table });
     await b.ensureSchema();
-    const statements = await countStatements(url, table);
+    const statements = await countStatements(db.url, table);
     const ids: string[] = [];
     for (let i = 0; i < 10; i++) ids.push(b.log({ action: 'a' }));
     const first = b.flush();
@@ -232,7 +216,7 @@ describe('log() and flush()', () => {
     for (const r of results.slice(1)) expect([10, 20]).toContain(r.written);
     // The first flush may resolve while the 'b' entries are still pending; the later ones wait for them.
     expect(results.slice(1).every((r) => r.pending === 0)).toBe(true);
-    expect((await readRows(url, table)).map((r) => r.id)).toEqual(ids);
+    expect((await readRows(db.url, table)).map((r) => r.id)).toEqual(ids);
     const n = await statements();
     expect(n).toBeGreaterThanOrEqual(1);
     expect(n).toBeLessThanOrEqual(2);
@@ -240,7 +224,7 @@ describe('log() and flush()', () => {
 
   it('writes into an existing table through the columns option', async () => {
     const table = uniqueTable('existing');
-    await withClient(url, (c) =>
+    await withClient(db.url, (c) =>
       c.query(`CREATE TABLE ${table} (
         seq bigserial PRIMARY KEY,
         "eventId" uuid NOT NULL UNIQUE,
@@ -255,7 +239,7 @@ describe('log() and flush()', () => {
     });
     const id = b.log({ action: 'login', actor: 'user:7', tenantId: 't9', payload: { ok: true } });
     await b.flush();
-    const rows = await withClient(url, async (c) => (await c.query(`SELECT * FROM ${table}`)).rows);
+    const rows = await withClient(db.url, async (c) => (await c.query(`SELECT * FROM ${table}`)).rows);
     expect(rows).toMatchObject([{ eventId: id, tenantId: 't9', user_id: 'user:7', data: { ok: true }, source: 'app' }]);
   });
 
@@ -268,7 +252,7 @@ describe('log() and flush()', () => {
     await b.flush();
     b.log({ action: 'again', id });
     expect(await b.flush()).toEqual({ written: 1, pending: 0 });
-    expect((await readRows(url, table)).map((r) => r.action)).toEqual(['first']);
+    expect((await readRows(db.url, table)).map((r) => r.action)).toEqual(['first']);
   });
 });
 
@@ -281,7 +265,7 @@ describe('preparedStatements', () => {
     const table = uniqueTable();
     const b = batcher({ table, ...options });
     await b.ensureSchema();
-    await withClient(url, (c) =>
+    await withClient(db.url, (c) =>
       c.query(`
         CREATE TABLE ${table}_seen (prepared int NOT NULL);
         CREATE FUNCTION ${table}_see() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -296,7 +280,7 @@ describe('preparedStatements', () => {
       for (let i = 0; i < 5; i++) logged.push(b.log({ action: 'tool.call', actor: `agent:${t}`, payload: { t, i } }));
       expect(await b.flush()).toEqual({ written: 5, pending: 0 });
     }
-    const seen = await withClient(url, async (c) =>
+    const seen = await withClient(db.url, async (c) =>
       (await c.query<{ prepared: number }>(`SELECT prepared FROM ${table}_seen`)).rows.map((r) => r.prepared),
     );
     return { table, logged, seen };
@@ -304,19 +288,19 @@ describe('preparedStatements', () => {
 
   it('off (the default): every INSERT is sent unnamed, and the session keeps no prepared statement', async () => {
     const { table, logged, seen } = await writeTurns({}, 4);
-    expect((await readRows(url, table)).map((r) => r.id)).toEqual(logged);
+    expect((await readRows(db.url, table)).map((r) => r.id)).toEqual(logged);
     expect(new Set(seen)).toEqual(new Set([0]));
   });
 
   it('on: the INSERT is prepared once per connection and reused, writing the same rows', async () => {
     const { table, logged, seen } = await writeTurns({ preparedStatements: true }, 4);
-    expect((await readRows(url, table)).map((r) => r.id)).toEqual(logged);
+    expect((await readRows(db.url, table)).map((r) => r.id)).toEqual(logged);
     // One connection (flushes run one at a time), one statement prepared on it, reused by every flush.
     expect(new Set(seen)).toEqual(new Set([1]));
   });
 
   it('must be a boolean', () => {
-    expect(() => new AuditBatcher({ connectionString: url, preparedStatements: 'yes' as unknown as boolean })).toThrow(
+    expect(() => new AuditBatcher({ connectionString: db.url, preparedStatements: 'yes' as unknown as boolean })).toThrow(
       expect.objectContaining({ code: 'ERR_AUDIT_INVALID_OPTIONS', message: expect.stringContaining('preparedStatements') }),
     );
   });
@@ -340,7 +324,7 @@ describe('a flush that fails', () => {
     ids.push(b.log({ action: 'three' }));
     await b.ensureSchema();
     expect(await b.flush()).toEqual({ written: 3, pending: 0 });
-    expect((await readRows(url, table)).map((r) => r.id)).toEqual(ids);
+    expect((await readRows(db.url, table)).map((r) => r.id)).toEqual(ids);
   });
 });
 
@@ -352,7 +336,7 @@ describe('close()', () => {
     b.log({ action: 'a' });
     b.log({ action: 'b' });
     await b.close();
-    expect(await countRows(url, table)).toBe(2);
+    expect(await countRows(db.url, table)).toBe(2);
     const thrown = (() => {
       try {
         b.log({ action: 'late' });
@@ -365,6 +349,6 @@ describe('close()', () => {
     expect((await rejectionOf(b.flush())).code).toBe('ERR_AUDIT_CLOSED');
     await b.close();
     await Promise.all([b.close(), b.close()]);
-    expect(await countRows(url, table)).toBe(2);
+    expect(await countRows(db.url, table)).toBe(2);
   });
 });

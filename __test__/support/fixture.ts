@@ -4,7 +4,8 @@
  */
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { expect, inject } from 'vitest';
+import { afterAll, beforeAll, expect, inject } from 'vitest';
+import { AuditBatcher } from '../../index.js';
 import { createTestDatabase, dropTestDatabase, withClient } from '../../scripts/database.ts';
 
 export { withClient };
@@ -16,6 +17,40 @@ export async function freshDatabase(): Promise<string> {
 
 export async function dropDatabase(url: string): Promise<void> {
   await dropTestDatabase(url);
+}
+
+/** The database of one test file, and batchers on it. */
+export interface SuiteDatabase {
+  /** Its URL (set once the file's tests start). */
+  readonly url: string;
+  /** A batcher on this database (`connectionString` can be overridden), closed after the file's tests. */
+  batcher(options?: Partial<ConstructorParameters<typeof AuditBatcher>[0]>): AuditBatcher;
+}
+
+/**
+ * For a test file: a fresh database made before its tests and dropped after them, once every batcher made
+ * with `batcher()` is closed.
+ */
+export function suiteDatabase(): SuiteDatabase {
+  let url = '';
+  const open: AuditBatcher[] = [];
+  beforeAll(async () => {
+    url = await freshDatabase();
+  });
+  afterAll(async () => {
+    await Promise.allSettled(open.map((b) => b.close()));
+    await dropDatabase(url);
+  });
+  return {
+    get url() {
+      return url;
+    },
+    batcher(options = {}) {
+      const b = new AuditBatcher({ connectionString: url, ...options });
+      open.push(b);
+      return b;
+    },
+  };
 }
 
 /** A table name no other test uses. */
