@@ -115,7 +115,9 @@ fn render_outcome(
         Resolves::EntryId(_) => "write()",
     };
     match (outcome, resolves) {
-        (Ok(o), Resolves::FlushResult) => settle::flush_result(env, o),
+        (Ok(o), Resolves::FlushResult) => {
+            unsafe { FlushResult::to_napi_value(env.raw(), FlushResult::from(o)) }.map_err(thrown)
+        }
         (Ok(_), Resolves::EntryId(id)) => {
             unsafe { String::to_napi_value(env.raw(), id.to_string()) }.map_err(thrown)
         }

@@ -20,7 +20,7 @@ use std::ffi::c_void;
 use std::ptr;
 use std::sync::Arc;
 
-use napi::bindgen_prelude::{JsValue, PromiseRaw, ToNapiValue};
+use napi::bindgen_prelude::{JsValue, PromiseRaw};
 use napi::{sys, Env};
 use parking_lot::Mutex;
 
@@ -295,13 +295,4 @@ unsafe extern "C" fn finalize(_env: sys::napi_env, _data: *mut c_void, context: 
     // SAFETY: takes back the Arc leaked in `Settler::new`; Node calls the finalizer once.
     let shared = unsafe { Arc::from_raw(context as *const Shared) };
     shared.tsfn.lock().take();
-}
-
-/// The value a flush's promise resolves with, `{ written, pending }`; if napi cannot make it, the error
-/// to reject with instead.
-pub fn flush_result(env: &Env, outcome: FlushOutcome) -> Result<sys::napi_value, sys::napi_value> {
-    // SAFETY: JavaScript thread, live environment.
-    unsafe { FlushResult::to_napi_value(env.raw(), FlushResult::from(outcome)) }
-        // SAFETY: as above.
-        .map_err(|e| unsafe { napi::JsError::from(e).into_value(env.raw()) })
 }
