@@ -32,9 +32,9 @@ export declare class AuditBatcher {
    * starts a flush of everything up to it at once.
    *
    * Throws a TypeError with `code: 'ERR_AUDIT_INVALID_ENTRY'` naming the field when the entry is
-   * invalid (nothing is buffered then, and nothing buffered is touched), an Error with
-   * `code: 'ERR_AUDIT_BUFFER_FULL'` when the buffer is full under `onBufferFull: 'reject'`, and an Error
-   * with `code: 'ERR_AUDIT_CLOSED'` after `close()`.
+   * invalid or reading it threw (the exception is the error's `cause`; nothing is buffered then, and
+   * nothing buffered is touched), an Error with `code: 'ERR_AUDIT_BUFFER_FULL'` when the buffer is full
+   * under `onBufferFull: 'reject'`, and an Error with `code: 'ERR_AUDIT_CLOSED'` after `close()`.
    */
   log(entry: AuditEntry): string
   /**
@@ -64,11 +64,13 @@ export declare class AuditBatcher {
   ensureSchema(): Promise<void>
   /**
    * Stops the background writer, refuses new entries, writes what is buffered (retrying with backoff
-   * for at most `timeoutMs`, default `closeTimeoutMs`), then ends the pool.
+   * for at most `timeoutMs`, default `closeTimeoutMs`), then ends the pool and removes the
+   * `flushOnExit` listeners.
    *
    * If entries could not be written in time it still ends the pool, and rejects with
    * `code: 'ERR_AUDIT_FLUSH_FAILED'` and `pending` (their count); they stay readable with
-   * `bufferedEntries()`, so nothing is thrown away unseen. Later calls report the same outcome.
+   * `bufferedEntries()`, so nothing is thrown away unseen. At the deadline every pending `flush()` and
+   * `write()` settles too. Later calls report the same outcome.
    */
   close(options?: CloseOptions): Promise<void>
   /** A snapshot of the counters and recent write figures. */
@@ -131,11 +133,10 @@ export interface AuditBatcherOptions {
   /** How long opening a connection may take before the write fails, in milliseconds. Default 10000. */
   connectTimeoutMs?: number
   /**
-   * Prepare the `INSERT` once per connection instead of having the server parse and plan it again with
-   * every flush: about 0.1 ms less per statement (a 5-row INSERT on the development machine: 0.36–0.41
-   * ms prepared, 0.46–0.60 ms unnamed). Default false. Leave it off behind a transaction-pooling
-   * PgBouncer older than 1.21 (or any pooler without prepared-statement support): there a connection's
-   * prepared statement may be missing, or be another client's.
+   * Prepare the `INSERT` once per connection instead of having the server parse and plan it again
+   * with every flush. Default false. Leave it off behind a transaction-pooling PgBouncer older than
+   * 1.21 (or any pooler without prepared-statement support): there a connection's prepared
+   * statement may be missing, or be another client's.
    */
   preparedStatements?: boolean
   /**
@@ -151,8 +152,8 @@ export interface AuditBatcherOptions {
   flushIntervalMs?: number
   /**
    * Write-behind: flush in the background as soon as this many entries are buffered; a burst is
-   * written in `maxBatchRows` batches back to back, with whatever arrives meanwhile, until the buffer
-   * is empty.
+   * written in `maxBatchRows` batches back to back, with whatever arrives meanwhile, until the
+   * buffer is empty. At most `maxBufferedEntries`.
    */
   flushAtEntries?: number
   /**
@@ -173,36 +174,39 @@ export interface AuditBatcherOptions {
    */
   maxBufferedBytes?: number
   /**
-   * The largest entry `log()` takes, in bytes (its text, payload JSON included, plus 72). Larger ones
-   * throw `ERR_AUDIT_INVALID_ENTRY`. Default 1048576 (1 MiB), at most 512 MiB.
+   * The largest entry `log()` takes, in bytes (its text, payload JSON included, plus 72). Larger
+   * ones throw `ERR_AUDIT_INVALID_ENTRY`, before they are copied. Default 1048576 (1 MiB), at most
+   * 512 MiB.
    */
   maxEntryBytes?: number
   /**
-   * What `log()` does with a non-critical entry when the buffer is full: `'reject'` (default) throws
-   * `ERR_AUDIT_BUFFER_FULL` and takes nothing; `'drop'` discards it and counts it in `stats().dropped`.
+   * What `log()` does with a non-critical entry when the buffer is full: `'reject'` (default)
+   * throws `ERR_AUDIT_BUFFER_FULL` and takes nothing; `'drop'` discards it and counts it in
+   * `stats().dropped`.
    */
   onBufferFull?: 'reject' | 'drop'
   /**
    * Flush and close when the process is about to exit (`beforeExit`) or receives SIGTERM. Adds no
-   * handle that keeps the process alive. Default false.
+   * handle that keeps the process alive; `close()` removes its listeners. Default false.
    */
   flushOnExit?: boolean
   /** How long `close()` may take when its call does not say (milliseconds). Default 10000. */
   closeTimeoutMs?: number
   /**
-   * Where entries the table refuses (a CHECK, a value too long, a trigger that raises, a foreign key)
-   * are kept, with the error and SQLSTATE. Default `<table>_dead_letter`, in the table's schema;
-   * `ensureSchema()` creates it.
+   * Where entries the table refuses (a CHECK, a value too long, a trigger that raises, a foreign
+   * key) are kept, with the error and SQLSTATE. Default `<table>_dead_letter`, in the table's
+   * schema; `ensureSchema()` creates it.
    */
   deadLetterTable?: string
   /**
-   * Called after each INSERT statement commits, with its rows and duration. Runs on the JavaScript
-   * thread, later; never keeps the process alive; what it throws is ignored.
+   * Called after each statement commits, with its rows and duration. Runs on the JavaScript thread,
+   * later; never keeps the process alive; what it throws is ignored.
    */
   onFlush?: (event: FlushEvent) => void
   /**
-   * Called when a write fails, with an Error (`code: 'ERR_AUDIT_FLUSH_FAILED'`, `sqlstate`, `pending`).
-   * Runs on the JavaScript thread, later; never keeps the process alive; what it throws is ignored.
+   * Called when a write attempt fails, with an Error (`code: 'ERR_AUDIT_FLUSH_FAILED'`, `sqlstate`,
+   * `pending`). Runs on the JavaScript thread, later; never keeps the process alive; what it throws
+   * is ignored.
    */
   onError?: (error: Error & { code: string; sqlstate?: string; pending: number }) => void
   /** Called for each entry the table refused, after it was stored in the dead-letter table. */
@@ -319,7 +323,8 @@ export interface AuditStats {
 export interface CloseOptions {
   /**
    * How long the final flush may take, retries included, in milliseconds. Default: the
-   * `closeTimeoutMs` option (10000).
+   * `closeTimeoutMs` option (10000). When it passes, every pending `flush()` and `write()` settles
+   * too.
    */
   timeoutMs?: number
 }

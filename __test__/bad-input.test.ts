@@ -40,7 +40,7 @@ describe('bad input', () => {
     const err = thrownBy(() => audit.log({ action: 'big', payload: { blob: 'x'.repeat(10 * 1024 * 1024) } }));
     expect(err).toBeInstanceOf(TypeError);
     expect(err.code).toBe('ERR_AUDIT_INVALID_ENTRY');
-    expect(err.message).toMatch(/`entry` is \d+ bytes, more than maxEntryBytes \(1048576\)/);
+    expect(err.message).toMatch(/`entry` is (at least )?\d+ bytes, more than maxEntryBytes \(1048576\)/);
     expect(audit.pending).toBe(0);
     await stillWorks(audit, table);
     await audit.close();

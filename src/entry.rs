@@ -1,5 +1,6 @@
 //! Audit entries: what `log()` accepts, how it is checked, and the compact form kept in the buffer.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -106,17 +107,35 @@ impl TextField {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InvalidEntry {
     /// The field's name in the JavaScript API (`action`, `payload`, ...), or `entry` for the whole value.
-    pub field: &'static str,
+    pub field: Cow<'static, str>,
     /// What was wrong, in words a user can act on.
     pub reason: String,
 }
 
 impl InvalidEntry {
-    pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
+    pub fn new(field: impl Into<Cow<'static, str>>, reason: impl Into<String>) -> Self {
         InvalidEntry {
-            field,
+            field: field.into(),
             reason: reason.into(),
         }
+    }
+}
+
+impl InvalidEntry {
+    /// The entry is `size` bytes, more than `max`.
+    pub fn too_large(size: usize, max: usize) -> Self {
+        InvalidEntry::new(
+            "entry",
+            format!("is {size} bytes, more than maxEntryBytes ({max})"),
+        )
+    }
+
+    /// The entry is at least `size` bytes (known before its text is copied), more than `max`.
+    pub fn at_least_too_large(size: usize, max: usize) -> Self {
+        InvalidEntry::new(
+            "entry",
+            format!("is at least {size} bytes, more than maxEntryBytes ({max})"),
+        )
     }
 }
 
@@ -154,7 +173,7 @@ impl Slot {
 pub struct EntryDraft {
     data: String,
     /// Where each slot's text lies in `data`, by [`Slot::index`].
-    spans: [Option<(u32, u32)>; 6],
+    spans: [Option<(usize, usize)>; 6],
     pub id: Option<Uuid>,
     pub occurred_at: Option<Timestamp>,
     /// Never sampled away, never dropped at the buffer's bound, and written at once.
@@ -162,6 +181,9 @@ pub struct EntryDraft {
 }
 
 impl EntryDraft {
+    /// Bytes an entry holds besides its text (see [`Entry::size_bytes`]).
+    pub const FIXED_BYTES: usize = std::mem::size_of::<Entry>();
+
     /// An entry with just an action.
     pub fn new(action: impl AsRef<str>) -> Self {
         let mut draft = EntryDraft::default();
@@ -186,17 +208,26 @@ impl EntryDraft {
         self.append(slot, |data| data.push_str(value));
     }
 
-    /// Sets a slot to whatever `write` appends to the draft's buffer. `write` must only append.
+    /// Sets a slot to whatever `write` appends to the draft's buffer. Should `write` remove text instead of
+    /// appending, the draft is emptied (and [`EntryDraft::prepare`] refuses it for want of an action).
     pub fn append<R>(&mut self, slot: Slot, write: impl FnOnce(&mut String) -> R) -> R {
         let start = self.data.len();
-        let result = write(&mut self.data);
-        self.data.truncate(self.data.len().max(start));
-        self.spans[slot.index()] = Some((start as u32, self.data.len() as u32));
+        let mut added = std::mem::take(&mut self.data);
+        let result = write(&mut added);
+        if added.len() >= start && added.is_char_boundary(start) {
+            self.data = added;
+            self.spans[slot.index()] = Some((start, self.data.len()));
+        } else {
+            // `write` broke the contract: keep nothing of what it did.
+            added.truncate(0);
+            self.data = added;
+            self.spans = [None; 6];
+        }
         result
     }
 
     fn slot(&self, i: usize) -> Option<&str> {
-        self.spans[i].map(|(a, b)| &self.data[a as usize..b as usize])
+        self.spans[i].map(|(a, b)| &self.data[a..b])
     }
 
     /// Checks the draft and packs it, taking `now` as its time unless it names one.
@@ -223,15 +254,15 @@ impl EntryDraft {
             }
         };
         // In storage order, back to back, and nothing to replace: the buffer is the entry's text as it is.
-        let mut cursor = 0u32;
+        let mut cursor = 0;
         let mut packed = true;
         for i in 0..6 {
             if let Some((a, b)) = self.spans[i] {
-                packed &= a == cursor && !needs_fix(i, &self.data[a as usize..b as usize]);
+                packed &= a == cursor && !needs_fix(i, &self.data[a..b]);
                 cursor = b;
             }
         }
-        packed &= cursor as usize == self.data.len();
+        packed &= cursor == self.data.len();
         let mut ends = [0u32; 6];
         let mut present = 0u8;
         let mut sanitized = false;
@@ -239,7 +270,7 @@ impl EntryDraft {
             let mut end = 0;
             for (i, span) in self.spans.iter().enumerate() {
                 if let Some((_, b)) = span {
-                    end = *b;
+                    end = end_offset(&self.data[..*b])?;
                     if (1..=4).contains(&i) {
                         present |= 1 << (i - 1);
                     }

@@ -2,14 +2,19 @@
 //!
 //! The crate is layered so that each part can be tested on its own:
 //! - [`entry`] and [`uuid7`]: what an audit entry is, how it is checked and identified;
+//! - [`options`]: the configuration, every option's range and default, and [`options::InvalidOption`];
 //! - [`batcher`] and [`sink`]: the ordered buffer and its flushes, generic over where batches go;
 //! - [`pg`]: the PostgreSQL sink (connection pool, statements, schema);
-//! - `napi` (private): the JavaScript surface, the only module that knows about Node.
+//! - `napi` (private): the JavaScript surface, the only module that knows about Node, and the only one
+//!   allowed `unsafe` code (the N-API calls napi-rs does not wrap).
+#![deny(unsafe_code)]
 
 pub mod batcher;
 pub mod entry;
 pub mod metrics;
+#[allow(unsafe_code)]
 mod napi;
+pub mod options;
 pub mod pg;
 pub mod sink;
 pub mod uuid7;

@@ -122,6 +122,23 @@ pub fn render(stats: &Stats, labels: &[(String, String)]) -> String {
     out
 }
 
+/// Whether `name` may label the samples: a Prometheus label name, not reserved (`__*`) and not one of the
+/// labels the samples carry already (`state`, `le`). The error says why not.
+pub fn check_label_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let valid = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        return Err("is not a valid Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*)".to_owned());
+    }
+    if name.starts_with("__") || ["state", "le"].contains(&name) {
+        return Err("is a reserved label name".to_owned());
+    }
+    Ok(())
+}
+
 fn number(v: f64) -> String {
     if v.fract() == 0.0 && v.abs() < 1e15 {
         format!("{}", v as i64)

@@ -9,18 +9,16 @@ use tokio::time::Instant;
 use super::{Batcher, FlushError};
 use crate::sink::Sink;
 
-/// When the background writer flushes. At least one of the two should be set.
+/// When the background writer flushes, besides [`super::BatcherConfig::flush_at_entries`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BackgroundConfig {
     /// Flush when this long has passed since the last flush and something is buffered.
     pub interval: Option<Duration>,
-    /// Flush as soon as this many entries are buffered. Must match `BatcherConfig::flush_at_entries`.
-    pub at_entries: Option<usize>,
 }
 
 /// Runs the background writer of `batcher` until it is closed or dropped.
 ///
-/// - Flushes when `at_entries` entries are buffered or `interval` has passed, whichever comes first. A
+/// - Flushes when `flush_at_entries` entries are buffered or `interval` has passed, whichever comes first. A
 ///   flush writes everything buffered, in batches of `max_batch_rows` back to back, and starts again at
 ///   once while anything was logged meanwhile, so a burst is drained to the last entry as fast as the sink
 ///   takes it; only an empty buffer waits for the next trigger.
@@ -29,10 +27,13 @@ pub struct BackgroundConfig {
 ///   attempt, ignoring the size trigger meanwhile, so an outage costs no CPU.
 /// - Holds the batcher weakly: dropping the last handle stops it.
 pub async fn run_background<S: Sink>(batcher: Weak<Batcher<S>>, config: BackgroundConfig) {
-    let Some((wake, shutdown)) = batcher
-        .upgrade()
-        .map(|b| (b.wake.clone(), b.shutdown.clone()))
-    else {
+    let Some((wake, shutdown, at_entries)) = batcher.upgrade().map(|b| {
+        (
+            b.wake.clone(),
+            b.shutdown.clone(),
+            b.config.flush_at_entries,
+        )
+    }) else {
         return;
     };
     let mut failures: u32 = 0;
@@ -60,7 +61,7 @@ pub async fn run_background<S: Sink>(batcher: Weak<Batcher<S>>, config: Backgrou
                 if st.closing {
                     return;
                 }
-                let size_reached = config.at_entries.is_some_and(|n| st.queue.len() >= n);
+                let size_reached = at_entries.is_some_and(|n| st.queue.len() >= n);
                 if failures == 0 && (size_reached || (draining && !st.queue.is_empty())) {
                     break;
                 }

@@ -11,6 +11,7 @@ mod stats;
 mod tests;
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -54,6 +55,21 @@ pub enum LogError {
     },
 }
 
+impl std::fmt::Display for LogError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LogError::Invalid(e) => e.fmt(f),
+            LogError::Closed => f.write_str("the batcher is closed"),
+            LogError::BufferFull { entries, bytes } => write!(
+                f,
+                "buffer full ({entries} entries, {bytes} bytes held); entry not taken"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for LogError {}
+
 /// What became of an entry `log()` accepted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Disposition {
@@ -85,6 +101,19 @@ pub enum FlushError {
     },
 }
 
+impl std::fmt::Display for FlushError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FlushError::Closed => f.write_str("the batcher is closed"),
+            FlushError::Failed { cause, pending } => {
+                write!(f, "{cause}; entries still buffered: {pending}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for FlushError {}
+
 /// What a successful flush did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlushOutcome {
@@ -112,6 +141,11 @@ struct State {
     closing: bool,
     /// `close()` finished: the sink is closed. Holds the reason entries were left unwritten, if any.
     closed: Option<Option<WriteError>>,
+    /// `close()` ran out of time: every flush still waiting gives up.
+    abandoned: bool,
+    /// A critical flush is running; `critical_queued`: another critical entry came meanwhile.
+    critical_running: bool,
+    critical_queued: bool,
     stats: Stats,
     window: Window,
 }
@@ -145,6 +179,8 @@ pub struct Batcher<S> {
     wake: Arc<Notify>,
     /// Wakes the background writer and `close()`'s retry sleeps: `close()` was called.
     shutdown: Arc<Notify>,
+    /// Wakes every flush still waiting: `close()` ran out of time.
+    abandon: Notify,
     observer: Option<Box<dyn Observer>>,
     /// Entries buffered at which [`Observer::on_high_water`] is called.
     high_water_mark: Option<usize>,
@@ -170,12 +206,16 @@ impl<S: Sink> Batcher<S> {
                 in_flight_bytes: 0,
                 closing: false,
                 closed: None,
+                abandoned: false,
+                critical_running: false,
+                critical_queued: false,
                 stats: Stats::default(),
                 window: Window::default(),
             }),
             writer: tokio::sync::Mutex::new(()),
             wake: Arc::new(Notify::new()),
             shutdown: Arc::new(Notify::new()),
+            abandon: Notify::new(),
             observer: None,
             high_water_mark: None,
         }
@@ -208,12 +248,9 @@ impl<S: Sink> Batcher<S> {
         let prepared = draft.prepare(Timestamp::now()).map_err(LogError::Invalid)?;
         let size = prepared.size_bytes();
         if size > self.config.max_entry_bytes {
-            return Err(LogError::Invalid(InvalidEntry::new(
-                "entry",
-                format!(
-                    "is {size} bytes, more than maxEntryBytes ({})",
-                    self.config.max_entry_bytes
-                ),
+            return Err(LogError::Invalid(InvalidEntry::too_large(
+                size,
+                self.config.max_entry_bytes,
             )));
         }
         let critical = prepared.critical;
@@ -273,6 +310,62 @@ impl<S: Sink> Batcher<S> {
             }
         }
         Ok(Logged { id, disposition })
+    }
+
+    /// The largest entry [`Batcher::log`] takes, in bytes (see [`Entry::size_bytes`]).
+    pub fn max_entry_bytes(&self) -> usize {
+        self.config.max_entry_bytes
+    }
+
+    /// A flush of everything accepted so far, for a critical entry just logged, coalesced: returns the
+    /// task to spawn when no critical flush is running, and `None` when one is (it writes this entry too,
+    /// after the one in progress). So however many critical entries arrive during an outage, at most one
+    /// critical flush runs and at most one waits behind it, and after a failure the next attempt waits
+    /// the same [`Backoff`] as the background writer.
+    pub fn critical_flush(self: &Arc<Self>) -> Option<impl Future<Output = ()> + Send + 'static>
+    where
+        S: Sink,
+    {
+        {
+            let mut st = self.state.lock();
+            if st.critical_running {
+                st.critical_queued = true;
+                return None;
+            }
+            st.critical_running = true;
+        }
+        let batcher = self.clone();
+        Some(async move {
+            let mut failures = 0;
+            loop {
+                let target = {
+                    let mut st = batcher.state.lock();
+                    st.critical_queued = false;
+                    st.accepted
+                };
+                match batcher.ticket_through(target).run(&batcher).await {
+                    Ok(_) => failures = 0,
+                    Err(_) => {
+                        failures += 1;
+                        let retry_at = Instant::now() + batcher.config.backoff.delay(failures);
+                        let closed = batcher.shutdown.notified();
+                        tokio::pin!(closed);
+                        closed.as_mut().enable();
+                        if !batcher.is_closing() {
+                            tokio::select! {
+                                _ = tokio::time::sleep_until(retry_at) => {}
+                                _ = closed => {}
+                            }
+                        }
+                    }
+                }
+                let mut st = batcher.state.lock();
+                if !st.critical_queued || st.closing {
+                    st.critical_running = false;
+                    return;
+                }
+            }
+        })
     }
 
     /// Entries accepted and not yet written, those being written included.
@@ -379,7 +472,9 @@ impl<S: Sink> Batcher<S> {
             };
             let mut batch = batch;
             let started = Instant::now();
-            match self.sink.write(batch.entries()).await {
+            let written = self.sink.write(batch.entries()).await;
+            self.record_recovered_failures();
+            match written {
                 Ok(()) => {
                     self.record_statement(started, batch.entries().len());
                     batch.progress = Progress::all(batch.entries().len());
@@ -413,7 +508,9 @@ impl<S: Sink> Batcher<S> {
                 Some(cause) => cause,
                 None => {
                     let started = Instant::now();
-                    match self.sink.write(&entries[a..b]).await {
+                    let written = self.sink.write(&entries[a..b]).await;
+                    self.record_recovered_failures();
+                    match written {
                         Ok(()) => {
                             self.record_statement(started, b - a);
                             progress.settled = b;
@@ -446,6 +543,21 @@ impl<S: Sink> Batcher<S> {
         }
     }
 
+    /// Counts and reports the failed attempts the sink recovered from within its last write.
+    fn record_recovered_failures(&self) {
+        for cause in self.sink.take_recovered_failures() {
+            let pending = {
+                let mut st = self.state.lock();
+                st.stats.failed_flushes += 1;
+                st.stats.last_error = Some((cause.clone(), Timestamp::now()));
+                st.buffered()
+            };
+            if let Some(o) = &self.observer {
+                o.on_error(&cause, pending);
+            }
+        }
+    }
+
     fn record_statement(&self, started: Instant, rows: usize) {
         let elapsed = started.elapsed().as_secs_f64();
         {
@@ -467,9 +579,7 @@ impl<S: Sink> Batcher<S> {
                 Ok(Ok(())) => return Ok(()),
                 Ok(Err(FlushError::Failed { cause, .. })) => cause,
                 Ok(Err(FlushError::Closed)) => return Err(FlushError::Closed),
-                Err(_) => {
-                    WriteError::new("close() ran out of time (timeoutMs) before the write finished")
-                }
+                Err(_) => WriteError::new(CLOSE_TIMED_OUT),
             };
             failures += 1;
             let retry_at = Instant::now() + self.config.backoff.delay(failures);
@@ -494,14 +604,37 @@ pub struct FlushTicket {
 
 impl FlushTicket {
     /// Writes the ticket's entries (and waits for any flush writing them already).
+    ///
+    /// Gives up, with [`FlushError::Failed`], when `close()` runs out of time: nothing waits past its
+    /// deadline, and the entries stay buffered.
     pub async fn run<S: Sink>(self, batcher: &Batcher<S>) -> Result<FlushOutcome, FlushError> {
-        batcher.flush_to(self.target).await?;
+        let abandoned = batcher.abandon.notified();
+        tokio::pin!(abandoned);
+        abandoned.as_mut().enable();
+        if !batcher.state.lock().abandoned {
+            tokio::select! {
+                result = batcher.flush_to(self.target) => result?,
+                _ = abandoned => return Err(abandoned_by_close(batcher)),
+            }
+        } else if batcher.outcome_if_settled(&self).is_none() {
+            return Err(abandoned_by_close(batcher));
+        }
         Ok(FlushOutcome {
             written: self.target.saturating_sub(self.settled_at_call),
             pending: batcher.pending(),
         })
     }
 }
+
+/// A flush that `close()`'s deadline cut short.
+fn abandoned_by_close<S: Sink>(batcher: &Batcher<S>) -> FlushError {
+    FlushError::Failed {
+        cause: WriteError::new(CLOSE_TIMED_OUT),
+        pending: batcher.pending(),
+    }
+}
+
+const CLOSE_TIMED_OUT: &str = "close() ran out of time (timeoutMs) before the write finished";
 
 /// A close in progress: `log()` already refuses; running it writes what is left and closes the sink.
 #[must_use = "a close ticket does nothing until it is run"]
@@ -525,6 +658,11 @@ impl CloseTicket {
                     Err(FlushError::Failed { cause, .. }) => Some(cause),
                     Err(FlushError::Closed) => None,
                 };
+                if cause.is_some() {
+                    // Out of time: whatever still waits gives up now, keeping its entries buffered.
+                    batcher.state.lock().abandoned = true;
+                    batcher.abandon.notify_waiters();
+                }
                 let first = {
                     let mut st = batcher.state.lock();
                     let first = st.closed.is_none();

@@ -83,19 +83,21 @@ pub struct BatcherConfig {
     /// What happens to a non-critical entry that would pass a bound.
     pub on_buffer_full: OverflowPolicy,
     pub sampling: Sampling,
-    /// With a background writer: wake it when this many entries are buffered.
+    /// With a background writer: flush as soon as this many entries are buffered.
     pub flush_at_entries: Option<usize>,
     /// Delays between the attempts of the background writer and of `close()`.
     pub backoff: Backoff,
 }
 
 impl Default for BatcherConfig {
+    /// The defaults of [`crate::options::limits`].
     fn default() -> Self {
+        use crate::options::limits;
         BatcherConfig {
-            max_batch_rows: 1000,
-            max_buffered_entries: 100_000,
-            max_buffered_bytes: 64 * 1024 * 1024,
-            max_entry_bytes: 1024 * 1024,
+            max_batch_rows: limits::MAX_BATCH_ROWS.default_value() as usize,
+            max_buffered_entries: limits::MAX_BUFFERED_ENTRIES.default_value() as usize,
+            max_buffered_bytes: limits::MAX_BUFFERED_BYTES.default_value() as usize,
+            max_entry_bytes: limits::MAX_ENTRY_BYTES.default_value() as usize,
             on_buffer_full: OverflowPolicy::Reject,
             sampling: Sampling::default(),
             flush_at_entries: None,

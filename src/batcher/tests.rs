@@ -305,13 +305,10 @@ async fn invalid_entries_change_nothing() {
     let (b, _) = batcher(1000);
     log_n(&b, 2);
     let err = b.log(EntryDraft::new("")).unwrap_err();
-    assert!(matches!(
-        err,
-        LogError::Invalid(InvalidEntry {
-            field: "action",
-            ..
-        })
-    ));
+    assert!(
+        matches!(&err, LogError::Invalid(e) if e.field == "action"),
+        "{err:?}"
+    );
     let s = b.stats();
     assert_eq!((s.logged, s.buffered, s.written), (2, 2, 0));
 }
@@ -493,13 +490,7 @@ async fn background_writer_flushes_when_the_size_is_reached() {
         flush_at_entries: Some(10),
         ..Default::default()
     });
-    let task = background(
-        &b,
-        BackgroundConfig {
-            interval: None,
-            at_entries: Some(10),
-        },
-    );
+    let task = background(&b, BackgroundConfig { interval: None });
     log_n(&b, 9);
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert!(
@@ -520,7 +511,6 @@ async fn background_writer_flushes_on_the_interval() {
         &b,
         BackgroundConfig {
             interval: Some(Duration::from_millis(200)),
-            at_entries: None,
         },
     );
     log_n(&b, 3);
@@ -543,13 +533,7 @@ async fn background_writer_drains_a_burst_in_back_to_back_batches() {
         flush_at_entries: Some(100),
         ..Default::default()
     });
-    let task = background(
-        &b,
-        BackgroundConfig {
-            interval: None,
-            at_entries: Some(100),
-        },
-    );
+    let task = background(&b, BackgroundConfig { interval: None });
     let ids = log_n(&b, 1000);
     until(|| b.pending() == 0).await;
     assert_eq!(batch_sizes(&sink), [100; 10]);
@@ -566,13 +550,7 @@ async fn background_writer_drains_what_arrived_during_a_write_even_below_the_siz
     });
     let gate = Arc::new(tokio::sync::Notify::new());
     *sink.gate.lock() = Some(gate.clone());
-    let task = background(
-        &b,
-        BackgroundConfig {
-            interval: None,
-            at_entries: Some(100),
-        },
-    );
+    let task = background(&b, BackgroundConfig { interval: None });
     let mut ids = log_n(&b, 100);
     until(|| sink.writes_started.load(Ordering::SeqCst) == 1).await;
     ids.extend(log_n(&b, 30)); // logged during the write, below the size, and nothing comes after
@@ -592,13 +570,7 @@ async fn background_writer_backs_off_while_the_sink_fails_and_recovers() {
         ..Default::default()
     });
     sink.fail.store(true, Ordering::SeqCst);
-    let task = background(
-        &b,
-        BackgroundConfig {
-            interval: None,
-            at_entries: Some(1),
-        },
-    );
+    let task = background(&b, BackgroundConfig { interval: None });
     let mut ids = log_n(&b, 1);
     // Ten simulated seconds of outage with a steady producer.
     for _ in 0..100 {
@@ -623,7 +595,6 @@ async fn background_writer_stops_when_closed_or_dropped() {
         &b,
         BackgroundConfig {
             interval: Some(Duration::from_secs(3600)),
-            at_entries: None,
         },
     );
     b.close(soon()).await.unwrap();
@@ -634,7 +605,6 @@ async fn background_writer_stops_when_closed_or_dropped() {
         &b,
         BackgroundConfig {
             interval: Some(Duration::from_millis(10)),
-            at_entries: None,
         },
     );
     drop(b);
@@ -820,5 +790,113 @@ async fn the_observer_hears_statements_failures_dead_letters_and_each_high_water
             "high 3",
             "error 3"
         ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn critical_flushes_are_coalesced_and_back_off_while_the_sink_fails() {
+    let (b, sink) = batcher(1000);
+    sink.fail.store(true, Ordering::SeqCst);
+    let gate = Arc::new(tokio::sync::Notify::new());
+    *sink.gate.lock() = Some(gate.clone());
+    let mut spawned = 0;
+    let mut log_critical = |n: usize| {
+        for i in 0..n {
+            b.log(critical(&format!("c{i}"))).unwrap();
+            if let Some(flush) = b.critical_flush() {
+                spawned += 1;
+                tokio::spawn(flush);
+            }
+        }
+    };
+    log_critical(1);
+    until(|| sink.writes_started.load(Ordering::SeqCst) == 1).await;
+    // While the first attempt is under way, 999 more: they wait behind it, as one flush.
+    log_critical(999);
+    *sink.gate.lock() = None;
+    gate.notify_one();
+    // The first attempt fails; the waiting one runs after the backoff (100 ms, jittered into 50-100 ms),
+    // and fails too; nothing waits behind it, so nothing else is tried.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(spawned, 1, "one flush task for 1,000 critical entries");
+    assert_eq!(sink.writes_started.load(Ordering::SeqCst), 2);
+    assert_eq!(b.stats().failed_flushes, 2);
+    assert_eq!(b.pending(), 1000);
+    // The sink is back: the next critical entry starts a flush of its own, which writes everything.
+    sink.fail.store(false, Ordering::SeqCst);
+    b.log(critical("after")).unwrap();
+    let flush = b.critical_flush().expect("no critical flush is running");
+    flush.await;
+    assert_eq!(b.pending(), 0);
+    assert_eq!(written_ids(&sink).len(), 1001);
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_close_runs_out_of_time_every_pending_flush_gives_up_and_keeps_its_entries() {
+    let (b, sink) = batcher(1000);
+    log_n(&b, 3);
+    *sink.gate.lock() = Some(Arc::new(tokio::sync::Notify::new())); // never released
+    let pending_flush = spawn_flush(&b);
+    until(|| sink.writes_started.load(Ordering::SeqCst) == 1).await;
+    let closed = b.close(Instant::now() + Duration::from_millis(300)).await;
+    assert!(closed.is_err());
+    let flushed = tokio::time::timeout(Duration::from_millis(10), pending_flush)
+        .await
+        .expect("the pending flush settles at close's deadline")
+        .unwrap();
+    let Err(FlushError::Failed { cause, pending }) = flushed else {
+        panic!("{flushed:?}")
+    };
+    assert_eq!(pending, 3);
+    assert!(cause.message.contains("timeoutMs"), "{cause}");
+    assert_eq!(b.buffered_entries().len(), 3);
+}
+
+/// A sink whose every write first fails on a fast path, then succeeds another way.
+#[derive(Default)]
+struct RecoveringSink {
+    memory: MemorySink,
+    recovered: Mutex<Vec<WriteError>>,
+}
+
+impl Sink for Arc<RecoveringSink> {
+    async fn write(&self, batch: &[Entry]) -> Result<(), WriteError> {
+        self.recovered
+            .lock()
+            .push(WriteError::new("fast path cut mid-stream"));
+        self.memory.write(batch).await
+    }
+    async fn dead_letter(&self, entry: &Entry, cause: &WriteError) -> Result<(), WriteError> {
+        self.memory.dead_letter(entry, cause).await
+    }
+    async fn close(&self) {}
+    fn take_recovered_failures(&self) -> Vec<WriteError> {
+        std::mem::take(&mut *self.recovered.lock())
+    }
+}
+
+#[tokio::test]
+async fn failed_attempts_a_sink_recovered_from_are_counted_and_reported() {
+    #[derive(Default)]
+    struct Errors(Mutex<Vec<String>>);
+    impl Observer for Arc<Errors> {
+        fn on_error(&self, cause: &WriteError, _pending: usize) {
+            self.0.lock().push(cause.message.clone());
+        }
+    }
+    let sink = Arc::new(RecoveringSink::default());
+    let errors = Arc::new(Errors::default());
+    let b = Batcher::new(sink.clone(), BatcherConfig::default())
+        .with_observer(Box::new(errors.clone()), None);
+    for i in 0..5 {
+        b.log(entry(i)).unwrap();
+    }
+    b.flush().await.unwrap();
+    let s = b.stats();
+    assert_eq!((s.written, s.failed_flushes), (5, 1));
+    assert_eq!(*errors.0.lock(), ["fast path cut mid-stream"]);
+    assert_eq!(
+        s.last_error.map(|(e, _)| e.message).as_deref(),
+        Some("fast path cut mid-stream")
     );
 }

@@ -1,47 +1,55 @@
-//! Reading JavaScript values into the core's types, with errors that name the option or field at fault.
+//! Reading an entry given to `log()` or `write()` into an [`EntryDraft`]: the hot path, with errors that
+//! name the field at fault. (Options are read by `options.rs`.)
 
 use std::ffi::CStr;
 use std::ptr;
-use std::time::Duration;
 
 use napi::bindgen_prelude::{Function, JsObjectValue, JsValue, Object, Unknown};
 use napi::{check_status, sys, Env, JsDate, ValueType};
 
-use crate::batcher::{BackgroundConfig, BatcherConfig, OverflowPolicy, Sampling};
+use super::errors::{describe_exception, take_exception};
 use crate::entry::{EntryDraft, InvalidEntry, Slot, TextField, Timestamp};
-use crate::pg::columns::ColumnMap;
-use crate::pg::ident::TableName;
-use crate::pg::PgSettings;
 use crate::uuid7::Uuid;
 
-/// A conversion that failed: the value was wrong, or JavaScript threw while it was read (a throwing getter).
-pub enum ConvertError<E> {
-    Invalid(E),
-    Js(napi::Error),
+/// Why an entry could not be read: what was wrong, and the exception that said so when reading it threw
+/// (a getter, a Proxy trap, a `toJSON`), to become the typed error's `cause`.
+pub struct EntryError {
+    pub invalid: InvalidEntry,
+    pub cause: Option<sys::napi_value>,
 }
 
-impl<E> From<napi::Error> for ConvertError<E> {
-    fn from(e: napi::Error) -> Self {
-        ConvertError::Js(e)
+impl From<InvalidEntry> for EntryError {
+    fn from(invalid: InvalidEntry) -> Self {
+        EntryError {
+            invalid,
+            cause: None,
+        }
     }
 }
 
-/// An option that was refused, and why.
-pub struct InvalidOption {
-    pub option: String,
-    pub reason: String,
-}
-
-impl InvalidOption {
-    fn new(option: impl Into<String>, reason: impl Into<String>) -> ConvertError<InvalidOption> {
-        ConvertError::Invalid(InvalidOption {
-            option: option.into(),
-            reason: reason.into(),
-        })
+impl EntryError {
+    /// Reading `field` threw, or napi failed: the pending exception, if any, becomes the cause.
+    pub fn threw(env: &Env, field: impl Into<std::borrow::Cow<'static, str>>) -> EntryError {
+        let field = field.into();
+        let cause = take_exception(env);
+        let shown = cause.map_or_else(
+            || "the engine refused".to_owned(),
+            |c| describe_exception(env, c),
+        );
+        let reason = if field == "payload" {
+            format!("is not JSON-serialisable: {shown}")
+        } else {
+            format!("could not be read: {shown}")
+        };
+        EntryError {
+            invalid: InvalidEntry::new(field, reason),
+            cause,
+        }
     }
 }
 
-fn type_name(v: &Unknown) -> napi::Result<&'static str> {
+/// A value's type in words, for error messages: `a string`, `an array`, `null`...
+pub fn type_name(v: &Unknown) -> napi::Result<&'static str> {
     Ok(match v.get_type()? {
         ValueType::Undefined => "undefined",
         ValueType::Null => "null",
@@ -58,34 +66,6 @@ fn type_name(v: &Unknown) -> napi::Result<&'static str> {
     })
 }
 
-/// Absent means `undefined` or `null`.
-fn is_absent(v: &Unknown) -> napi::Result<bool> {
-    Ok(matches!(
-        v.get_type()?,
-        ValueType::Undefined | ValueType::Null
-    ))
-}
-
-fn as_plain_object<'a>(v: &Unknown<'a>) -> napi::Result<Option<Object<'a>>> {
-    if v.get_type()? == ValueType::Object && !v.is_array()? && !v.is_date()? {
-        // SAFETY: the value was just checked to be an object.
-        Ok(Some(unsafe { v.cast::<Object>()? }))
-    } else {
-        Ok(None)
-    }
-}
-
-fn string_or_absent(v: &Unknown) -> napi::Result<Option<Result<String, &'static str>>> {
-    if is_absent(v)? {
-        return Ok(None);
-    }
-    if v.get_type()? == ValueType::String {
-        // SAFETY: the value was just checked to be a string.
-        return Ok(Some(Ok(unsafe { v.cast::<String>()? })));
-    }
-    Ok(Some(Err(type_name(v)?)))
-}
-
 /// Reads a property with a static name (no allocation for the key).
 fn get<'a>(obj: &Object<'a>, key: &CStr) -> napi::Result<Unknown<'a>> {
     let env = obj.value().env;
@@ -96,148 +76,224 @@ fn get<'a>(obj: &Object<'a>, key: &CStr) -> napi::Result<Unknown<'a>> {
     Ok(unsafe { Unknown::from_raw_unchecked(env, out) })
 }
 
-/// Appends a JavaScript string to `out` as UTF-8 with one copy (lone surrogates become U+FFFD).
-fn append_string(value: &Unknown, out: &mut String) -> napi::Result<()> {
-    let (env, raw) = (value.value().env, value.raw());
-    let mut units = 0usize;
-    // SAFETY: `raw` is a string of `env` (checked by the caller); a null buffer asks for the length only,
-    // which V8 knows without scanning.
-    check_status!(unsafe {
-        sys::napi_get_value_string_utf16(env, raw, ptr::null_mut(), 0, &mut units)
-    })?;
-    // UTF-8 needs at most 3 bytes per UTF-16 unit; napi writes a terminating NUL after the text.
-    let capacity = units * 3 + 1;
-    // SAFETY: V8 writes only valid UTF-8 (REPLACE_INVALID_UTF8) into the reserved spare capacity, and
-    // `written` (which excludes the NUL) is how much of it to keep.
-    unsafe {
-        let bytes = out.as_mut_vec();
-        bytes.reserve(capacity);
-        let start = bytes.len();
-        let mut written = 0usize;
-        check_status!(sys::napi_get_value_string_utf8(
-            env,
-            raw,
-            bytes.as_mut_ptr().add(start).cast(),
-            capacity,
-            &mut written,
-        ))?;
-        bytes.set_len(start + written);
-    }
-    Ok(())
-}
-
-/// An entry's fields as JavaScript values, in storage order; `payload_json` is already `JSON.stringify`'d.
+/// The fields of one entry as JavaScript values, in the order they are stored. `payload_json` is the
+/// payload already `JSON.stringify`'d (a string), or the payload itself when it has no JSON form.
 pub struct EntryFields<'a> {
     pub action: Unknown<'a>,
-    /// tenantId, actor, resource, outcome.
+    /// tenantId, actor, resource, outcome: [`TextField::ALL`]'s order.
     pub text: [Unknown<'a>; 4],
-    /// A JavaScript string, or absent.
     pub payload_json: Option<Unknown<'a>>,
     pub id: Unknown<'a>,
     pub occurred_at: Unknown<'a>,
     pub critical: Unknown<'a>,
 }
 
-/// Reads the entry object given to `log()` or `write()`.
-pub fn entry_from_js(env: &Env, value: &Unknown) -> Result<EntryDraft, ConvertError<InvalidEntry>> {
-    let Some(obj) = as_plain_object(value)? else {
-        return Err(ConvertError::Invalid(InvalidEntry::new(
-            "entry",
-            format!("must be an object, got {}", type_name(value)?),
-        )));
-    };
-    let payload = get(&obj, c"payload")?;
-    let payload_json = match payload.get_type()? {
+/// Copies strings into a draft while keeping the entry under its size bound: a string that would take the
+/// entry past it is refused from its length alone, before anything is copied.
+struct Reader<'d> {
+    draft: &'d mut EntryDraft,
+    /// Bytes of text the entry may still take.
+    room: usize,
+    max_entry_bytes: usize,
+}
+
+impl Reader<'_> {
+    /// Sets `slot` to the JavaScript string `value`, as UTF-8, with one copy (lone surrogates become
+    /// U+FFFD).
+    fn append(&mut self, slot: Slot, value: &Unknown) -> Result<(), EntryError> {
+        let (env, raw) = (value.value().env, value.raw());
+        let mut units = 0usize;
+        // SAFETY: `raw` is a string of `env` (checked by the caller); a null buffer asks for the length
+        // only, which V8 knows without scanning.
+        check_status!(unsafe {
+            sys::napi_get_value_string_utf16(env, raw, ptr::null_mut(), 0, &mut units)
+        })
+        .map_err(|_| EntryError::threw(&Env::from_raw(env), "entry"))?;
+        // Every UTF-16 unit takes at least one byte of UTF-8.
+        if units > self.room {
+            let at_least = self.max_entry_bytes - self.room + units;
+            return Err(InvalidEntry::at_least_too_large(at_least, self.max_entry_bytes).into());
+        }
+        // UTF-8 needs at most 3 bytes per UTF-16 unit; napi writes a terminating NUL after the text.
+        let capacity = units * 3 + 1;
+        let written = self.draft.append(slot, |data| {
+            // SAFETY: V8 writes only valid UTF-8 (REPLACE_INVALID_UTF8) into the reserved spare capacity,
+            // and `written` (which excludes the NUL) is how much of it to keep.
+            unsafe {
+                let bytes = data.as_mut_vec();
+                bytes.reserve(capacity);
+                let start = bytes.len();
+                let mut written = 0usize;
+                let status = sys::napi_get_value_string_utf8(
+                    env,
+                    raw,
+                    bytes.as_mut_ptr().add(start).cast(),
+                    capacity,
+                    &mut written,
+                );
+                if status != sys::Status::napi_ok {
+                    return None;
+                }
+                bytes.set_len(start + written);
+                Some(written)
+            }
+        });
+        let written = written.ok_or_else(|| EntryError::threw(&Env::from_raw(env), "entry"))?;
+        self.room = self.room.saturating_sub(written);
+        Ok(())
+    }
+}
+
+/// Reads the entry object given to `log()` or `write()`; `max_entry_bytes` bounds its size before copying.
+pub fn entry_from_js(
+    env: &Env,
+    value: &Unknown,
+    max_entry_bytes: usize,
+) -> Result<EntryDraft, EntryError> {
+    let threw = |field| EntryError::threw(env, field);
+    let is_object = value.get_type().map_err(|_| threw("entry"))? == ValueType::Object
+        && !value.is_array().map_err(|_| threw("entry"))?
+        && !value.is_date().map_err(|_| threw("entry"))?;
+    if !is_object {
+        let got = type_name(value).map_err(|_| threw("entry"))?;
+        return Err(InvalidEntry::new("entry", format!("must be an object, got {got}")).into());
+    }
+    // SAFETY: the value was just checked to be an object.
+    let obj = unsafe { value.cast::<Object>() }.map_err(|_| threw("entry"))?;
+    let read = |key: &CStr, field| get(&obj, key).map_err(|_| threw(field));
+    let action = read(c"action", "action")?;
+    let text = [
+        read(c"tenantId", "tenantId")?,
+        read(c"actor", "actor")?,
+        read(c"resource", "resource")?,
+        read(c"outcome", "outcome")?,
+    ];
+    let payload = read(c"payload", "payload")?;
+    let payload_json = match payload.get_type().map_err(|_| threw("payload"))? {
         ValueType::Undefined => None,
         _ => Some(stringify_payload(env, payload)?),
     };
-    entry_from_fields(&EntryFields {
-        action: get(&obj, c"action")?,
-        text: [
-            get(&obj, c"tenantId")?,
-            get(&obj, c"actor")?,
-            get(&obj, c"resource")?,
-            get(&obj, c"outcome")?,
-        ],
-        payload_json,
-        id: get(&obj, c"id")?,
-        occurred_at: get(&obj, c"occurredAt")?,
-        critical: get(&obj, c"critical")?,
-    })
+    entry_from_fields(
+        &EntryFields {
+            action,
+            text,
+            payload_json,
+            id: read(c"id", "id")?,
+            occurred_at: read(c"occurredAt", "occurredAt")?,
+            critical: read(c"critical", "critical")?,
+        },
+        max_entry_bytes,
+    )
 }
 
 /// Checks the fields and reads them straight into a draft's buffer, in storage order. `null` and
 /// `undefined` mean absent for every optional field.
-pub fn entry_from_fields(f: &EntryFields) -> Result<EntryDraft, ConvertError<InvalidEntry>> {
-    let invalid = |field, reason: String| ConvertError::Invalid(InvalidEntry::new(field, reason));
+pub fn entry_from_fields(
+    f: &EntryFields,
+    max_entry_bytes: usize,
+) -> Result<EntryDraft, EntryError> {
+    let env = Env::from_raw(f.action.value().env);
+    let kind = |field, v: &Unknown| v.get_type().map_err(|_| EntryError::threw(&env, field));
+    let name = |field, v: &Unknown| type_name(v).map_err(|_| EntryError::threw(&env, field));
+    let invalid = |field, reason: String| EntryError::from(InvalidEntry::new(field, reason));
     let mut draft = EntryDraft::default();
-    match f.action.get_type()? {
-        ValueType::String => draft.append(Slot::Action, |d| append_string(&f.action, d))?,
+    let mut reader = Reader {
+        draft: &mut draft,
+        room: max_entry_bytes.saturating_sub(EntryDraft::FIXED_BYTES),
+        max_entry_bytes,
+    };
+    match kind("action", &f.action)? {
+        ValueType::String => reader.append(Slot::Action, &f.action)?,
         ValueType::Undefined | ValueType::Null => {
             return Err(invalid("action", "is required (a non-empty string)".into()))
         }
         _ => {
             return Err(invalid(
                 "action",
-                format!("must be a non-empty string, got {}", type_name(&f.action)?),
+                format!(
+                    "must be a non-empty string, got {}",
+                    name("action", &f.action)?
+                ),
             ))
         }
     }
     for (field, v) in TextField::ALL.into_iter().zip(&f.text) {
-        match v.get_type()? {
-            ValueType::String => draft.append(Slot::Text(field), |d| append_string(v, d))?,
+        match kind(field.js_name(), v)? {
+            ValueType::String => reader.append(Slot::Text(field), v)?,
             ValueType::Undefined | ValueType::Null => {}
             _ => {
                 return Err(invalid(
                     field.js_name(),
-                    format!("must be a string, got {}", type_name(v)?),
+                    format!("must be a string, got {}", name(field.js_name(), v)?),
                 ))
             }
         }
     }
     if let Some(json) = &f.payload_json {
-        if json.get_type()? != ValueType::String {
-            return Err(invalid("payload", "must be given as JSON text here".into()));
+        if kind("payload", json)? != ValueType::String {
+            return Err(invalid(
+                "payload",
+                format!(
+                    "is not JSON-serialisable: {} has no JSON form",
+                    name("payload", json)?
+                ),
+            ));
         }
-        draft.append(Slot::Payload, |d| append_string(json, d))?;
+        reader.append(Slot::Payload, json)?;
     }
-    match string_or_absent(&f.id)? {
-        Some(Ok(s)) => match Uuid::parse(&s) {
-            Some(uuid) => draft.id = Some(uuid),
-            None => {
-                return Err(invalid(
-                    "id",
-                    format!("must be a UUID in canonical 8-4-4-4-12 hex form, got {s:?}"),
-                ))
-            }
-        },
-        Some(Err(got)) => return Err(invalid("id", format!("must be a UUID string, got {got}"))),
-        None => {}
-    }
-    match f.critical.get_type()? {
+    match kind("id", &f.id)? {
         ValueType::Undefined | ValueType::Null => {}
-        // SAFETY: the value was just checked to be a boolean.
-        ValueType::Boolean => draft.critical = unsafe { f.critical.cast::<bool>()? },
+        ValueType::String => {
+            // SAFETY: the value was just checked to be a string.
+            let s = unsafe { f.id.cast::<String>() }.map_err(|_| EntryError::threw(&env, "id"))?;
+            match Uuid::parse(&s) {
+                Some(uuid) => draft.id = Some(uuid),
+                None => {
+                    return Err(invalid(
+                        "id",
+                        format!("must be a UUID in canonical 8-4-4-4-12 hex form, got {s:?}"),
+                    ))
+                }
+            }
+        }
         _ => {
             return Err(invalid(
-                "critical",
-                format!("must be a boolean, got {}", type_name(&f.critical)?),
+                "id",
+                format!("must be a UUID string, got {}", name("id", &f.id)?),
             ))
         }
     }
-    if !is_absent(&f.occurred_at)? {
-        draft.occurred_at = Some(occurred_at_from_js(&f.occurred_at)?);
+    match kind("critical", &f.critical)? {
+        ValueType::Undefined | ValueType::Null => {}
+        // SAFETY: the value was just checked to be a boolean.
+        ValueType::Boolean => {
+            draft.critical = unsafe { f.critical.cast::<bool>() }
+                .map_err(|_| EntryError::threw(&env, "critical"))?
+        }
+        _ => {
+            return Err(invalid(
+                "critical",
+                format!("must be a boolean, got {}", name("critical", &f.critical)?),
+            ))
+        }
+    }
+    match kind("occurredAt", &f.occurred_at)? {
+        ValueType::Undefined | ValueType::Null => {}
+        _ => draft.occurred_at = Some(occurred_at_from_js(&env, &f.occurred_at)?),
     }
     Ok(draft)
 }
 
-fn occurred_at_from_js(at: &Unknown) -> Result<Timestamp, ConvertError<InvalidEntry>> {
+fn occurred_at_from_js(env: &Env, at: &Unknown) -> Result<Timestamp, EntryError> {
     const RANGE: &str = "between the years 1 and 9999";
-    let invalid = |reason: String| ConvertError::Invalid(InvalidEntry::new("occurredAt", reason));
-    let parsed = match at.get_type()? {
-        ValueType::Object if at.is_date()? => {
+    let threw = |_| EntryError::threw(env, "occurredAt");
+    let invalid = |reason: String| EntryError::from(InvalidEntry::new("occurredAt", reason));
+    match at.get_type().map_err(threw)? {
+        ValueType::Object if at.is_date().map_err(threw)? => {
             // SAFETY: the value was just checked to be a Date.
-            let ms = unsafe { at.cast::<JsDate>()? }.value_of()?;
+            let ms = unsafe { at.cast::<JsDate>() }
+                .and_then(|d| d.value_of())
+                .map_err(threw)?;
             Timestamp::from_millis_f64(ms).ok_or_else(|| {
                 invalid(format!(
                     "must be a valid Date {RANGE}, got an invalid or out-of-range Date"
@@ -246,7 +302,7 @@ fn occurred_at_from_js(at: &Unknown) -> Result<Timestamp, ConvertError<InvalidEn
         }
         ValueType::Number => {
             // SAFETY: the value was just checked to be a number.
-            let ms = unsafe { at.cast::<f64>()? };
+            let ms = unsafe { at.cast::<f64>() }.map_err(threw)?;
             Timestamp::from_millis_f64(ms).ok_or_else(|| {
                 invalid(format!(
                     "must be finite epoch milliseconds {RANGE}, got {ms}"
@@ -255,7 +311,7 @@ fn occurred_at_from_js(at: &Unknown) -> Result<Timestamp, ConvertError<InvalidEn
         }
         ValueType::String => {
             // SAFETY: the value was just checked to be a string.
-            let s = unsafe { at.cast::<String>()? };
+            let s = unsafe { at.cast::<String>() }.map_err(threw)?;
             Timestamp::parse_rfc3339(&s).ok_or_else(|| {
                 invalid(format!(
                     "must be an ISO 8601 date-time with an offset (e.g. 2026-01-02T03:04:05.678Z) {RANGE}, got {s:?}"
@@ -264,392 +320,26 @@ fn occurred_at_from_js(at: &Unknown) -> Result<Timestamp, ConvertError<InvalidEn
         }
         _ => Err(invalid(format!(
             "must be a Date, an ISO 8601 string or epoch milliseconds, got {}",
-            type_name(at)?
+            type_name(at).map_err(threw)?
         ))),
-    };
-    parsed
+    }
 }
 
-/// `JSON.stringify(payload)` (a JavaScript string), refusing what has no JSON form.
-fn stringify_payload<'a>(
-    env: &'a Env,
-    payload: Unknown,
-) -> Result<Unknown<'a>, ConvertError<InvalidEntry>> {
-    let invalid = |reason: String| ConvertError::Invalid(InvalidEntry::new("payload", reason));
-    let kind = type_name(&payload)?;
-    let json: Object = env.get_global()?.get_c_named_property_unchecked(c"JSON")?;
-    let stringify: Function<Unknown, Unknown> =
-        json.get_c_named_property_unchecked(c"stringify")?;
-    let out = stringify
-        .call(payload)
-        .map_err(|e| invalid(format!("is not JSON-serialisable: {}", e.reason)))?;
-    if out.get_type()? != ValueType::String {
-        return Err(invalid(format!(
-            "is not JSON-serialisable: {kind} has no JSON form"
-        )));
+/// `JSON.stringify(payload)`, called once: a JavaScript string, or the payload itself when it has no JSON
+/// form (a function, a symbol), which [`entry_from_fields`] refuses. What `toJSON` or a getter throws
+/// becomes the error's cause.
+fn stringify_payload<'a>(env: &'a Env, payload: Unknown<'a>) -> Result<Unknown<'a>, EntryError> {
+    let threw = |_| EntryError::threw(env, "payload");
+    let json: Object = env
+        .get_global()
+        .and_then(|g| g.get_c_named_property_unchecked(c"JSON"))
+        .map_err(threw)?;
+    let stringify: Function<Unknown, Unknown> = json
+        .get_c_named_property_unchecked(c"stringify")
+        .map_err(threw)?;
+    let out = stringify.call(payload).map_err(threw)?;
+    if out.get_type().map_err(threw)? != ValueType::String {
+        return Ok(payload);
     }
     Ok(out)
-}
-
-/// Which sink the batcher writes to.
-pub enum SinkChoice {
-    Postgres(Box<PgSettings>),
-    Memory,
-}
-
-/// Everything the constructor accepts, checked.
-pub struct Options {
-    pub sink: SinkChoice,
-    pub batcher: BatcherConfig,
-    /// Set when `flushIntervalMs` or `flushAtEntries` asks for a background writer.
-    pub background: Option<BackgroundConfig>,
-    /// Flush and close on `beforeExit` and SIGTERM.
-    pub flush_on_exit: bool,
-    /// How long `close()` may take when its call does not say.
-    pub close_timeout: Duration,
-    /// Buffered entries at which `onHighWater` is called.
-    pub high_water_mark: Option<usize>,
-}
-
-const OPTION_NAMES: [&str; 25] = [
-    "onFlush",
-    "onError",
-    "onDeadLetter",
-    "onHighWater",
-    "highWaterMark",
-    "maxEntryBytes",
-    "deadLetterTable",
-    "connectionString",
-    "sslRootCert",
-    "table",
-    "columns",
-    "poolSize",
-    "maxBatchRows",
-    "connectTimeoutMs",
-    "preparedStatements",
-    "sink",
-    "flushIntervalMs",
-    "flushAtEntries",
-    "sampleRate",
-    "sampleRates",
-    "maxBufferedEntries",
-    "maxBufferedBytes",
-    "onBufferFull",
-    "flushOnExit",
-    "closeTimeoutMs",
-];
-
-/// A whole-number option within `[min, max]`; `None` when not given.
-fn optional_integer(
-    obj: &Object,
-    name: &'static str,
-    min: u64,
-    max: u64,
-) -> Result<Option<u64>, ConvertError<InvalidOption>> {
-    let v: Unknown = obj.get_named_property(name)?;
-    if v.get_type()? == ValueType::Undefined {
-        return Ok(None);
-    }
-    let range = format!("an integer from {min} to {max}");
-    if v.get_type()? != ValueType::Number {
-        return Err(InvalidOption::new(
-            name,
-            format!("must be {range}, got {}", type_name(&v)?),
-        ));
-    }
-    // SAFETY: the value was just checked to be a number.
-    let n = unsafe { v.cast::<f64>()? };
-    if n.fract() != 0.0 || n < min as f64 || n > max as f64 {
-        return Err(InvalidOption::new(
-            name,
-            format!("must be {range}, got {n}"),
-        ));
-    }
-    Ok(Some(n as u64))
-}
-
-fn integer_option(
-    obj: &Object,
-    name: &'static str,
-    min: u64,
-    max: u64,
-    default: u64,
-) -> Result<u64, ConvertError<InvalidOption>> {
-    Ok(optional_integer(obj, name, min, max)?.unwrap_or(default))
-}
-
-/// A sampling rate: a number from 0 to 1.
-fn rate_from(v: &Unknown, name: &str) -> Result<f64, ConvertError<InvalidOption>> {
-    if v.get_type()? == ValueType::Number {
-        // SAFETY: the value was just checked to be a number.
-        let r = unsafe { v.cast::<f64>()? };
-        if (0.0..=1.0).contains(&r) {
-            return Ok(r);
-        }
-        return Err(InvalidOption::new(
-            name.to_owned(),
-            format!("must be a number from 0 to 1, got {r}"),
-        ));
-    }
-    Err(InvalidOption::new(
-        name.to_owned(),
-        format!("must be a number from 0 to 1, got {}", type_name(v)?),
-    ))
-}
-
-fn sampling_option(obj: &Object) -> Result<Sampling, ConvertError<InvalidOption>> {
-    let mut sampling = Sampling::default();
-    let rate: Unknown = obj.get_named_property("sampleRate")?;
-    if rate.get_type()? != ValueType::Undefined {
-        sampling.rate = rate_from(&rate, "sampleRate")?;
-    }
-    let rates: Unknown = obj.get_named_property("sampleRates")?;
-    if is_absent(&rates)? {
-        return Ok(sampling);
-    }
-    let Some(map) = as_plain_object(&rates)? else {
-        return Err(InvalidOption::new(
-            "sampleRates",
-            format!(
-                "must be an object mapping actions to rates, got {}",
-                type_name(&rates)?
-            ),
-        ));
-    };
-    for action in Object::keys(&map)? {
-        let r: Unknown = map.get_named_property(&action)?;
-        let rate = rate_from(&r, &format!("sampleRates.{action}"))?;
-        sampling.per_action.insert(action, rate);
-    }
-    Ok(sampling)
-}
-
-fn bool_option(obj: &Object, name: &'static str) -> Result<bool, ConvertError<InvalidOption>> {
-    let v: Unknown = obj.get_named_property(name)?;
-    match v.get_type()? {
-        ValueType::Undefined => Ok(false),
-        // SAFETY: the value was just checked to be a boolean.
-        ValueType::Boolean => Ok(unsafe { v.cast::<bool>()? }),
-        _ => Err(InvalidOption::new(
-            name,
-            format!("must be a boolean, got {}", type_name(&v)?),
-        )),
-    }
-}
-
-fn string_option(
-    obj: &Object,
-    name: &'static str,
-) -> Result<Option<String>, ConvertError<InvalidOption>> {
-    let v: Unknown = obj.get_named_property(name)?;
-    if v.get_type()? == ValueType::Undefined {
-        return Ok(None);
-    }
-    match string_or_absent(&v)? {
-        Some(Ok(s)) => Ok(Some(s)),
-        _ => Err(InvalidOption::new(
-            name,
-            format!("must be a string, got {}", type_name(&v)?),
-        )),
-    }
-}
-
-/// Reads the constructor's options object.
-pub fn options_from_js(value: &Unknown) -> Result<Options, ConvertError<InvalidOption>> {
-    let Some(obj) = as_plain_object(value)? else {
-        return Err(InvalidOption::new(
-            "options",
-            format!("must be an object, got {}", type_name(value)?),
-        ));
-    };
-    let keys: Vec<String> = Object::keys(&obj)?;
-    if let Some(unknown) = keys.iter().find(|k| !OPTION_NAMES.contains(&k.as_str())) {
-        return Err(InvalidOption::new(
-            unknown.clone(),
-            format!(
-                "is not an option (known options: {})",
-                OPTION_NAMES.join(", ")
-            ),
-        ));
-    }
-    let defaults = BatcherConfig::default();
-    let max_buffered_entries = integer_option(
-        &obj,
-        "maxBufferedEntries",
-        1,
-        1 << 32,
-        defaults.max_buffered_entries as u64,
-    )? as usize;
-    let flush_interval = optional_integer(&obj, "flushIntervalMs", 1, 86_400_000)?;
-    let flush_at_entries =
-        optional_integer(&obj, "flushAtEntries", 1, 1 << 32)?.map(|n| n as usize);
-    if let Some(n) = flush_at_entries {
-        if n > max_buffered_entries {
-            return Err(InvalidOption::new(
-                "flushAtEntries",
-                format!("must not exceed maxBufferedEntries ({max_buffered_entries}), got {n}"),
-            ));
-        }
-    }
-    let on_buffer_full = match string_option(&obj, "onBufferFull")?.as_deref() {
-        None | Some("reject") => OverflowPolicy::Reject,
-        Some("drop") => OverflowPolicy::Drop,
-        Some(other) => {
-            return Err(InvalidOption::new(
-                "onBufferFull",
-                format!("must be 'reject' or 'drop', got {other:?}"),
-            ))
-        }
-    };
-    let batcher = BatcherConfig {
-        max_batch_rows: integer_option(&obj, "maxBatchRows", 1, 100_000, 1000)? as usize,
-        max_buffered_entries,
-        max_buffered_bytes: integer_option(
-            &obj,
-            "maxBufferedBytes",
-            1024,
-            1 << 40,
-            defaults.max_buffered_bytes as u64,
-        )? as usize,
-        max_entry_bytes: integer_option(
-            &obj,
-            "maxEntryBytes",
-            256,
-            512 * 1024 * 1024,
-            defaults.max_entry_bytes as u64,
-        )? as usize,
-        on_buffer_full,
-        sampling: sampling_option(&obj)?,
-        flush_at_entries,
-        backoff: defaults.backoff,
-    };
-    let background =
-        (flush_interval.is_some() || flush_at_entries.is_some()).then_some(BackgroundConfig {
-            interval: flush_interval.map(Duration::from_millis),
-            at_entries: flush_at_entries,
-        });
-    let flush_on_exit = bool_option(&obj, "flushOnExit")?;
-    let close_timeout = Duration::from_millis(integer_option(
-        &obj,
-        "closeTimeoutMs",
-        0,
-        86_400_000,
-        10_000,
-    )?);
-    let pool_size = integer_option(&obj, "poolSize", 1, 1000, 2)? as usize;
-    let connect_timeout_ms = integer_option(&obj, "connectTimeoutMs", 1, 600_000, 10_000)?;
-    let prepared_statements = bool_option(&obj, "preparedStatements")?;
-    let table_text = string_option(&obj, "table")?.unwrap_or_else(|| "audit_log".to_owned());
-    let table = TableName::parse(&table_text).map_err(|e| InvalidOption::new("table", e))?;
-    let columns = columns_option(&obj)?;
-    let dead_letter_table = match string_option(&obj, "deadLetterTable")? {
-        Some(name) => {
-            TableName::parse(&name).map_err(|e| InvalidOption::new("deadLetterTable", e))?
-        }
-        None => TableName::parse(&format!("{}_dead_letter", table.name.as_str()))
-            .map(|name| TableName {
-                schema: table.schema.clone(),
-                name: name.name,
-            })
-            .map_err(|e| {
-                InvalidOption::new(
-                    "deadLetterTable",
-                    format!("is needed: the default name (the table's name + '_dead_letter') {e}"),
-                )
-            })?,
-    };
-    let sink = string_option(&obj, "sink")?;
-    let connection_string = string_option(&obj, "connectionString")?;
-    let ssl_root_cert = string_option(&obj, "sslRootCert")?;
-    let sink =
-        match sink.as_deref() {
-            Some("memory") => SinkChoice::Memory,
-            None | Some("postgres") => match connection_string {
-                Some(s) if !s.trim().is_empty() => SinkChoice::Postgres(Box::new(PgSettings {
-                    connection_string: s,
-                    table,
-                    dead_letter_table,
-                    columns,
-                    pool_size,
-                    connect_timeout: Duration::from_millis(connect_timeout_ms),
-                    ssl_root_cert,
-                    prepared_statements,
-                })),
-                _ => return Err(InvalidOption::new(
-                    "connectionString",
-                    "is required (a postgres:// URL or key=value string) unless sink is 'memory'",
-                )),
-            },
-            Some(other) => {
-                return Err(InvalidOption::new(
-                    "sink",
-                    format!("must be 'postgres' or 'memory', got {other:?}"),
-                ))
-            }
-        };
-    let high_water_mark = optional_integer(&obj, "highWaterMark", 1, 1 << 32)?.map(|n| n as usize);
-    Ok(Options {
-        sink,
-        batcher,
-        background,
-        flush_on_exit,
-        close_timeout,
-        high_water_mark,
-    })
-}
-
-/// Reads `close()`'s optional `{ timeoutMs }`; `default` when not given.
-pub fn close_timeout_from_js(
-    options: Option<&Unknown>,
-    default: Duration,
-) -> Result<Duration, ConvertError<InvalidOption>> {
-    let Some(options) = options else {
-        return Ok(default);
-    };
-    if is_absent(options)? {
-        return Ok(default);
-    }
-    let Some(obj) = as_plain_object(options)? else {
-        return Err(InvalidOption::new(
-            "options",
-            format!("must be an object, got {}", type_name(options)?),
-        ));
-    };
-    Ok(optional_integer(&obj, "timeoutMs", 0, 86_400_000)?
-        .map(Duration::from_millis)
-        .unwrap_or(default))
-}
-
-fn columns_option(obj: &Object) -> Result<ColumnMap, ConvertError<InvalidOption>> {
-    let v: Unknown = obj.get_named_property("columns")?;
-    if is_absent(&v)? {
-        return Ok(ColumnMap::default());
-    }
-    let Some(map) = as_plain_object(&v)? else {
-        return Err(InvalidOption::new(
-            "columns",
-            format!(
-                "must be an object mapping entry fields to column names, got {}",
-                type_name(&v)?
-            ),
-        ));
-    };
-    let mut renames = Vec::new();
-    for field in Object::keys(&map)? {
-        let column: Unknown = map.get_named_property(&field)?;
-        match string_or_absent(&column)? {
-            Some(Ok(name)) => renames.push((field, name)),
-            _ => {
-                return Err(InvalidOption::new(
-                    format!("columns.{field}"),
-                    format!(
-                        "must be a column name (a string), got {}",
-                        type_name(&column)?
-                    ),
-                ))
-            }
-        }
-    }
-    ColumnMap::with_renames(renames.iter().map(|(f, c)| (f.as_str(), c.as_str())))
-        .map_err(|(field, why)| InvalidOption::new(format!("columns.{field}"), why))
 }

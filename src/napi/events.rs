@@ -2,15 +2,15 @@
 //! thread, never keeping the process alive, and never able to crash it when the callback throws.
 
 use napi::bindgen_prelude::{
-    Function, FunctionCallContext, FunctionRef, JsObjectValue, JsValue, JsValuesTupleIntoVec,
-    Object, Unknown,
+    FunctionCallContext, FunctionRef, JsObjectValue, JsValue, JsValuesTupleIntoVec, Object, Unknown,
 };
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
-use napi::{sys, Env, Status, ValueType};
+use napi::{sys, Env, Status};
 use napi_derive::napi;
 use std::ptr;
 
-use super::errors;
+use super::errors::Failure;
+use super::options::Callbacks;
 use super::types::AuditRecord;
 use crate::batcher::Observer;
 use crate::entry::Entry;
@@ -70,53 +70,37 @@ impl JsObserver {
     }
 }
 
-/// Reads the `on*` options: each absent, or a function (the error names the option otherwise).
-pub fn from_options(env: &Env, options: &Unknown) -> Result<JsObserver, (String, napi::Error)> {
-    let mut observer = JsObserver::default();
-    if options.get_type().map_err(|e| (String::new(), e))? != ValueType::Object {
-        return Ok(observer);
+impl JsObserver {
+    /// Wraps the callbacks given in the options, so that they can be called from any thread.
+    pub fn new(env: &Env, callbacks: Callbacks) -> napi::Result<JsObserver> {
+        Ok(JsObserver {
+            on_flush: callbacks
+                .on_flush
+                .map(|f| make_tsfn(env, f, false))
+                .transpose()?,
+            on_error: callbacks
+                .on_error
+                .map(|f| make_tsfn(env, f, true))
+                .transpose()?,
+            on_dead_letter: callbacks
+                .on_dead_letter
+                .map(|f| make_tsfn(env, f, false))
+                .transpose()?,
+            on_high_water: callbacks
+                .on_high_water
+                .map(|f| make_tsfn(env, f, false))
+                .transpose()?,
+        })
     }
-    // SAFETY: the value was just checked to be an object.
-    let obj = unsafe { options.cast::<Object>() }.map_err(|e| (String::new(), e))?;
-    let get = |name: &'static str| -> Result<Option<Function<(), ()>>, (String, napi::Error)> {
-        let v: Unknown = obj
-            .get_named_property(name)
-            .map_err(|e| (name.to_owned(), e))?;
-        match v.get_type().map_err(|e| (name.to_owned(), e))? {
-            ValueType::Undefined | ValueType::Null => Ok(None),
-            // SAFETY: the value was just checked to be a function.
-            ValueType::Function => Ok(Some(unsafe { v.cast() }.map_err(|e| (name.to_owned(), e))?)),
-            _ => Err((
-                name.to_owned(),
-                napi::Error::new(Status::InvalidArg, "must be a function"),
-            )),
-        }
-    };
-    fn wrap<T: JsValuesTupleIntoVec + Send + 'static>(
-        env: &Env,
-        name: &str,
-        f: Option<Function<(), ()>>,
-        to_error: bool,
-    ) -> Result<Option<Tsfn<T>>, (String, napi::Error)> {
-        f.map(|f| make_tsfn(env, f, to_error))
-            .transpose()
-            .map_err(|e| (name.to_owned(), e))
-    }
-    observer.on_flush = wrap(env, "onFlush", get("onFlush")?, false)?;
-    observer.on_error = wrap(env, "onError", get("onError")?, true)?;
-    observer.on_dead_letter = wrap(env, "onDeadLetter", get("onDeadLetter")?, false)?;
-    observer.on_high_water = wrap(env, "onHighWater", get("onHighWater")?, false)?;
-    Ok(observer)
 }
 
 /// A threadsafe function around a native wrapper that calls `user` with the event and swallows what it
 /// throws: an exception escaping a threadsafe call would end the process.
 fn make_tsfn<T: JsValuesTupleIntoVec + Send + 'static>(
     env: &Env,
-    user: Function<(), ()>,
+    user: FunctionRef<(), ()>,
     to_error: bool,
 ) -> napi::Result<Tsfn<T>> {
-    let user: FunctionRef<(), ()> = user.create_ref()?;
     let wrapper = env.create_function_from_closure::<T, (), _>(
         "auditBatcherEvent",
         move |ctx: FunctionCallContext| {
@@ -160,7 +144,11 @@ fn error_from_event<'a>(env: &'a Env, event: &Unknown<'a>) -> napi::Result<Unkno
     let message: String = obj.get_named_property("message")?;
     let pending: f64 = obj.get_named_property("pending")?;
     let sqlstate: Option<String> = obj.get_named_property("sqlstate")?;
-    let err = errors::write_failed(env, &message, sqlstate.as_deref(), Some(pending as usize))?;
+    let cause = WriteError {
+        sqlstate,
+        ..WriteError::new(message.clone())
+    };
+    let err = Failure::write_failed(&cause, &message, Some(pending as usize)).to_object(env)?;
     // SAFETY: the error object belongs to `env`.
     Ok(unsafe { Unknown::from_raw_unchecked(env.raw(), err.raw()) })
 }
@@ -181,9 +169,7 @@ impl Observer for JsObserver {
 
     fn on_error(&self, cause: &WriteError, pending: usize) {
         send(&self.on_error, || ErrorEvent {
-            message: format!(
-                "audit-batcher: write failed: {cause}; entries still buffered: {pending}"
-            ),
+            message: format!("write failed: {cause}; entries still buffered: {pending}"),
             sqlstate: cause.sqlstate.clone(),
             pending: pending as i64,
         });

@@ -1,62 +1,40 @@
 //! The JavaScript surface: the `AuditBatcher` class and the types `index.d.ts` declares.
 //!
 //! This module only translates: JavaScript values in, core calls, JavaScript values and errors out.
+//! Options are read by `options`, entries by `convert`; every error is a `Failure` (`errors`); every promise
+//! is made and settled by `settle`.
 
 mod convert;
 mod errors;
 mod events;
 mod exit;
+mod options;
 mod settle;
 mod types;
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use napi::bindgen_prelude::{spawn, PromiseRaw, ToNapiValue, Unknown};
+use napi::bindgen_prelude::{spawn, PromiseRaw, Unknown};
 use napi::{Env, ValueType};
 use napi_derive::napi;
+use parking_lot::Mutex;
 
-use self::convert::{ConvertError, SinkChoice};
-use self::errors::Kind;
-use self::settle::{Completion, Outcome, Resolves, Settler};
+use self::convert::EntryError;
+use self::errors::Failure;
+use self::events::JsObserver;
+use self::exit::ExitHook;
+use self::options::OptionError;
+pub use self::options::{AuditBatcherOptions, CloseOptions};
+use self::settle::{settled, Completion, Outcome, Settler, Value};
 pub use self::types::*;
-use crate::batcher::{
-    run_background, Batcher, Disposition, FlushError, FlushTicket, LogError, Logged,
-};
-use crate::entry::{Entry, EntryDraft, InvalidEntry};
-use crate::pg::PgSink;
-use crate::sink::{MemorySink, Sink, WriteError};
-
-/// The sink chosen by the `sink` option.
-enum AnySink {
-    Postgres(Box<PgSink>),
-    Memory(MemorySink),
-}
-
-impl Sink for AnySink {
-    async fn write(&self, batch: &[Entry]) -> Result<(), WriteError> {
-        match self {
-            AnySink::Postgres(s) => s.write(batch).await,
-            AnySink::Memory(s) => s.write(batch).await,
-        }
-    }
-
-    async fn dead_letter(&self, entry: &Entry, cause: &WriteError) -> Result<(), WriteError> {
-        match self {
-            AnySink::Postgres(s) => s.dead_letter(entry, cause).await,
-            AnySink::Memory(s) => s.dead_letter(entry, cause).await,
-        }
-    }
-
-    async fn close(&self) {
-        match self {
-            AnySink::Postgres(s) => s.close().await,
-            AnySink::Memory(s) => s.close().await,
-        }
-    }
-}
+use crate::batcher::{run_background, Batcher, Disposition, Logged};
+use crate::entry::EntryDraft;
+use crate::options::{Config, InvalidOption};
+use crate::sink::AnySink;
 
 /// Records audit entries cheaply on the hot path and writes them to PostgreSQL in batches.
 ///
@@ -68,97 +46,30 @@ impl Sink for AnySink {
 pub struct AuditBatcher {
     core: Arc<Batcher<AnySink>>,
     close_timeout: Duration,
-    /// Settles `flush()` and `write()` promises; made at the first of them.
+    /// Settles the promises of `flush()`, `write()`, `close()` and `ensureSchema()`; made at the first.
     settler: OnceLock<Settler>,
+    /// The batcher's place on the `flushOnExit` list, until `close()`.
+    exit: Mutex<Option<ExitHook>>,
 }
 
-/// The error object a failed flush rejects with (`ERR_AUDIT_CLOSED`, or `ERR_AUDIT_FLUSH_FAILED` with
-/// `sqlstate` and `pending`).
-fn flush_error_object<'a>(
-    env: &'a Env,
-    e: FlushError,
-    what: &str,
-) -> napi::Result<napi::bindgen_prelude::Object<'a>> {
-    match e {
-        FlushError::Closed => errors::make(
-            env,
-            Kind::Error,
-            errors::CLOSED,
-            &format!("audit-batcher: {what} after close()"),
-            &[],
-        ),
-        FlushError::Failed { cause, pending } => errors::write_failed(
-            env,
-            &format!("audit-batcher: {what} failed: {cause}; entries still buffered: {pending}"),
-            cause.sqlstate.as_deref(),
-            Some(pending),
-        ),
-    }
-}
-
-fn flush_error(env: &Env, e: FlushError, what: &str) -> napi::Error {
-    errors::rejection(env, flush_error_object(env, e, what))
-}
-
-/// How a `flush()` or `write()` promise settles: `{ written, pending }` or the entry's id, or the error
-/// object of the flush.
-fn render_outcome(
-    env: &Env,
-    resolves: Resolves,
-    outcome: Outcome,
-) -> Result<napi::sys::napi_value, napi::sys::napi_value> {
-    use napi::bindgen_prelude::JsValue;
-    // SAFETY (both): JavaScript thread, live environment.
-    let thrown = |e: napi::Error| unsafe { napi::JsError::from(e).into_value(env.raw()) };
-    let what = match resolves {
-        Resolves::FlushResult => "flush()",
-        Resolves::EntryId(_) => "write()",
-    };
-    match (outcome, resolves) {
-        (Ok(o), Resolves::FlushResult) => {
-            unsafe { FlushResult::to_napi_value(env.raw(), FlushResult::from(o)) }.map_err(thrown)
-        }
-        (Ok(_), Resolves::EntryId(id)) => {
-            unsafe { String::to_napi_value(env.raw(), id.to_string()) }.map_err(thrown)
-        }
-        (Err(e), _) => match flush_error_object(env, e, what) {
-            Ok(obj) => Err(obj.raw()),
-            Err(e) => Err(thrown(e)),
-        },
-    }
-}
-
-/// Runs `ticket` on the addon's runtime and reports its outcome to `completion`; a panic in the flush
-/// is reported as a failure rather than leaving the promise (and the process) waiting.
-fn run_ticket(core: Arc<Batcher<AnySink>>, ticket: FlushTicket, completion: Completion) {
+/// Spawns `work` on the addon's runtime and reports its outcome to `completion`; a panic in it is
+/// reported as a failure rather than leaving the promise (and the process) waiting.
+fn run(completion: Completion, work: impl Future<Output = Outcome> + Send + 'static) {
     spawn(async move {
-        let outcome = AssertUnwindSafe(ticket.run(&core))
+        let outcome = AssertUnwindSafe(work)
             .catch_unwind()
             .await
-            .unwrap_or_else(|_| {
-                Err(FlushError::Failed {
-                    cause: WriteError::new("internal error: the flush panicked"),
-                    pending: core.pending(),
-                })
-            });
+            .unwrap_or_else(|_| Err(Failure::internal("the operation panicked")));
         completion.complete(outcome)
     });
 }
 
-fn invalid_entry_message(e: &InvalidEntry) -> String {
-    format!("audit-batcher: {e}")
+fn throw_option_error(env: &Env, e: OptionError) -> napi::Error {
+    Failure::invalid_option(&e.invalid).throw(env, e.cause)
 }
 
-/// A promise that rejects with a new error object.
-fn rejected<'env, T: ToNapiValue + Send + 'static>(
-    env: &'env Env,
-    kind: Kind,
-    code: &'static str,
-    message: String,
-) -> napi::Result<PromiseRaw<'env, T>> {
-    env.spawn_future_with_callback(async { Ok(()) }, move |env, ()| {
-        Err::<T, _>(errors::reject(env, kind, code, &message, &[]))
-    })
+fn entry_failure(e: &EntryError) -> Failure {
+    Failure::invalid_entry(&e.invalid)
 }
 
 #[napi]
@@ -172,46 +83,40 @@ impl AuditBatcher {
         ts_args_type = "options: AuditBatcherOptions"
     )]
     pub fn new(env: Env, options: Unknown) -> napi::Result<Self> {
-        let invalid = |option: &str, reason: &str| {
-            errors::throw(
-                &env,
-                Kind::TypeError,
-                errors::INVALID_OPTIONS,
-                &format!("audit-batcher: option `{option}` {reason}"),
-            )
-        };
-        let options_value = options;
-        let options = match convert::options_from_js(&options_value) {
-            Ok(o) => o,
-            Err(ConvertError::Invalid(e)) => return Err(invalid(&e.option, &e.reason)),
-            Err(ConvertError::Js(e)) => return Err(e),
-        };
-        let sink = match options.sink {
-            SinkChoice::Memory => AnySink::Memory(MemorySink::new()),
-            SinkChoice::Postgres(settings) => match PgSink::new(*settings) {
-                Ok(sink) => AnySink::Postgres(Box::new(sink)),
-                Err((option, reason)) => return Err(invalid(option, &reason)),
-            },
-        };
-        let observer = match events::from_options(&env, &options_value) {
-            Ok(o) => o,
-            Err((option, e)) => return Err(invalid(&option, &e.reason)),
-        };
-        let mut batcher = Batcher::new(sink, options.batcher);
-        if !observer.is_empty() || options.high_water_mark.is_some() {
-            batcher = batcher.with_observer(Box::new(observer), options.high_water_mark);
+        let mut options: AuditBatcherOptions =
+            options::read(&env, &options, "options").map_err(|e| throw_option_error(&env, e))?;
+        let callbacks = options.take_callbacks();
+        let invalid = |e: InvalidOption| Failure::invalid_option(&e).throw(&env, None);
+        let config = Config::try_from(&options).map_err(invalid)?;
+        let background = config.background();
+        let Config {
+            sink,
+            batcher,
+            flush_on_exit,
+            close_timeout,
+            high_water_mark,
+            ..
+        } = config;
+        let sink = AnySink::new(sink).map_err(invalid)?;
+        let observer = JsObserver::new(&env, callbacks)?;
+        let mut batcher = Batcher::new(sink, batcher);
+        if !observer.is_empty() || high_water_mark.is_some() {
+            batcher = batcher.with_observer(Box::new(observer), high_water_mark);
         }
         let core = Arc::new(batcher);
-        if let Some(background) = options.background {
+        if let Some(background) = background {
             spawn(run_background(Arc::downgrade(&core), background));
         }
-        if options.flush_on_exit {
-            exit::install(&env, core.clone(), options.close_timeout)?;
-        }
+        let exit = if flush_on_exit {
+            Some(exit::install(&env, &core, close_timeout)?)
+        } else {
+            None
+        };
         Ok(AuditBatcher {
             core,
-            close_timeout: options.close_timeout,
+            close_timeout,
             settler: OnceLock::new(),
+            exit: Mutex::new(exit),
         })
     }
 
@@ -222,20 +127,21 @@ impl AuditBatcher {
     /// starts a flush of everything up to it at once.
     ///
     /// Throws a TypeError with `code: 'ERR_AUDIT_INVALID_ENTRY'` naming the field when the entry is
-    /// invalid (nothing is buffered then, and nothing buffered is touched), an Error with
-    /// `code: 'ERR_AUDIT_BUFFER_FULL'` when the buffer is full under `onBufferFull: 'reject'`, and an Error
-    /// with `code: 'ERR_AUDIT_CLOSED'` after `close()`.
+    /// invalid or reading it threw (the exception is the error's `cause`; nothing is buffered then, and
+    /// nothing buffered is touched), an Error with `code: 'ERR_AUDIT_BUFFER_FULL'` when the buffer is full
+    /// under `onBufferFull: 'reject'`, and an Error with `code: 'ERR_AUDIT_CLOSED'` after `close()`.
     #[napi(catch_unwind, ts_args_type = "entry: AuditEntry")]
     pub fn log(&self, env: Env, entry: Unknown) -> napi::Result<String> {
         if self.core.is_closing() {
-            return Err(log_after_close(&env));
+            return Err(Failure::closed("log()").throw(&env, None));
         }
-        let draft = convert::entry_from_js(&env, &entry);
+        let draft = convert::entry_from_js(&env, &entry, self.core.max_entry_bytes());
         self.accept(&env, draft)
     }
 
-    /// `log()` with the entry's fields passed one by one and the payload already `JSON.stringify`'d: the
-    /// path `index.js` takes, so that V8 reads the properties instead of napi. Not part of the API.
+    /// `log()` with the entry's fields passed one by one and the payload already `JSON.stringify`'d (or,
+    /// when it has no JSON form, the payload itself): the path `index.js` takes, so that V8 reads the
+    /// properties instead of napi. Not part of the API.
     #[allow(clippy::too_many_arguments)]
     #[napi(catch_unwind, skip_typescript)]
     pub fn log_fields(
@@ -252,21 +158,34 @@ impl AuditBatcher {
         critical: Unknown,
     ) -> napi::Result<String> {
         if self.core.is_closing() {
-            return Err(log_after_close(&env));
+            return Err(Failure::closed("log()").throw(&env, None));
         }
         let payload_json = match payload_json.get_type()? {
             ValueType::Undefined => None,
             _ => Some(payload_json),
         };
-        let draft = convert::entry_from_fields(&convert::EntryFields {
-            action,
-            text: [tenant_id, actor, resource, outcome],
-            payload_json,
-            id,
-            occurred_at,
-            critical,
-        });
+        let draft = convert::entry_from_fields(
+            &convert::EntryFields {
+                action,
+                text: [tenant_id, actor, resource, outcome],
+                payload_json,
+                id,
+                occurred_at,
+                critical,
+            },
+            self.core.max_entry_bytes(),
+        );
         self.accept(&env, draft)
+    }
+
+    /// Throws the typed error for an entry whose field `field` threw `cause` when `index.js` read it (a
+    /// getter, a Proxy trap, a `toJSON`). Not part of the API.
+    #[napi(catch_unwind, skip_typescript)]
+    pub fn entry_threw(&self, env: Env, field: String, cause: Unknown) -> napi::Result<()> {
+        // Re-throw the value so that the error is made the one way every other read error is.
+        let _ = env.throw(cause);
+        let e = EntryError::threw(&env, field);
+        Err(entry_failure(&e).throw(&env, e.cause))
     }
 
     /// Writes one entry, together with everything buffered before it, and resolves with its id once it is
@@ -285,18 +204,11 @@ impl AuditBatcher {
         env: &'env Env,
         entry: Unknown,
     ) -> napi::Result<PromiseRaw<'env, String>> {
-        let mut draft: EntryDraft = match convert::entry_from_js(env, &entry) {
-            Ok(d) => d,
-            Err(ConvertError::Invalid(e)) => {
-                return rejected(
-                    env,
-                    Kind::TypeError,
-                    errors::INVALID_ENTRY,
-                    invalid_entry_message(&e),
-                )
-            }
-            Err(ConvertError::Js(e)) => return Err(e),
-        };
+        let mut draft: EntryDraft =
+            match convert::entry_from_js(env, &entry, self.core.max_entry_bytes()) {
+                Ok(d) => d,
+                Err(e) => return settled(env, Err(entry_failure(&e)), e.cause),
+            };
         draft.critical = true;
         let (id, seq) = match self.core.log(draft) {
             Ok(Logged {
@@ -305,33 +217,20 @@ impl AuditBatcher {
             }) => (id, seq),
             // Critical entries are always buffered; this arm only keeps the match total without a panic.
             Ok(_) => {
-                return rejected(
-                    env,
-                    Kind::Error,
-                    errors::FLUSH_FAILED,
-                    "audit-batcher: write() entry was not buffered".to_owned(),
-                )
+                let failure = Failure::internal("write() entry was not buffered");
+                return settled(env, Err(failure), None);
             }
-            Err(LogError::Invalid(e)) => {
-                return rejected(
-                    env,
-                    Kind::TypeError,
-                    errors::INVALID_ENTRY,
-                    invalid_entry_message(&e),
-                )
-            }
-            Err(LogError::Closed | LogError::BufferFull { .. }) => {
-                return rejected(
-                    env,
-                    Kind::Error,
-                    errors::CLOSED,
-                    "audit-batcher: write() after close()".to_owned(),
-                )
-            }
+            Err(e) => return settled(env, Err(Failure::log(&e, "write()")), None),
         };
         let ticket = self.core.ticket_through(seq);
-        let (promise, completion) = self.settler(env)?.promise(env, Resolves::EntryId(id))?;
-        run_ticket(self.core.clone(), ticket, completion);
+        let (promise, completion) = self.settler(env)?.promise(env)?;
+        let core = self.core.clone();
+        run(completion, async move {
+            match ticket.run(&core).await {
+                Ok(_) => Ok(Value::Id(id)),
+                Err(e) => Err(Failure::flush(&e, "write()")),
+            }
+        });
         Ok(promise)
     }
 
@@ -349,17 +248,22 @@ impl AuditBatcher {
     /// entries stay buffered, in order, and the next flush retries them.
     #[napi(catch_unwind, ts_return_type = "Promise<FlushResult>")]
     pub fn flush<'env>(&self, env: &'env Env) -> napi::Result<PromiseRaw<'env, FlushResult>> {
-        let settler = self.settler(env)?;
         // The flush's extent is fixed here, synchronously: entries logged after this call wait for the next.
         let ticket = match self.core.begin_flush() {
             Ok(ticket) => ticket,
-            Err(e) => return settler.settled(env, Err(e)),
+            Err(e) => return settled(env, Err(Failure::flush(&e, "flush()")), None),
         };
         if let Some(outcome) = self.core.outcome_if_settled(&ticket) {
-            return settler.settled(env, Ok(outcome));
+            return settled(env, Ok(Value::Flush(outcome)), None);
         }
-        let (promise, completion) = settler.promise(env, Resolves::FlushResult)?;
-        run_ticket(self.core.clone(), ticket, completion);
+        let (promise, completion) = self.settler(env)?.promise(env)?;
+        let core = self.core.clone();
+        run(completion, async move {
+            match ticket.run(&core).await {
+                Ok(outcome) => Ok(Value::Flush(outcome)),
+                Err(e) => Err(Failure::flush(&e, "flush()")),
+            }
+        });
         Ok(promise)
     }
 
@@ -367,36 +271,28 @@ impl AuditBatcher {
     /// Idempotent, and safe to call from several processes at once. Does nothing with the memory sink.
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
     pub fn ensure_schema<'env>(&self, env: &'env Env) -> napi::Result<PromiseRaw<'env, ()>> {
+        let (promise, completion) = self.settler(env)?.promise(env)?;
         let core = self.core.clone();
-        env.spawn_future_with_callback(
-            async move {
-                Ok(match core.sink() {
-                    AnySink::Postgres(pg) => pg.ensure_schema().await,
-                    AnySink::Memory(_) => Ok(()),
-                })
-            },
-            |env, result| {
-                result.map_err(|cause| {
-                    errors::rejection(
-                        env,
-                        errors::write_failed(
-                            env,
-                            &format!("audit-batcher: ensureSchema() failed: {cause}"),
-                            cause.sqlstate.as_deref(),
-                            None,
-                        ),
-                    )
-                })
-            },
-        )
+        run(completion, async move {
+            let result = match core.sink() {
+                AnySink::Postgres(pg) => pg.ensure_schema().await,
+                AnySink::Memory(_) => Ok(()),
+            };
+            result.map(|()| Value::Unit).map_err(|cause| {
+                Failure::write_failed(&cause, &format!("ensureSchema() failed: {cause}"), None)
+            })
+        });
+        Ok(promise)
     }
 
     /// Stops the background writer, refuses new entries, writes what is buffered (retrying with backoff
-    /// for at most `timeoutMs`, default `closeTimeoutMs`), then ends the pool.
+    /// for at most `timeoutMs`, default `closeTimeoutMs`), then ends the pool and removes the
+    /// `flushOnExit` listeners.
     ///
     /// If entries could not be written in time it still ends the pool, and rejects with
     /// `code: 'ERR_AUDIT_FLUSH_FAILED'` and `pending` (their count); they stay readable with
-    /// `bufferedEntries()`, so nothing is thrown away unseen. Later calls report the same outcome.
+    /// `bufferedEntries()`, so nothing is thrown away unseen. At the deadline every pending `flush()` and
+    /// `write()` settles too. Later calls report the same outcome.
     #[napi(
         catch_unwind,
         ts_args_type = "options?: CloseOptions",
@@ -407,24 +303,35 @@ impl AuditBatcher {
         env: &'env Env,
         options: Option<Unknown>,
     ) -> napi::Result<PromiseRaw<'env, ()>> {
-        let timeout = match convert::close_timeout_from_js(options.as_ref(), self.close_timeout) {
-            Ok(t) => t,
-            Err(ConvertError::Invalid(e)) => {
-                return rejected(
-                    env,
-                    Kind::TypeError,
-                    errors::INVALID_OPTIONS,
-                    format!("audit-batcher: close() option `{}` {}", e.option, e.reason),
-                )
+        let given: Option<CloseOptions> = match options {
+            Some(v) if !matches!(v.get_type()?, ValueType::Undefined | ValueType::Null) => {
+                match options::read(env, &v, "options") {
+                    Ok(o) => Some(o),
+                    Err(e) => {
+                        return settled(env, Err(Failure::invalid_option(&e.invalid)), e.cause)
+                    }
+                }
             }
-            Err(ConvertError::Js(e)) => return Err(e),
+            _ => None,
         };
-        let core = self.core.clone();
+        let timeout = match options::close_timeout(given.as_ref(), self.close_timeout) {
+            Ok(t) => t,
+            Err(e) => return settled(env, Err(Failure::invalid_option(&e)), None),
+        };
+        if let Some(hook) = self.exit.lock().take() {
+            hook.remove(env)?;
+        }
         // From this call on, log() and flush() refuse and the background writer stops.
-        let ticket = core.begin_close(tokio::time::Instant::now() + timeout);
-        env.spawn_future_with_callback(async move { Ok(ticket.run(&core).await) }, |env, result| {
-            result.map_err(|e| flush_error(env, e, "close()"))
-        })
+        let ticket = self.core.begin_close(tokio::time::Instant::now() + timeout);
+        let (promise, completion) = self.settler(env)?.promise(env)?;
+        let core = self.core.clone();
+        run(completion, async move {
+            match ticket.run(&core).await {
+                Ok(()) => Ok(Value::Unit),
+                Err(e) => Err(Failure::flush(&e, "close()")),
+            }
+        });
+        Ok(promise)
     }
 
     /// A snapshot of the counters and recent write figures.
@@ -446,22 +353,9 @@ impl AuditBatcher {
         let mut labels: Vec<(String, String)> = labels.unwrap_or_default().into_iter().collect();
         labels.sort();
         for (name, _) in &labels {
-            let mut chars = name.chars();
-            let valid = chars
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-                && !name.starts_with("__")
-                && !["state", "le"].contains(&name.as_str());
-            if !valid {
-                return Err(errors::throw(
-                    &env,
-                    Kind::TypeError,
-                    errors::INVALID_OPTIONS,
-                    &format!(
-                        "audit-batcher: metricsText() label {name:?} is not a valid Prometheus label name (or is reserved)"
-                    ),
-                ));
+            if let Err(reason) = crate::metrics::check_label_name(name) {
+                let e = InvalidOption::new(format!("labels.{name}"), reason);
+                return Err(Failure::invalid_option(&e).throw(&env, None));
             }
         }
         Ok(crate::metrics::render(&self.core.stats(), &labels))
@@ -483,12 +377,7 @@ impl AuditBatcher {
     #[napi(catch_unwind)]
     pub fn memory_entries(&self, env: Env) -> napi::Result<Vec<AuditRecord>> {
         let AnySink::Memory(memory) = self.core.sink() else {
-            return Err(errors::throw(
-                &env,
-                Kind::Error,
-                errors::NOT_MEMORY_SINK,
-                "audit-batcher: memoryEntries() needs sink: 'memory'",
-            ));
+            return Err(Failure::not_memory_sink("memoryEntries()").throw(&env, None));
         };
         Ok(memory.entries().iter().map(AuditRecord::from).collect())
     }
@@ -500,67 +389,24 @@ impl AuditBatcher {
         if let Some(settler) = self.settler.get() {
             return Ok(settler);
         }
-        let made = Settler::new(env, render_outcome)?;
+        let made = Settler::new(env)?;
         Ok(self.settler.get_or_init(|| made))
     }
 
     /// Buffers a converted entry (or throws its conversion error), and starts the flush of a critical one.
-    fn accept(
-        &self,
-        env: &Env,
-        draft: Result<EntryDraft, ConvertError<InvalidEntry>>,
-    ) -> napi::Result<String> {
-        let draft = match draft {
-            Ok(d) => d,
-            Err(ConvertError::Invalid(e)) => {
-                return Err(errors::throw(
-                    env,
-                    Kind::TypeError,
-                    errors::INVALID_ENTRY,
-                    &invalid_entry_message(&e),
-                ))
-            }
-            Err(ConvertError::Js(e)) => return Err(e),
-        };
+    fn accept(&self, env: &Env, draft: Result<EntryDraft, EntryError>) -> napi::Result<String> {
+        let draft = draft.map_err(|e| entry_failure(&e).throw(env, e.cause))?;
         let critical = draft.critical;
-        match self.core.log(draft) {
-            Ok(Logged {
-                id,
-                disposition: Disposition::Buffered { seq },
-            }) if critical => {
-                let ticket = self.core.ticket_through(seq);
-                let core = self.core.clone();
-                // Failures are counted in stats(); the entries stay buffered for the next flush.
-                spawn(async move {
-                    let _ = ticket.run(&core).await;
-                });
-                Ok(id.to_string())
+        let logged = self
+            .core
+            .log(draft)
+            .map_err(|e| Failure::log(&e, "log()").throw(env, None))?;
+        if critical && matches!(logged.disposition, Disposition::Buffered { .. }) {
+            // Failures are counted in stats(); the entries stay buffered for the next flush.
+            if let Some(flush) = self.core.critical_flush() {
+                spawn(flush);
             }
-            Ok(logged) => Ok(logged.id.to_string()),
-            Err(LogError::Invalid(e)) => Err(errors::throw(
-                env,
-                Kind::TypeError,
-                errors::INVALID_ENTRY,
-                &invalid_entry_message(&e),
-            )),
-            Err(LogError::BufferFull { entries, bytes }) => Err(errors::throw(
-                env,
-                Kind::Error,
-                errors::BUFFER_FULL,
-                &format!(
-                    "audit-batcher: buffer full ({entries} entries, {bytes} bytes held); entry not taken"
-                ),
-            )),
-            Err(LogError::Closed) => Err(log_after_close(env)),
         }
+        Ok(logged.id.to_string())
     }
-}
-
-fn log_after_close(env: &Env) -> napi::Error {
-    errors::throw(
-        env,
-        Kind::Error,
-        errors::CLOSED,
-        "audit-batcher: log() after close()",
-    )
 }

@@ -1,4 +1,9 @@
-//! Settles `flush()` and `write()` promises on the JavaScript thread, as many as are done per wake-up.
+//! Settles the promises of a batcher on the JavaScript thread, as many as are done per wake-up.
+//!
+//! The rule: every promise an `AuditBatcher` method returns is made here. An outcome known at the call
+//! (a closed batcher, invalid input, nothing to wait for) settles the promise at once ([`Settler::settled`]);
+//! otherwise the work runs on the addon's runtime and reports through a [`Completion`]. No method uses
+//! napi-rs's own promise helpers.
 //!
 //! A promise made by napi-rs's `spawn_future` carries its own threadsafe function, an error object with a
 //! captured stack and an environment cleanup hook: tens of microseconds of main-thread work per flush, and
@@ -8,7 +13,8 @@
 //! 64.
 //!
 //! Guarantees:
-//! - a promise settles on the JavaScript thread, with the outcome its flush reported, exactly once;
+//! - a promise settles on the JavaScript thread, with the outcome its work reported, exactly once; a
+//!   [`Completion`] dropped without reporting (its task was dropped with the runtime) rejects it;
 //! - while any promise is unsettled the threadsafe function is referenced, so `await audit.flush()` at the
 //!   end of a script keeps Node running until the flush is done; with none pending it is unreferenced and
 //!   never keeps the process alive;
@@ -20,38 +26,38 @@ use std::ffi::c_void;
 use std::ptr;
 use std::sync::Arc;
 
-use napi::bindgen_prelude::{JsValue, PromiseRaw};
+use napi::bindgen_prelude::{JsValue, PromiseRaw, ToNapiValue};
 use napi::{sys, Env};
 use parking_lot::Mutex;
 
+use super::errors::Failure;
 use super::types::FlushResult;
-use crate::batcher::{FlushError, FlushOutcome};
+use crate::batcher::FlushOutcome;
 use crate::uuid7::Uuid;
 
-/// What a flush ended with.
-pub type Outcome = Result<FlushOutcome, FlushError>;
-
-/// What a promise resolves with once its flush succeeded.
+/// What a promise resolves with.
 #[derive(Clone, Copy, Debug)]
-pub enum Resolves {
+pub enum Value {
     /// `flush()`: `{ written, pending }`.
-    FlushResult,
+    Flush(FlushOutcome),
     /// `write()`: the entry's id.
-    EntryId(Uuid),
+    Id(Uuid),
+    /// `close()`, `ensureSchema()`: `undefined`.
+    Unit,
 }
 
-/// Turns an outcome into the value a promise is resolved with, or the error object it is rejected with.
-/// Called on the JavaScript thread.
-pub type Render = fn(&Env, Resolves, Outcome) -> Result<sys::napi_value, sys::napi_value>;
+/// What a promise settles with: a value, or the error it rejects with.
+pub type Outcome = Result<Value, Failure>;
 
 /// The batcher's end: makes promises (JavaScript thread only) and hands out [`Completion`]s.
 pub struct Settler {
     inner: Arc<Inner>,
 }
 
-/// A flush's way back: report its outcome from any thread, once.
+/// A task's way back: report its outcome from any thread, once. Dropped without reporting, it rejects
+/// its promise.
 pub struct Completion {
-    inner: Arc<Inner>,
+    inner: Option<Arc<Inner>>,
     id: u64,
 }
 
@@ -68,12 +74,11 @@ struct Shared {
     done: Mutex<Vec<(u64, Outcome)>>,
     /// Unsettled promises. Only the JavaScript thread touches it.
     waiting: Mutex<Waiting>,
-    render: Render,
 }
 
 struct Waiting {
     next_id: u64,
-    deferreds: HashMap<u64, (RawDeferred, Resolves)>,
+    deferreds: HashMap<u64, RawDeferred>,
     /// Whether the threadsafe function is referenced (keeps the event loop alive).
     referenced: bool,
 }
@@ -92,7 +97,7 @@ unsafe impl Send for RawDeferred {}
 
 impl Settler {
     /// Makes the batcher's threadsafe function, unreferenced. JavaScript thread only.
-    pub fn new(env: &Env, render: Render) -> napi::Result<Settler> {
+    pub fn new(env: &Env) -> napi::Result<Settler> {
         let shared = Arc::new(Shared {
             tsfn: Mutex::new(None),
             done: Mutex::new(Vec::new()),
@@ -101,7 +106,6 @@ impl Settler {
                 deferreds: HashMap::new(),
                 referenced: false,
             }),
-            render,
         });
         let name = env.create_string("audit-batcher flush")?;
         let context = Arc::into_raw(shared.clone()) as *mut c_void;
@@ -138,21 +142,17 @@ impl Settler {
         })
     }
 
-    /// A new pending promise that resolves with `resolves` once its flush succeeded, and the completion
-    /// that settles it. JavaScript thread only.
+    /// A new pending promise, and the completion that settles it. JavaScript thread only.
     pub fn promise<'env, T>(
         &self,
         env: &'env Env,
-        resolves: Resolves,
     ) -> napi::Result<(PromiseRaw<'env, T>, Completion)> {
         let (deferred, promise) = create_promise(env)?;
         let shared = &self.inner.shared;
         let mut waiting = shared.waiting.lock();
         let id = waiting.next_id;
         waiting.next_id += 1;
-        waiting
-            .deferreds
-            .insert(id, (RawDeferred(deferred), resolves));
+        waiting.deferreds.insert(id, RawDeferred(deferred));
         if !waiting.referenced {
             if let Some(tsfn) = *shared.tsfn.lock() {
                 // SAFETY: JavaScript thread; the handle is live while it is in the slot.
@@ -163,48 +163,100 @@ impl Settler {
         Ok((
             PromiseRaw::new(env.raw(), promise),
             Completion {
-                inner: self.inner.clone(),
+                inner: Some(self.inner.clone()),
                 id,
             },
         ))
     }
+}
 
-    /// A promise settled at once with `outcome`, for a flush with nothing to wait for. JavaScript thread
-    /// only.
-    pub fn settled<'env>(
-        &self,
-        env: &'env Env,
-        outcome: Outcome,
-    ) -> napi::Result<PromiseRaw<'env, FlushResult>> {
-        let (deferred, promise) = create_promise(env)?;
-        let render = self.inner.shared.render;
-        settle(env, deferred, render(env, Resolves::FlushResult, outcome));
-        Ok(PromiseRaw::new(env.raw(), promise))
-    }
+/// A promise settled at once with `outcome`, for work with nothing to wait for; a rejection gets `cause`
+/// (an exception caught while reading the input) as its `cause`. JavaScript thread only.
+pub fn settled<'env, T>(
+    env: &'env Env,
+    outcome: Outcome,
+    cause: Option<sys::napi_value>,
+) -> napi::Result<PromiseRaw<'env, T>> {
+    let (deferred, promise) = create_promise(env)?;
+    let value = match (&outcome, cause) {
+        (Err(failure), Some(cause)) => {
+            // Throwing and catching again attaches the cause the same way a thrown error gets it.
+            failure.throw(env, Some(cause));
+            match super::errors::take_exception(env) {
+                Some(error) => Err(error),
+                None => render(env, outcome),
+            }
+        }
+        _ => render(env, outcome),
+    };
+    settle(env, deferred, value);
+    Ok(PromiseRaw::new(env.raw(), promise))
 }
 
 impl Completion {
-    /// Queues the flush's outcome; its promise settles on the JavaScript thread's next turn.
-    pub fn complete(self, outcome: Outcome) {
-        let shared = &self.inner.shared;
-        let first = {
-            let mut done = shared.done.lock();
-            done.push((self.id, outcome));
-            done.len() == 1
-        };
-        // Whoever makes the queue non-empty wakes the JavaScript thread; that wake-up empties it.
-        if first {
-            if let Some(tsfn) = *shared.tsfn.lock() {
-                // SAFETY: the handle is live while it is in the slot, and the slot's lock is held.
-                unsafe {
-                    sys::napi_call_threadsafe_function(
-                        tsfn.0,
-                        ptr::null_mut(),
-                        sys::ThreadsafeFunctionCallMode::nonblocking,
-                    )
-                };
-            }
+    /// Queues the outcome; its promise settles on the JavaScript thread's next turn.
+    pub fn complete(mut self, outcome: Outcome) {
+        if let Some(inner) = self.inner.take() {
+            queue(&inner.shared, self.id, outcome);
         }
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.take() {
+            queue(
+                &inner.shared,
+                self.id,
+                Err(Failure::internal(
+                    "the addon's runtime stopped before the operation finished",
+                )),
+            );
+        }
+    }
+}
+
+/// Queues an outcome; whoever makes the queue non-empty wakes the JavaScript thread, and that wake-up
+/// empties it. When the wake-up cannot be sent (Node is tearing the environment down), nothing will ever
+/// be delivered: the queue is emptied so the outcomes are not kept for nothing.
+fn queue(shared: &Shared, id: u64, outcome: Outcome) {
+    let mut done = shared.done.lock();
+    done.push((id, outcome));
+    if done.len() > 1 {
+        return;
+    }
+    let sent = match *shared.tsfn.lock() {
+        // SAFETY: the handle is live while it is in the slot, and the slot's lock is held.
+        Some(tsfn) => unsafe {
+            sys::napi_call_threadsafe_function(
+                tsfn.0,
+                ptr::null_mut(),
+                sys::ThreadsafeFunctionCallMode::nonblocking,
+            ) == sys::Status::napi_ok
+        },
+        None => false,
+    };
+    if !sent {
+        done.clear();
+    }
+}
+
+/// The value a promise resolves with, or the error object it rejects with. JavaScript thread only.
+fn render(env: &Env, outcome: Outcome) -> Result<sys::napi_value, sys::napi_value> {
+    let raw = env.raw();
+    // SAFETY: JavaScript thread, live environment.
+    let thrown = |e: napi::Error| unsafe { napi::JsError::from(e).into_value(raw) };
+    match outcome {
+        // SAFETY (the three): JavaScript thread, live environment.
+        Ok(Value::Flush(o)) => {
+            unsafe { FlushResult::to_napi_value(raw, FlushResult::from(o)) }.map_err(thrown)
+        }
+        Ok(Value::Id(id)) => unsafe { String::to_napi_value(raw, id.to_string()) }.map_err(thrown),
+        Ok(Value::Unit) => unsafe { <()>::to_napi_value(raw, ()) }.map_err(thrown),
+        Err(failure) => match failure.to_object(env) {
+            Ok(obj) => Err(obj.raw()),
+            Err(e) => Err(thrown(e)),
+        },
     }
 }
 
@@ -266,7 +318,7 @@ unsafe extern "C" fn deliver(
     let shared = unsafe { &*(context as *const Shared) };
     let env = Env::from_raw(env);
     let done = std::mem::take(&mut *shared.done.lock());
-    let ready: Vec<((RawDeferred, Resolves), Outcome)> = {
+    let ready: Vec<(RawDeferred, Outcome)> = {
         let mut waiting = shared.waiting.lock();
         let ready = done
             .into_iter()
@@ -281,8 +333,14 @@ unsafe extern "C" fn deliver(
         }
         ready
     };
-    for ((deferred, resolves), outcome) in ready {
-        settle(&env, deferred.0, (shared.render)(&env, resolves, outcome));
+    for (deferred, outcome) in ready {
+        // A panic while rendering must not unwind into Node: the promise then rejects with a plain error.
+        let value =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| render(&env, outcome)))
+                .unwrap_or_else(|_| {
+                    render(&env, Err(Failure::internal("rendering the outcome failed")))
+                });
+        settle(&env, deferred.0, value);
     }
 }
 

@@ -1,112 +1,10 @@
 //! The plain-object types of the JavaScript API, as `index.d.ts` declares them.
 
-use std::collections::HashMap;
-
 use napi::bindgen_prelude::{Either, Null};
 use napi_derive::napi;
 
 use crate::batcher::{FlushOutcome, Percentiles, Stats};
 use crate::entry::{Entry, TextField, Timestamp};
-
-/// Options for `new AuditBatcher(options)`. Unknown keys are refused, so a misspelt option fails loudly.
-// Declares the TypeScript type; the constructor reads the object field by field (convert.rs) so that each
-// error names its option.
-#[allow(dead_code)]
-#[napi(object)]
-pub struct AuditBatcherOptions {
-    /// PostgreSQL connection string: a `postgres://user:password@host:port/db` URL or a libpq
-    /// `key=value` string. Required unless `sink` is `'memory'`. The password never appears in errors.
-    pub connection_string: Option<String>,
-    /// Path of a PEM file of CA certificates that the server's TLS certificate must chain to (as
-    /// `sslrootcert=` in the connection string, which also works; if both are given they must agree).
-    /// `'system'` trusts the well-known public CAs and needs `sslmode=verify-full` (its default then).
-    /// The connection string's `sslmode` says what is checked: `disable` (no TLS), `prefer` (default:
-    /// TLS when the server offers it), `require` (TLS or fail), `verify-ca` (TLS, a trusted chain),
-    /// `verify-full` (also the host name). With this file, `prefer` and `require` check the chain too;
-    /// `verify-ca`/`verify-full` without it trust the well-known public CAs. Read once, by the
-    /// constructor.
-    pub ssl_root_cert: Option<String>,
-    /// Target table, optionally schema-qualified (`'audit.events'`). Default `'audit_log'`. Names are
-    /// plain identifiers (a letter or `_`, then letters, digits, `_`, `$`), used exactly as written.
-    pub table: Option<String>,
-    /// Column name per entry field, for an existing table: `{ actor: 'user_id', occurredAt: 'createdAt' }`.
-    /// Fields not named keep the default column (`id`, `occurred_at`, `tenant_id`, `actor`, `action`,
-    /// `resource`, `outcome`, `payload`).
-    #[napi(
-        ts_type = "Partial<Record<'id' | 'occurredAt' | 'tenantId' | 'actor' | 'action' | 'resource' | 'outcome' | 'payload', string>>"
-    )]
-    pub columns: Option<HashMap<String, String>>,
-    /// Most connections in the pool. Default 2.
-    pub pool_size: Option<u32>,
-    /// Most rows in one statement; a larger flush is written as several statements, in order, back to
-    /// back. Default 1000, at most 100000.
-    pub max_batch_rows: Option<u32>,
-    /// How long opening a connection may take before the write fails, in milliseconds. Default 10000.
-    pub connect_timeout_ms: Option<u32>,
-    /// Prepare the `INSERT` once per connection instead of having the server parse and plan it again with
-    /// every flush: about 0.1 ms less per statement (a 5-row INSERT on the development machine: 0.36–0.41
-    /// ms prepared, 0.46–0.60 ms unnamed). Default false. Leave it off behind a transaction-pooling
-    /// PgBouncer older than 1.21 (or any pooler without prepared-statement support): there a connection's
-    /// prepared statement may be missing, or be another client's.
-    pub prepared_statements: Option<bool>,
-    /// `'postgres'` (default) or `'memory'`: keep written entries in memory, readable with
-    /// `memoryEntries()`, for your own tests. Same validation, ordering and API; no database.
-    #[napi(ts_type = "'postgres' | 'memory'")]
-    pub sink: Option<String>,
-    /// Write-behind: flush in the background this often (milliseconds) while anything is buffered.
-    /// Setting this or `flushAtEntries` starts the background writer; `flush()` still works and shares
-    /// its statements.
-    pub flush_interval_ms: Option<u32>,
-    /// Write-behind: flush in the background as soon as this many entries are buffered; a burst is
-    /// written in `maxBatchRows` batches back to back, with whatever arrives meanwhile, until the buffer
-    /// is empty.
-    pub flush_at_entries: Option<u32>,
-    /// Share of non-critical entries kept, from 0 to 1. Default 1 (keep all). Entries sampled away are
-    /// counted in `stats().sampledOut`.
-    pub sample_rate: Option<f64>,
-    /// Rates for particular actions, overriding `sampleRate`: `{ 'file.read': 0.1 }`.
-    pub sample_rates: Option<HashMap<String, f64>>,
-    /// The most entries held in memory (being written included). Default 100000. Critical entries are
-    /// taken beyond it.
-    pub max_buffered_entries: Option<f64>,
-    /// The most bytes of entries held in memory. Default 67108864 (64 MiB). Critical entries are taken
-    /// beyond it.
-    pub max_buffered_bytes: Option<f64>,
-    /// The largest entry `log()` takes, in bytes (its text, payload JSON included, plus 72). Larger ones
-    /// throw `ERR_AUDIT_INVALID_ENTRY`. Default 1048576 (1 MiB), at most 512 MiB.
-    pub max_entry_bytes: Option<f64>,
-    /// What `log()` does with a non-critical entry when the buffer is full: `'reject'` (default) throws
-    /// `ERR_AUDIT_BUFFER_FULL` and takes nothing; `'drop'` discards it and counts it in `stats().dropped`.
-    #[napi(ts_type = "'reject' | 'drop'")]
-    pub on_buffer_full: Option<String>,
-    /// Flush and close when the process is about to exit (`beforeExit`) or receives SIGTERM. Adds no
-    /// handle that keeps the process alive. Default false.
-    pub flush_on_exit: Option<bool>,
-    /// How long `close()` may take when its call does not say (milliseconds). Default 10000.
-    pub close_timeout_ms: Option<u32>,
-    /// Where entries the table refuses (a CHECK, a value too long, a trigger that raises, a foreign key)
-    /// are kept, with the error and SQLSTATE. Default `<table>_dead_letter`, in the table's schema;
-    /// `ensureSchema()` creates it.
-    pub dead_letter_table: Option<String>,
-    /// Called after each INSERT statement commits, with its rows and duration. Runs on the JavaScript
-    /// thread, later; never keeps the process alive; what it throws is ignored.
-    #[napi(ts_type = "(event: FlushEvent) => void")]
-    pub on_flush: Option<serde_json::Value>,
-    /// Called when a write fails, with an Error (`code: 'ERR_AUDIT_FLUSH_FAILED'`, `sqlstate`, `pending`).
-    /// Runs on the JavaScript thread, later; never keeps the process alive; what it throws is ignored.
-    #[napi(
-        ts_type = "(error: Error & { code: string; sqlstate?: string; pending: number }) => void"
-    )]
-    pub on_error: Option<serde_json::Value>,
-    /// Called for each entry the table refused, after it was stored in the dead-letter table.
-    #[napi(ts_type = "(event: DeadLetterEvent) => void")]
-    pub on_dead_letter: Option<serde_json::Value>,
-    /// Called once each time the buffer reaches `highWaterMark` entries.
-    #[napi(ts_type = "(event: HighWaterEvent) => void")]
-    pub on_high_water: Option<serde_json::Value>,
-    /// Buffered entries at which `onHighWater` is called.
-    pub high_water_mark: Option<u32>,
-}
 
 /// One audit entry, as given to `log()` or `write()`. `null` and `undefined` mean absent for every optional
 /// field.
@@ -160,15 +58,6 @@ impl From<FlushOutcome> for FlushResult {
             pending: o.pending as i64,
         }
     }
-}
-
-/// Options for `close()`.
-#[allow(dead_code)]
-#[napi(object)]
-pub struct CloseOptions {
-    /// How long the final flush may take, retries included, in milliseconds. Default: the
-    /// `closeTimeoutMs` option (10000).
-    pub timeout_ms: Option<u32>,
 }
 
 /// The last failure, without secrets.

@@ -1,13 +1,15 @@
-//! Where batches go: the [`Sink`] contract and the in-memory sink.
+//! Where batches go: the [`Sink`] contract, the in-memory sink, and the choice between the sinks.
 
-use std::collections::HashSet;
+mod any;
+mod memory;
+
+pub use self::any::{AnySink, SinkConfig};
+pub use self::memory::MemorySink;
+
 use std::fmt;
 use std::future::Future;
 
-use parking_lot::Mutex;
-
 use crate::entry::Entry;
-use crate::uuid7::Uuid;
 
 /// Whether trying the same write again can succeed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -81,55 +83,12 @@ pub trait Sink: Send + Sync + 'static {
 
     /// Releases the sink's resources (connections); later writes fail.
     fn close(&self) -> impl Future<Output = ()> + Send;
-}
 
-/// Keeps written entries in memory, for users' own test suites: same batching, no database.
-#[derive(Default)]
-pub struct MemorySink {
-    inner: Mutex<MemoryInner>,
-}
-
-#[derive(Default)]
-struct MemoryInner {
-    entries: Vec<Entry>,
-    ids: HashSet<Uuid>,
-    dead: Vec<(Entry, WriteError)>,
-}
-
-impl MemorySink {
-    pub fn new() -> Self {
-        Self::default()
+    /// Failed attempts the sink recovered from inside its writes since the last call (a fast path that
+    /// failed and was redone another way within the same `write`), oldest first, so that every failed
+    /// attempt is counted and reported even when the write itself succeeded. Called by the batcher after
+    /// each write; a sink that never retries inside a write keeps the default.
+    fn take_recovered_failures(&self) -> Vec<WriteError> {
+        Vec::new()
     }
-
-    /// Copies of the entries written so far, in write order; an id written twice appears once.
-    pub fn entries(&self) -> Vec<Entry> {
-        self.inner.lock().entries.clone()
-    }
-
-    /// Entries dead-lettered so far, with the reason, in order.
-    pub fn dead_letters(&self) -> Vec<(Entry, WriteError)> {
-        self.inner.lock().dead.clone()
-    }
-}
-
-impl Sink for MemorySink {
-    async fn write(&self, batch: &[Entry]) -> Result<(), WriteError> {
-        let mut inner = self.inner.lock();
-        for entry in batch {
-            if inner.ids.insert(entry.id()) {
-                inner.entries.push(entry.clone());
-            }
-        }
-        Ok(())
-    }
-
-    async fn dead_letter(&self, entry: &Entry, cause: &WriteError) -> Result<(), WriteError> {
-        let mut inner = self.inner.lock();
-        if !inner.dead.iter().any(|(e, _)| e.id() == entry.id()) {
-            inner.dead.push((entry.clone(), cause.clone()));
-        }
-        Ok(())
-    }
-
-    async fn close(&self) {}
 }

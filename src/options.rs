@@ -1,0 +1,203 @@
+//! A batcher's configuration as the core sees it, every option's range and default in one place, and the
+//! one error for an option that was refused.
+//!
+//! The JavaScript surface declares the options (names, types, documentation) once, in
+//! `napi/options.rs`, and converts them into a [`Config`] with the rules written here.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::batcher::{BackgroundConfig, BatcherConfig};
+use crate::sink::SinkConfig;
+
+/// An option that was refused: which one (`poolSize`, `columns.actor`, ...) and why, in words a user
+/// can act on. Never holds a password.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvalidOption {
+    pub option: String,
+    pub reason: String,
+}
+
+impl InvalidOption {
+    pub fn new(option: impl Into<String>, reason: impl Into<String>) -> Self {
+        InvalidOption {
+            option: option.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for InvalidOption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "option `{}` {}", self.option, self.reason)
+    }
+}
+
+impl std::error::Error for InvalidOption {}
+
+/// A whole-number option: its name, its range, and its value when not given (`None`: off).
+#[derive(Clone, Copy, Debug)]
+pub struct Whole {
+    pub name: &'static str,
+    pub min: u64,
+    pub max: u64,
+    pub default: Option<u64>,
+}
+
+impl Whole {
+    /// The value given (a JavaScript number), checked to be a whole number in range, else the default.
+    pub fn read(&self, given: Option<f64>) -> Result<Option<u64>, InvalidOption> {
+        let Some(n) = given else {
+            return Ok(self.default);
+        };
+        if n.fract() != 0.0 || n < self.min as f64 || n > self.max as f64 {
+            return Err(InvalidOption::new(
+                self.name,
+                format!(
+                    "must be an integer from {} to {}, got {n}",
+                    self.min, self.max
+                ),
+            ));
+        }
+        Ok(Some(n as u64))
+    }
+
+    /// [`Whole::read`] for an option that has a default.
+    pub fn value(&self, given: Option<f64>) -> Result<u64, InvalidOption> {
+        Ok(self.read(given)?.unwrap_or_else(|| self.default_value()))
+    }
+
+    /// The default (0 for an option that is off by default).
+    pub const fn default_value(&self) -> u64 {
+        match self.default {
+            Some(v) => v,
+            None => 0,
+        }
+    }
+}
+
+/// Every numeric option, with its range and default.
+pub mod limits {
+    use super::Whole;
+
+    const DAY_MS: u64 = 86_400_000;
+
+    pub const MAX_BATCH_ROWS: Whole = Whole {
+        name: "maxBatchRows",
+        min: 1,
+        max: 100_000,
+        default: Some(1000),
+    };
+    pub const MAX_BUFFERED_ENTRIES: Whole = Whole {
+        name: "maxBufferedEntries",
+        min: 1,
+        max: 1 << 32,
+        default: Some(100_000),
+    };
+    pub const MAX_BUFFERED_BYTES: Whole = Whole {
+        name: "maxBufferedBytes",
+        min: 1024,
+        max: 1 << 40,
+        default: Some(64 * 1024 * 1024),
+    };
+    pub const MAX_ENTRY_BYTES: Whole = Whole {
+        name: "maxEntryBytes",
+        min: 256,
+        max: 512 * 1024 * 1024,
+        default: Some(1024 * 1024),
+    };
+    pub const FLUSH_INTERVAL_MS: Whole = Whole {
+        name: "flushIntervalMs",
+        min: 1,
+        max: DAY_MS,
+        default: None,
+    };
+    pub const FLUSH_AT_ENTRIES: Whole = Whole {
+        name: "flushAtEntries",
+        min: 1,
+        max: 1 << 32,
+        default: None,
+    };
+    pub const HIGH_WATER_MARK: Whole = Whole {
+        name: "highWaterMark",
+        min: 1,
+        max: 1 << 32,
+        default: None,
+    };
+    pub const CLOSE_TIMEOUT_MS: Whole = Whole {
+        name: "closeTimeoutMs",
+        min: 0,
+        max: DAY_MS,
+        default: Some(10_000),
+    };
+    /// `close({ timeoutMs })`; its default is the batcher's `closeTimeoutMs`.
+    pub const CLOSE_CALL_TIMEOUT_MS: Whole = Whole {
+        name: "timeoutMs",
+        min: 0,
+        max: DAY_MS,
+        default: None,
+    };
+    pub const POOL_SIZE: Whole = Whole {
+        name: "poolSize",
+        min: 1,
+        max: 1000,
+        default: Some(2),
+    };
+    pub const CONNECT_TIMEOUT_MS: Whole = Whole {
+        name: "connectTimeoutMs",
+        min: 1,
+        max: 600_000,
+        default: Some(10_000),
+    };
+}
+
+/// The table written to when the `table` option is not given.
+pub const DEFAULT_TABLE: &str = "audit_log";
+
+/// Everything a batcher needs, checked.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub sink: SinkConfig,
+    pub batcher: BatcherConfig,
+    /// Write-behind: flush this often while anything is buffered.
+    pub flush_interval: Option<Duration>,
+    /// Flush and close on `beforeExit` and SIGTERM.
+    pub flush_on_exit: bool,
+    /// How long `close()` may take when its call does not say.
+    pub close_timeout: Duration,
+    /// Buffered entries at which the observer hears `on_high_water`.
+    pub high_water_mark: Option<usize>,
+}
+
+impl Config {
+    /// The background writer's settings, when write-behind was asked for (`flushIntervalMs` or
+    /// `flushAtEntries`).
+    pub fn background(&self) -> Option<BackgroundConfig> {
+        (self.flush_interval.is_some() || self.batcher.flush_at_entries.is_some()).then_some(
+            BackgroundConfig {
+                interval: self.flush_interval,
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_numbers_are_checked_against_their_range_and_default_when_absent() {
+        let w = limits::POOL_SIZE;
+        assert_eq!(w.read(None), Ok(Some(2)));
+        assert_eq!(w.read(Some(7.0)), Ok(Some(7)));
+        for bad in [0.0, 1.5, 1001.0, f64::NAN, f64::INFINITY, -1.0] {
+            let e = w.read(Some(bad)).unwrap_err();
+            assert_eq!(e.option, "poolSize");
+            assert!(
+                e.reason.starts_with("must be an integer from 1 to 1000"),
+                "{e}"
+            );
+        }
+        assert_eq!(limits::FLUSH_INTERVAL_MS.read(None), Ok(None));
+    }
+}
