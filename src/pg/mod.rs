@@ -10,6 +10,8 @@ mod copy_measure;
 mod encode;
 pub mod ident;
 pub mod schema;
+#[cfg(test)]
+mod server_tests;
 pub mod tls;
 pub mod verify;
 
