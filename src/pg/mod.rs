@@ -228,12 +228,17 @@ impl PgSink {
         let statements = self.statements(&client).await?;
         if self.choose_path(batch) == Path::Copy {
             if let Some(plan) = &statements.copy {
-                let error = match copy_batch(&client, plan, batch).await {
-                    Ok(()) => return Ok(()),
+                // Dropped by a failure, or with this future by a deadline, the lease closes the
+                // connection: it may be mid-transaction or out of step (see copy_batch).
+                let lease = CopyLease(Some(client));
+                let error = match copy_batch(&lease, plan, batch).await {
+                    Ok(()) => {
+                        lease.keep();
+                        return Ok(());
+                    }
                     Err(error) => error,
                 };
-                // The connection may be mid-transaction or out of step (see copy_batch): never reused.
-                drop(deadpool_postgres::Object::take(client));
+                drop(lease);
                 let Some(db) = error.as_db_error() else {
                     // A lost connection or reply: the COPY may have committed. The retry goes through the
                     // INSERT (the ids are recorded as sent), which stores each entry once.
@@ -260,6 +265,42 @@ impl PgSink {
             Path::Copy
         } else {
             Path::Insert
+        }
+    }
+}
+
+/// A pooled connection lent to a COPY. It goes back to the pool only through [`CopyLease::keep`], once
+/// the COPY and its transaction have completed; dropped otherwise (the COPY failed, or the future writing
+/// it was dropped mid-stream, as `close()`'s deadline does), it is detached from the pool and closed, so
+/// that no later write runs inside its transaction or pairs its statements with the COPY's replies. The
+/// server rolls the transaction back when the connection closes.
+///
+/// Detaching is needed because the pool's recycling check (`RecyclingMethod::Fast`) looks only at whether
+/// the connection is closed.
+struct CopyLease(Option<deadpool_postgres::Object>);
+
+impl CopyLease {
+    /// Returns the connection to the pool.
+    fn keep(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl std::ops::Deref for CopyLease {
+    type Target = deadpool_postgres::Object;
+
+    fn deref(&self) -> &deadpool_postgres::Object {
+        // Some until `keep` or `drop`, which both consume the lease.
+        self.0
+            .as_ref()
+            .expect("a lease holds its connection until kept or dropped")
+    }
+}
+
+impl Drop for CopyLease {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            drop(deadpool_postgres::Object::take(client));
         }
     }
 }
