@@ -236,7 +236,12 @@ impl PgSink {
                         lease.keep();
                         return Ok(());
                     }
-                    Err(error) => error,
+                    Err(CopyError::Server(error)) => error,
+                    Err(CopyError::Encode(error)) => {
+                        // Too long for the wire format: so for the INSERT too. A rule of the table
+                        // broken, as far as the batcher is concerned, so it finds the entry.
+                        return Err(WriteError::rejected(error.to_string(), None));
+                    }
                 };
                 drop(lease);
                 let Some(db) = error.as_db_error() else {
@@ -344,7 +349,7 @@ async fn copy_batch(
     client: &deadpool_postgres::Client,
     plan: &CopyPlan,
     batch: &[Entry],
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<(), CopyError> {
     // Requests leave in the order they are first polled: BEGIN, then the prepare, in one round trip.
     let (begun, statement) = tokio::join!(client.batch_execute("BEGIN"), client.prepare(&plan.sql));
     begun?;
@@ -357,7 +362,7 @@ async fn copy_batch(
     let mut buf = BytesMut::with_capacity(COPY_CHUNK_BYTES + 4096);
     buf.extend_from_slice(encode::COPY_HEADER);
     for entry in batch {
-        encode::copy_row(entry, plan.payload, &mut buf);
+        encode::copy_row(entry, plan.payload, &mut buf).map_err(CopyError::Encode)?;
         if buf.len() >= COPY_CHUNK_BYTES {
             sink.send(buf.split().freeze()).await?;
         }
@@ -368,7 +373,23 @@ async fn copy_batch(
     // the server answers it with ROLLBACK, and the COPY's error is what counts.
     let (copied, committed) = tokio::join!(sink.as_mut().finish(), client.batch_execute("COMMIT"));
     copied?;
-    committed
+    Ok(committed?)
+}
+
+/// Why [`copy_batch`] failed. Either way nothing of the batch was committed, unless the connection was
+/// lost after the `COMMIT` was sent (a `Server` error without a SQLSTATE).
+#[derive(Debug)]
+enum CopyError {
+    /// The server refused, or the connection failed.
+    Server(tokio_postgres::Error),
+    /// An entry has a value too long for the wire format; the COPY was abandoned mid-stream.
+    Encode(encode::ValueTooLong),
+}
+
+impl From<tokio_postgres::Error> for CopyError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        CopyError::Server(e)
+    }
 }
 
 impl Sink for PgSink {
