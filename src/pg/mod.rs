@@ -4,11 +4,13 @@
 pub mod classify;
 pub mod columns;
 pub mod config;
+pub mod conninfo;
 pub mod copy;
 #[cfg(test)]
 mod copy_measure;
 mod encode;
 pub mod ident;
+pub mod redact;
 pub mod schema;
 #[cfg(test)]
 mod server_tests;
@@ -24,10 +26,11 @@ use futures_util::SinkExt;
 use tokio_postgres::types::{ToSql, Type};
 
 use self::columns::{Column, ColumnMap};
-use self::config::{ConnectionConfig, Redactor};
+use self::config::ConnectionConfig;
 use self::copy::{CopyPlan, SentIds, COPY_CHUNK_BYTES, COPY_MIN_ROWS};
 use self::encode::ColumnArray;
 use self::ident::TableName;
+use self::redact::Redactor;
 use self::tls::TlsConnector;
 use crate::entry::Entry;
 use crate::sink::{Sink, WriteError};
