@@ -4,16 +4,18 @@
 //! (`cargo test --lib` runs where no server is; the JavaScript suite brings its own). With `DATABASE_URL`
 //! set, a server that cannot be reached fails the test.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::columns::ColumnMap;
+use super::copy::COPY_MIN_ROWS;
 use super::ident::TableName;
-use super::{PgSettings, PgSink};
+use super::{Path, PgSettings, PgSink};
 use crate::entry::{Entry, EntryDraft, TextField, Timestamp};
 use crate::sink::Sink;
 use crate::uuid7::Uuid7Generator;
 
-/// A sink on a table of its own (created by `ensure_schema`, dropped by [`TestTable::drop_tables`]).
+/// A sink on a table of its own (created by `ensure_schema`, dropped with the `TestTable`).
 struct TestTable {
     sink: PgSink,
     /// A separate sink on the same table, to look at the server from outside `sink`'s pool.
@@ -85,16 +87,24 @@ impl TestTable {
             .unwrap()
             .get(0)
     }
+}
 
-    async fn drop_tables(self) {
-        let client = self.observer.pool.get().await.unwrap();
-        client
-            .batch_execute(&format!(
-                "DROP TABLE IF EXISTS \"{0}\"; DROP TABLE IF EXISTS \"{0}_dead\"",
-                self.table
-            ))
-            .await
-            .unwrap();
+impl Drop for TestTable {
+    /// Drops the tables, even when the test failed. (The tests run on the multi-threaded runtime, where
+    /// a worker may block.)
+    fn drop(&mut self) {
+        let sql = format!(
+            "DROP TABLE IF EXISTS \"{0}\"; DROP TABLE IF EXISTS \"{0}_dead\"",
+            self.table
+        );
+        let observer = &self.observer;
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(async {
+                if let Ok(client) = observer.pool.get().await {
+                    let _ = client.batch_execute(&sql).await;
+                }
+            })
+        });
     }
 }
 
@@ -171,5 +181,35 @@ async fn a_copy_dropped_mid_stream_does_not_give_its_transaction_to_the_next_wri
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(old_state, None, "the dropped COPY's connection is closed");
-    t.drop_tables().await;
+}
+
+/// Issue 14: a COPY that fails because the table is missing (dropped, then re-created by
+/// `ensure_schema`) leaves COPY on: a missing table is not a table that cannot take COPY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_table_does_not_turn_copy_off() {
+    let Some(t) = TestTable::new(2).await else {
+        return;
+    };
+    let mut ids = Uuid7Generator::new();
+    t.sink.write(&entries(3, &mut ids)).await.unwrap();
+    t.observer
+        .pool
+        .get()
+        .await
+        .unwrap()
+        .batch_execute(&format!("DROP TABLE \"{}\"", t.table))
+        .await
+        .unwrap();
+    let big = entries(COPY_MIN_ROWS, &mut ids);
+    let error = t.sink.write(&big).await.unwrap_err();
+    assert_eq!(error.sqlstate.as_deref(), Some("42P01"), "{error}");
+    assert!(
+        !t.sink.copy_disabled.load(Ordering::Relaxed),
+        "the missing table turned COPY off"
+    );
+    t.sink.ensure_schema().await.unwrap();
+    let next = entries(COPY_MIN_ROWS, &mut ids);
+    assert_eq!(t.sink.choose_path(&next), Path::Copy);
+    t.sink.write(&next).await.unwrap();
+    assert_eq!(t.count().await, i64::try_from(COPY_MIN_ROWS).unwrap());
 }
