@@ -199,70 +199,69 @@ fn parse_url(text: &str, start: usize) -> ConnInfo<'_> {
 /// in both.
 fn parse_key_value(text: &str) -> ConnInfo<'_> {
     let mut items = Vec::new();
-    let bytes = text.as_bytes();
-    let skip_ws = |mut i: usize| {
-        while let Some(c) = text[i..].chars().next().filter(|c| c.is_whitespace()) {
-            i += c.len_utf8();
-        }
-        i
-    };
-    let complete = 'pairs: {
-        let mut i = 0;
-        loop {
-            i = skip_ws(i);
-            let key_start = i;
-            while let Some(c) = text[i..]
-                .chars()
-                .next()
-                .filter(|&c| !c.is_whitespace() && c != '=')
-            {
-                i += c.len_utf8();
-            }
-            if i == key_start {
-                // The end, or a '=' with no key before it (where tokio-postgres stops reading).
-                break 'pairs i == text.len();
-            }
-            let key_end = i;
-            i = skip_ws(i);
-            if bytes.get(i) != Some(&b'=') {
-                break 'pairs false;
-            }
-            i = skip_ws(i + 1);
-            let (raw_value, end, closed) = if bytes.get(i) == Some(&b'\'') {
-                let value_start = i + 1;
-                let value_end = escaped_until(text, value_start, |c| c == '\'');
-                let closed = value_end < text.len();
-                (
-                    &text[value_start..value_end],
-                    value_end + usize::from(closed),
-                    closed,
-                )
-            } else {
-                let value_end = escaped_until(text, i, char::is_whitespace);
-                if value_end == i {
-                    // An empty unquoted value is refused ("unexpected EOF").
-                    break 'pairs false;
-                }
-                (&text[i..value_end], value_end, true)
-            };
-            items.push(Item {
-                place: Place::Pair,
-                raw_key: &text[key_start..key_end],
-                raw_value,
-                span: key_start..end,
-            });
-            if !closed {
-                break 'pairs false;
-            }
-            i = end;
-        }
-    };
+    let complete = read_pairs(text, &mut items);
     ConnInfo {
         text,
         form: Form::KeyValue,
         items,
         complete,
     }
+}
+
+/// Reads the pairs of `text` into `items`; whether it reached the end of `text` by the grammar.
+fn read_pairs<'a>(text: &'a str, items: &mut Vec<Item<'a>>) -> bool {
+    let mut i = 0;
+    loop {
+        i = skip(text, i, char::is_whitespace);
+        let key_start = i;
+        i = skip(text, i, |c| !c.is_whitespace() && c != '=');
+        if i == key_start {
+            // The end, or a '=' with no key before it (where tokio-postgres stops reading).
+            return i == text.len();
+        }
+        let raw_key = &text[key_start..i];
+        i = skip(text, i, char::is_whitespace);
+        if !text[i..].starts_with('=') {
+            return false;
+        }
+        i = skip(text, i + 1, char::is_whitespace);
+        if text[i..].starts_with('\'') {
+            let value_end = escaped_until(text, i + 1, |c| c == '\'');
+            let closed = value_end < text.len();
+            let end = value_end + usize::from(closed);
+            items.push(Item {
+                place: Place::Pair,
+                raw_key,
+                raw_value: &text[i + 1..value_end],
+                span: key_start..end,
+            });
+            if !closed {
+                // "unterminated quoted connection parameter value"
+                return false;
+            }
+            i = end;
+        } else {
+            let end = escaped_until(text, i, char::is_whitespace);
+            if end == i {
+                // An empty unquoted value: "unexpected EOF".
+                return false;
+            }
+            items.push(Item {
+                place: Place::Pair,
+                raw_key,
+                raw_value: &text[i..end],
+                span: key_start..end,
+            });
+            i = end;
+        }
+    }
+}
+
+/// The first index from `from` on whose character `pred` does not take (the string's length if none).
+fn skip(text: &str, from: usize, pred: impl Fn(char) -> bool) -> usize {
+    text[from..]
+        .find(|c: char| !pred(c))
+        .map_or(text.len(), |n| from + n)
 }
 
 /// Where the first unescaped character that is `end` lies, from `from` on (the string's length if none):
@@ -530,6 +529,53 @@ mod tests {
             let config: tokio_postgres::Config = rest.parse().unwrap();
             prop_assert_eq!(config.get_application_name(), None);
             prop_assert_eq!(config.get_dbname(), Some(dbname.as_str()));
+        }
+
+        /// The same in a URL, its parts %-encoded where they must be (or everywhere).
+        #[test]
+        fn url_parts_read_as_tokio_postgres_reads_them(
+            user in "[^\\x00]{1,12}",
+            password in "[^\\x00]{0,12}",
+            app in "[^\\x00]{1,12}",
+            encode_all in any::<bool>(),
+        ) {
+            let encode = |value: &str, end: &[char]| {
+                let mut out = String::new();
+                for c in value.chars() {
+                    if c == '%' || end.contains(&c) || (encode_all && !c.is_ascii_alphanumeric()) {
+                        let mut buf = [0; 4];
+                        for b in c.encode_utf8(&mut buf).bytes() {
+                            out.push_str(&format!("%{b:02X}"));
+                        }
+                    } else {
+                        out.push(c);
+                    }
+                }
+                out
+            };
+            let text = format!(
+                "postgres://{}:{}@h/d?application_name={}&connect_timeout=3",
+                encode(&user, &['@', ':']),
+                encode(&password, &['@']),
+                encode(&app, &['&']),
+            );
+            let config: tokio_postgres::Config = text.parse().unwrap();
+            let info = ConnInfo::parse(&text);
+            prop_assert!(info.complete);
+            prop_assert_eq!(
+                settings(&text),
+                pairs(&[
+                    ("user", config.get_user().unwrap()),
+                    ("password", std::str::from_utf8(config.get_password().unwrap()).unwrap()),
+                    ("application_name", config.get_application_name().unwrap()),
+                    ("connect_timeout", "3"),
+                ])
+            );
+            let rest = info.without(|item| item.is("application_name"));
+            // The query starts at the first '?' after the user-info.
+            let query = text.find("@h/d?").unwrap() + 4;
+            prop_assert_eq!(info.form, Form::Url { query: Some(query) });
+            prop_assert_eq!(rest, format!("{}?connect_timeout=3", &text[..query]));
         }
     }
 }
