@@ -105,6 +105,11 @@ impl<'a> ConnInfo<'a> {
         }
     }
 
+    /// The string, as given.
+    pub fn text(&self) -> &'a str {
+        self.text
+    }
+
     /// The string without the items `drop` picks, the rest as written. In a URL the query is rebuilt from
     /// the parameters kept (none: no `?`); in the keyword/value form each item dropped leaves one space.
     /// A string that does not follow the grammar is returned whole.

@@ -129,7 +129,7 @@ impl TlsSettings {
     pub fn take_from(conn: &ConnInfo) -> Result<(String, TlsSettings), String> {
         let mut tls = TlsSettings::default();
         if !conn.complete {
-            return Ok((conn.without(|_| false), tls));
+            return Ok((conn.text().to_owned(), tls));
         }
         let is_tls = |item: &Item| item.is("sslmode") || item.is("sslrootcert");
         for item in conn.items.iter().filter(|item| is_tls(item)) {
