@@ -94,16 +94,19 @@ pub fn copy_statement(table: &TableName, columns: &ColumnMap) -> String {
 /// Whether a server error from a COPY means this table (or this connection path) cannot take COPY, so
 /// that later batches should not try it: anything but a rejected row (classes 22, 23, 54, `P0001`,
 /// `P0004`, as [`super::classify`] counts them) or a passing condition of the server or connection
-/// (classes 08, 40, 53, 57, 58, `25006` read-only, `55P03` lock not available). For instance `0A000`
-/// ("COPY FROM not supported with row-level security"), `42809` (a view), `42501` (no privilege), `26000`
-/// (a pooler that lost the prepared COPY statement).
+/// (classes 08, 40, 53, 57, 58, `25006` read-only, `55P03` lock not available) or a missing object
+/// (`42P01` no such table, `3F000` no such schema, `42703` no such column: the INSERT fails the same way,
+/// and `ensureSchema()` or a migration that puts it back heals both). For instance `0A000` ("COPY FROM not
+/// supported with row-level security"), `42809` (a view), `42501` (no privilege), `26000` (a pooler that
+/// lost the prepared COPY statement).
 pub fn disables_copy(sqlstate: &str) -> bool {
     let row_error = super::classify::classify(Some(sqlstate)) == crate::sink::FailureKind::Rejected;
     let passing = ["08", "40", "53", "57", "58"]
         .iter()
         .any(|class| sqlstate.starts_with(class))
         || matches!(sqlstate, "25006" | "55P03");
-    !row_error && !passing
+    let missing = matches!(sqlstate, "42P01" | "3F000" | "42703");
+    !row_error && !passing && !missing
 }
 
 /// Remembers the highest version-7 id ever sent to the server, in any attempt, successful or not, to tell
@@ -259,12 +262,12 @@ mod tests {
 
     #[test]
     fn only_errors_about_the_table_or_path_turn_copy_off() {
-        for code in ["0A000", "42501", "42809", "42P01", "26000", "XX000"] {
+        for code in ["0A000", "42501", "42809", "26000", "XX000"] {
             assert!(disables_copy(code), "{code}");
         }
         for code in [
             "23505", "23514", "22001", "22P02", "54001", "P0001", "08006", "40001", "40P01",
-            "53300", "57014", "57P01", "25006", "55P03",
+            "53300", "57014", "57P01", "25006", "55P03", "42P01", "3F000", "42703",
         ] {
             assert!(!disables_copy(code), "{code}");
         }

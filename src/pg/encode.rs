@@ -7,6 +7,7 @@
 //! `timestamptz`, `text` and `jsonb` (or `json`, for COPY into a `json` column).
 
 use std::error::Error;
+use std::fmt;
 
 use bytes::{BufMut, BytesMut};
 use postgres_protocol::types::{
@@ -125,20 +126,62 @@ pub const COPY_HEADER: &[u8; 19] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 /// The end of binary COPY data: a field count of -1.
 pub const COPY_TRAILER: &[u8; 2] = &[0xff, 0xff];
 
+/// A COPY row's field count, as the `i16` the format gives it.
+const COPY_FIELD_COUNT: i16 = {
+    assert!(Column::ALL.len() <= i16::MAX as usize);
+    Column::ALL.len() as i16
+};
+
+/// A value longer than PostgreSQL's wire format can carry: a value's length is an `i32` there, so it
+/// holds at most `i32::MAX` bytes. (`maxEntryBytes` keeps entries far below that; this is the check that
+/// makes a longer one an error rather than a length that wraps.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ValueTooLong {
+    pub column: Column,
+    /// The value's length in bytes.
+    pub bytes: usize,
+}
+
+impl fmt::Display for ValueTooLong {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the {} value is {} bytes long, more than the {} bytes a PostgreSQL value can hold",
+            self.column.field_name(),
+            self.bytes,
+            i32::MAX
+        )
+    }
+}
+
+impl Error for ValueTooLong {}
+
+/// `bytes` as the `i32` length the wire format carries, or the error saying it does not fit.
+fn wire_length(column: Column, bytes: usize) -> Result<i32, ValueTooLong> {
+    i32::try_from(bytes).map_err(|_| ValueTooLong { column, bytes })
+}
+
 /// Appends `e` as one binary COPY row: the field count (`i16`), then each column of [`Column::ALL`], in
-/// order, as an `i32` length (-1 for NULL) followed by that many bytes.
-pub fn copy_row(e: &Entry, payload: PayloadType, buf: &mut BytesMut) {
-    buf.put_i16(Column::ALL.len() as i16);
+/// order, as an `i32` length (-1 for NULL) followed by that many bytes. On error `buf` is left as it was.
+pub fn copy_row(e: &Entry, payload: PayloadType, buf: &mut BytesMut) -> Result<(), ValueTooLong> {
+    let row_start = buf.len();
+    buf.put_i16(COPY_FIELD_COUNT);
     for column in Column::ALL {
         let at = buf.len();
         buf.put_i32(0);
         let len = match value_to_sql(e, column, payload, buf) {
             postgres_protocol::IsNull::Yes => -1,
-            // A value is at most one entry's text: at most maxEntryBytes, itself at most 512 MiB.
-            postgres_protocol::IsNull::No => (buf.len() - at - 4) as i32,
+            postgres_protocol::IsNull::No => match wire_length(column, buf.len() - at - 4) {
+                Ok(len) => len,
+                Err(e) => {
+                    buf.truncate(row_start);
+                    return Err(e);
+                }
+            },
         };
         buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
     }
+    Ok(())
 }
 
 fn text_field(column: Column) -> Option<TextField> {
@@ -231,11 +274,33 @@ mod tests {
         as_json.extend(b"{\"a\":1}");
 
         let mut buf = BytesMut::new();
-        copy_row(&e, PayloadType::Jsonb, &mut buf);
+        copy_row(&e, PayloadType::Jsonb, &mut buf).unwrap();
         assert_eq!(&buf[..], &expected[..]);
         buf.clear();
-        copy_row(&e, PayloadType::Json, &mut buf);
+        copy_row(&e, PayloadType::Json, &mut buf).unwrap();
         assert_eq!(&buf[..], &as_json[..]);
+    }
+
+    #[test]
+    fn a_length_beyond_i32_is_an_error_not_a_wrapped_length() {
+        assert_eq!(wire_length(Column::Action, 0), Ok(0));
+        assert_eq!(wire_length(Column::Action, 2_147_483_647), Ok(i32::MAX));
+        for bytes in [2_147_483_648usize, usize::MAX] {
+            let err = wire_length(Column::Payload, bytes).unwrap_err();
+            assert_eq!(
+                err,
+                ValueTooLong {
+                    column: Column::Payload,
+                    bytes
+                }
+            );
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "the payload value is {bytes} bytes long, more than the 2147483647 bytes a PostgreSQL value can hold"
+                )
+            );
+        }
     }
 
     #[test]

@@ -4,12 +4,16 @@
 pub mod classify;
 pub mod columns;
 pub mod config;
+pub mod conninfo;
 pub mod copy;
 #[cfg(test)]
 mod copy_measure;
 mod encode;
 pub mod ident;
+pub mod redact;
 pub mod schema;
+#[cfg(test)]
+mod server_tests;
 pub mod tls;
 pub mod verify;
 
@@ -22,10 +26,11 @@ use futures_util::SinkExt;
 use tokio_postgres::types::{ToSql, Type};
 
 use self::columns::{Column, ColumnMap};
-use self::config::{ConnectionConfig, Redactor};
+use self::config::ConnectionConfig;
 use self::copy::{CopyPlan, SentIds, COPY_CHUNK_BYTES, COPY_MIN_ROWS};
 use self::encode::ColumnArray;
 use self::ident::TableName;
+use self::redact::Redactor;
 use self::tls::TlsConnector;
 use crate::entry::Entry;
 use crate::sink::{Sink, WriteError};
@@ -226,12 +231,22 @@ impl PgSink {
         let statements = self.statements(&client).await?;
         if self.choose_path(batch) == Path::Copy {
             if let Some(plan) = &statements.copy {
-                let error = match copy_batch(&client, plan, batch).await {
-                    Ok(()) => return Ok(()),
-                    Err(error) => error,
+                // Dropped by a failure, or with this future by a deadline, the lease closes the
+                // connection: it may be mid-transaction or out of step (see copy_batch).
+                let lease = CopyLease(Some(client));
+                let error = match copy_batch(&lease, plan, batch).await {
+                    Ok(()) => {
+                        lease.keep();
+                        return Ok(());
+                    }
+                    Err(CopyError::Server(error)) => error,
+                    Err(CopyError::Encode(error)) => {
+                        // Too long for the wire format: so for the INSERT too. A rule of the table
+                        // broken, as far as the batcher is concerned, so it finds the entry.
+                        return Err(WriteError::rejected(error.to_string(), None));
+                    }
                 };
-                // The connection may be mid-transaction or out of step (see copy_batch): never reused.
-                drop(deadpool_postgres::Object::take(client));
+                drop(lease);
                 let Some(db) = error.as_db_error() else {
                     // A lost connection or reply: the COPY may have committed. The retry goes through the
                     // INSERT (the ids are recorded as sent), which stores each entry once.
@@ -258,6 +273,42 @@ impl PgSink {
             Path::Copy
         } else {
             Path::Insert
+        }
+    }
+}
+
+/// A pooled connection lent to a COPY. It goes back to the pool only through [`CopyLease::keep`], once
+/// the COPY and its transaction have completed; dropped otherwise (the COPY failed, or the future writing
+/// it was dropped mid-stream, as `close()`'s deadline does), it is detached from the pool and closed, so
+/// that no later write runs inside its transaction or pairs its statements with the COPY's replies. The
+/// server rolls the transaction back when the connection closes.
+///
+/// Detaching is needed because the pool's recycling check (`RecyclingMethod::Fast`) looks only at whether
+/// the connection is closed.
+struct CopyLease(Option<deadpool_postgres::Object>);
+
+impl CopyLease {
+    /// Returns the connection to the pool.
+    fn keep(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl std::ops::Deref for CopyLease {
+    type Target = deadpool_postgres::Object;
+
+    fn deref(&self) -> &deadpool_postgres::Object {
+        // Some until `keep` or `drop`, which both consume the lease.
+        self.0
+            .as_ref()
+            .expect("a lease holds its connection until kept or dropped")
+    }
+}
+
+impl Drop for CopyLease {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            drop(deadpool_postgres::Object::take(client));
         }
     }
 }
@@ -301,7 +352,7 @@ async fn copy_batch(
     client: &deadpool_postgres::Client,
     plan: &CopyPlan,
     batch: &[Entry],
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<(), CopyError> {
     // Requests leave in the order they are first polled: BEGIN, then the prepare, in one round trip.
     let (begun, statement) = tokio::join!(client.batch_execute("BEGIN"), client.prepare(&plan.sql));
     begun?;
@@ -314,7 +365,7 @@ async fn copy_batch(
     let mut buf = BytesMut::with_capacity(COPY_CHUNK_BYTES + 4096);
     buf.extend_from_slice(encode::COPY_HEADER);
     for entry in batch {
-        encode::copy_row(entry, plan.payload, &mut buf);
+        encode::copy_row(entry, plan.payload, &mut buf).map_err(CopyError::Encode)?;
         if buf.len() >= COPY_CHUNK_BYTES {
             sink.send(buf.split().freeze()).await?;
         }
@@ -325,7 +376,23 @@ async fn copy_batch(
     // the server answers it with ROLLBACK, and the COPY's error is what counts.
     let (copied, committed) = tokio::join!(sink.as_mut().finish(), client.batch_execute("COMMIT"));
     copied?;
-    committed
+    Ok(committed?)
+}
+
+/// Why [`copy_batch`] failed. Either way nothing of the batch was committed, unless the connection was
+/// lost after the `COMMIT` was sent (a `Server` error without a SQLSTATE).
+#[derive(Debug)]
+enum CopyError {
+    /// The server refused, or the connection failed.
+    Server(tokio_postgres::Error),
+    /// An entry has a value too long for the wire format; the COPY was abandoned mid-stream.
+    Encode(encode::ValueTooLong),
+}
+
+impl From<tokio_postgres::Error> for CopyError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        CopyError::Server(e)
+    }
 }
 
 impl Sink for PgSink {

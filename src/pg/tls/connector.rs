@@ -1,4 +1,5 @@
-//! TLS for the pool's connections: rustls (with the `ring` provider) and libpq's `sslmode` checks.
+//! The TLS connector of the pool's connections: rustls (with the `ring` provider), checking what the
+//! [`TlsSettings`] ask for.
 //!
 //! tokio-postgres negotiates (`SslMode`: disable, prefer, require) and `tokio-postgres-rustls` runs the
 //! handshake and gives SCRAM its channel binding; this module decides what is checked of the server's
@@ -22,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::config::{RootCerts, TlsMode, TlsSettings, Verification};
+use super::policy::{CaSource, RootCerts, TlsMode, TlsSettings, Verification};
 
 /// Makes the TLS connections of a pool. Cheap to clone; built once, when the sink is made.
 #[derive(Clone)]
@@ -51,9 +52,7 @@ impl TlsConnector {
             Verification::ChainAndHost(roots) => (Some(roots), true),
         };
         let trusted = roots.as_ref().map(|roots| match roots {
-            RootCerts::File { path, option } => {
-                format!("in {} ({path})", option_label(option))
-            }
+            RootCerts::File { path, source } => format!("in {} ({path})", source.setting()),
             RootCerts::WellKnown => {
                 "among the well-known public CAs (no sslRootCert given: give your CA's certificate file)"
                     .to_owned()
@@ -83,29 +82,22 @@ impl TlsConnector {
     }
 }
 
-fn option_label(option: &str) -> &'static str {
-    match option {
-        "sslRootCert" => "sslRootCert",
-        _ => "sslrootcert",
-    }
-}
-
 /// The CA certificates to trust.
 fn load_roots(roots: &RootCerts) -> Result<RootCertStore, (&'static str, String)> {
-    let (path, option) = match roots {
+    let (path, source) = match roots {
         RootCerts::WellKnown => {
             return Ok(RootCertStore {
                 roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
             })
         }
-        RootCerts::File { path, option } => (path, *option),
+        RootCerts::File { path, source } => (path, *source),
     };
-    // The error is about `option`; within the connection string, it says which part.
-    let part = match option {
-        "sslRootCert" => "",
-        _ => "sslrootcert ",
+    // The error is about the source's option; within the connection string, it says which part.
+    let part = match source {
+        CaSource::SslRootCertOption => "",
+        CaSource::ConnectionString => "sslrootcert ",
     };
-    let fail = |why: String| (option, format!("{part}{path:?} {why}"));
+    let fail = |why: String| (source.option(), format!("{part}{path:?} {why}"));
     let pem = std::fs::read(path).map_err(|e| fail(format!("cannot be read: {e}")))?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()

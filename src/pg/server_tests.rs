@@ -1,0 +1,215 @@
+//! Tests of [`PgSink`] against a real PostgreSQL: `DATABASE_URL`, else `postgres://postgres@127.0.0.1:5432/postgres`.
+//!
+//! Without `DATABASE_URL` and with no server on 127.0.0.1:5432, each test says so on stderr and passes
+//! (`cargo test --lib` runs where no server is; the JavaScript suite brings its own). With `DATABASE_URL`
+//! set, a server that cannot be reached fails the test.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::columns::ColumnMap;
+use super::copy::COPY_MIN_ROWS;
+use super::ident::TableName;
+use super::{Path, PgSettings, PgSink};
+use crate::entry::{Entry, EntryDraft, TextField, Timestamp};
+use crate::sink::Sink;
+use crate::uuid7::Uuid7Generator;
+
+/// A sink on a table of its own (created by `ensure_schema`, dropped with the `TestTable`).
+struct TestTable {
+    sink: PgSink,
+    /// A separate sink on the same table, to look at the server from outside `sink`'s pool.
+    observer: PgSink,
+    table: String,
+}
+
+impl TestTable {
+    /// `None` (after saying why on stderr) when there is no server to test against.
+    async fn new(pool_size: usize) -> Option<TestTable> {
+        let given = std::env::var("DATABASE_URL").ok();
+        let url = given
+            .clone()
+            .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let table = format!("pg_server_test_{}", fastrand::u32(..));
+        let make = |pool_size| {
+            PgSink::new(PgSettings {
+                connection_string: url.clone(),
+                table: TableName::parse(&table).unwrap(),
+                dead_letter_table: TableName::parse(&format!("{table}_dead")).unwrap(),
+                columns: ColumnMap::default(),
+                pool_size,
+                connect_timeout: Duration::from_secs(5),
+                ssl_root_cert: None,
+                prepared_statements: false,
+            })
+            .unwrap()
+        };
+        let observer = make(1);
+        if let Err(e) = observer.ensure_schema().await {
+            assert!(given.is_none(), "DATABASE_URL is set, but: {e}");
+            eprintln!("skipped: no PostgreSQL on 127.0.0.1:5432 and no DATABASE_URL ({e})");
+            return None;
+        }
+        let sink = make(pool_size);
+        sink.ensure_schema().await.unwrap();
+        Some(TestTable {
+            sink,
+            observer,
+            table,
+        })
+    }
+
+    /// The value of a one-row, one-column query run by the observer.
+    async fn observe<T>(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> T
+    where
+        T: for<'a> tokio_postgres::types::FromSql<'a>,
+    {
+        let client = self.observer.pool.get().await.unwrap();
+        client.query_one(sql, params).await.unwrap().get(0)
+    }
+
+    /// The rows of the table.
+    async fn count(&self) -> i64 {
+        self.observe(&format!("SELECT count(*) FROM \"{}\"", self.table), &[])
+            .await
+    }
+
+    /// The server process of the connection `sink`'s pool hands out next.
+    async fn backend_pid(&self) -> i32 {
+        let client = self.sink.pool.get().await.unwrap();
+        client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+}
+
+impl Drop for TestTable {
+    /// Drops the tables, even when the test failed. (The tests run on the multi-threaded runtime, where
+    /// a worker may block.)
+    fn drop(&mut self) {
+        let sql = format!(
+            "DROP TABLE IF EXISTS \"{0}\"; DROP TABLE IF EXISTS \"{0}_dead\"",
+            self.table
+        );
+        let observer = &self.observer;
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(async {
+                if let Ok(client) = observer.pool.get().await {
+                    let _ = client.batch_execute(&sql).await;
+                }
+            })
+        });
+    }
+}
+
+/// `n` new entries with payloads of about 1 kB.
+fn entries(n: usize, ids: &mut Uuid7Generator) -> Vec<Entry> {
+    let filler = "lorem ipsum dolor sit amet ".repeat(36);
+    (0..n)
+        .map(|i| {
+            EntryDraft::new("server.test")
+                .with(TextField::Actor, format!("agent:{}", i % 13))
+                .with_payload_json(format!("{{\"i\":{i},\"text\":\"{filler}\"}}"))
+                .prepare(Timestamp::now())
+                .unwrap()
+                .finish(ids)
+        })
+        .collect()
+}
+
+/// Fault 5 of issue 10: a COPY whose future is dropped mid-stream (as `close()`'s deadline does) must
+/// not hand its connection, still inside the COPY's transaction, to the next write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_dropped_mid_stream_does_not_give_its_transaction_to_the_next_write() {
+    let Some(t) = TestTable::new(1).await else {
+        return;
+    };
+    let mut ids = Uuid7Generator::new();
+    // A first write opens the pool's one connection and checks the table.
+    t.sink.write(&entries(3, &mut ids)).await.unwrap();
+    let old_pid = t.backend_pid().await;
+
+    // A COPY large enough to still be streaming when the server is seen running it; dropped then.
+    let big = entries(40_000, &mut ids);
+    let mut write = Box::pin(t.sink.write(&big));
+    let copying = "SELECT count(*) FROM pg_stat_activity \
+                   WHERE pid = $1 AND state = 'active' AND query LIKE 'COPY%'";
+    loop {
+        tokio::select! {
+            biased;
+            result = &mut write => panic!("the COPY ended ({result:?}) before it was seen running"),
+            _ = tokio::time::sleep(Duration::from_millis(1)) => {}
+        }
+        let running: i64 = t.observe(copying, &[&old_pid]).await;
+        if running == 1 {
+            break;
+        }
+    }
+    drop(write);
+
+    // The next write, on the pool of one, succeeds and is committed.
+    let next = entries(5, &mut ids);
+    t.sink
+        .write(&next)
+        .await
+        .expect("the write after the dropped COPY");
+    assert_eq!(
+        t.count().await,
+        3 + 5,
+        "the next write is committed; nothing of the dropped COPY is"
+    );
+    // It was not run on the dropped COPY's connection, and that connection is not left open in its
+    // transaction.
+    assert_ne!(t.backend_pid().await, old_pid);
+    let mut old_state: Option<String> = None;
+    for _ in 0..200 {
+        old_state = t
+            .observe(
+                "SELECT (SELECT state FROM pg_stat_activity WHERE pid = $1)",
+                &[&old_pid],
+            )
+            .await;
+        if old_state.is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(old_state, None, "the dropped COPY's connection is closed");
+}
+
+/// Issue 14: a COPY that fails because the table is missing (dropped, then re-created by
+/// `ensure_schema`) leaves COPY on: a missing table is not a table that cannot take COPY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_table_does_not_turn_copy_off() {
+    let Some(t) = TestTable::new(2).await else {
+        return;
+    };
+    let mut ids = Uuid7Generator::new();
+    t.sink.write(&entries(3, &mut ids)).await.unwrap();
+    t.observer
+        .pool
+        .get()
+        .await
+        .unwrap()
+        .batch_execute(&format!("DROP TABLE \"{}\"", t.table))
+        .await
+        .unwrap();
+    let big = entries(COPY_MIN_ROWS, &mut ids);
+    let error = t.sink.write(&big).await.unwrap_err();
+    assert_eq!(error.sqlstate.as_deref(), Some("42P01"), "{error}");
+    assert!(
+        !t.sink.copy_disabled.load(Ordering::Relaxed),
+        "the missing table turned COPY off"
+    );
+    t.sink.ensure_schema().await.unwrap();
+    let next = entries(COPY_MIN_ROWS, &mut ids);
+    assert_eq!(t.sink.choose_path(&next), Path::Copy);
+    t.sink.write(&next).await.unwrap();
+    assert_eq!(t.count().await, i64::try_from(COPY_MIN_ROWS).unwrap());
+}
