@@ -171,7 +171,9 @@ describe('binary COPY for large batches', () => {
     expect(rows.find((r) => r.id === existing!.id)?.action).toBe('tool.call.first');
     expect(await deadLetters(table)).toEqual([]);
     const s = audit.stats();
-    expect(s).toMatchObject({ deadLettered: 0, buffered: 0 });
+    // The failed COPY is a failed attempt, counted, even though the same flush succeeded.
+    expect(s).toMatchObject({ deadLettered: 0, buffered: 0, failedFlushes: 1 });
+    expect(s.lastError?.sqlstate).toBe('23505');
     expectBooksBalance(s);
 
     // A duplicate is a row's fault, not the table's: the next large batch goes through COPY again.

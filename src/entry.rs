@@ -4,6 +4,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::fields::Field;
 use crate::uuid7::{Uuid, Uuid7Generator};
 
 /// A point in time, in whole microseconds since the Unix epoch (PostgreSQL's `timestamptz` precision).
@@ -88,14 +89,19 @@ impl TextField {
         TextField::Outcome,
     ];
 
+    /// The entry field this is.
+    pub fn field(self) -> Field {
+        match self {
+            TextField::TenantId => Field::TenantId,
+            TextField::Actor => Field::Actor,
+            TextField::Resource => Field::Resource,
+            TextField::Outcome => Field::Outcome,
+        }
+    }
+
     /// The field's name in the JavaScript API.
     pub fn js_name(self) -> &'static str {
-        match self {
-            TextField::TenantId => "tenantId",
-            TextField::Actor => "actor",
-            TextField::Resource => "resource",
-            TextField::Outcome => "outcome",
-        }
+        self.field().js_name()
     }
 
     fn index(self) -> usize {

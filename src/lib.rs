@@ -1,7 +1,8 @@
 //! audit-batcher: batched, ordered, idempotent audit-trail writes to PostgreSQL for Node.js.
 //!
 //! The crate is layered so that each part can be tested on its own:
-//! - [`entry`] and [`uuid7`]: what an audit entry is, how it is checked and identified;
+//! - [`entry`], [`fields`] and [`uuid7`]: what an audit entry is, its fields, how it is checked and
+//!   identified;
 //! - [`options`]: the configuration, every option's range and default, and [`options::InvalidOption`];
 //! - [`batcher`] and [`sink`]: the ordered buffer and its flushes, generic over where batches go;
 //! - [`pg`]: the PostgreSQL sink (connection pool, statements, schema);
@@ -11,6 +12,7 @@
 
 pub mod batcher;
 pub mod entry;
+pub mod fields;
 pub mod metrics;
 #[allow(unsafe_code)]
 mod napi;

@@ -146,6 +146,8 @@ struct State {
     /// A critical flush is running; `critical_queued`: another critical entry came meanwhile.
     critical_running: bool,
     critical_queued: bool,
+    /// The newest critical entry a critical flush was asked for.
+    critical_target: u64,
     stats: Stats,
     window: Window,
 }
@@ -209,6 +211,7 @@ impl<S: Sink> Batcher<S> {
                 abandoned: false,
                 critical_running: false,
                 critical_queued: false,
+                critical_target: 0,
                 stats: Stats::default(),
                 window: Window::default(),
             }),
@@ -317,17 +320,21 @@ impl<S: Sink> Batcher<S> {
         self.config.max_entry_bytes
     }
 
-    /// A flush of everything accepted so far, for a critical entry just logged, coalesced: returns the
-    /// task to spawn when no critical flush is running, and `None` when one is (it writes this entry too,
-    /// after the one in progress). So however many critical entries arrive during an outage, at most one
+    /// A flush of everything up to the critical entry numbered `seq`, coalesced: returns the task to
+    /// spawn when no critical flush is running, and `None` when one is (it writes this entry too, after
+    /// the attempt in progress). So however many critical entries arrive during an outage, at most one
     /// critical flush runs and at most one waits behind it, and after a failure the next attempt waits
     /// the same [`Backoff`] as the background writer.
-    pub fn critical_flush(self: &Arc<Self>) -> Option<impl Future<Output = ()> + Send + 'static>
+    pub fn critical_flush(
+        self: &Arc<Self>,
+        seq: u64,
+    ) -> Option<impl Future<Output = ()> + Send + 'static>
     where
         S: Sink,
     {
         {
             let mut st = self.state.lock();
+            st.critical_target = st.critical_target.max(seq);
             if st.critical_running {
                 st.critical_queued = true;
                 return None;
@@ -341,7 +348,7 @@ impl<S: Sink> Batcher<S> {
                 let target = {
                     let mut st = batcher.state.lock();
                     st.critical_queued = false;
-                    st.accepted
+                    st.critical_target
                 };
                 match batcher.ticket_through(target).run(&batcher).await {
                     Ok(_) => failures = 0,

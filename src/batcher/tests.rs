@@ -802,8 +802,11 @@ async fn critical_flushes_are_coalesced_and_back_off_while_the_sink_fails() {
     let mut spawned = 0;
     let mut log_critical = |n: usize| {
         for i in 0..n {
-            b.log(critical(&format!("c{i}"))).unwrap();
-            if let Some(flush) = b.critical_flush() {
+            let logged = b.log(critical(&format!("c{i}"))).unwrap();
+            let Disposition::Buffered { seq } = logged.disposition else {
+                panic!("critical entries are buffered")
+            };
+            if let Some(flush) = b.critical_flush(seq) {
                 spawned += 1;
                 tokio::spawn(flush);
             }
@@ -825,7 +828,9 @@ async fn critical_flushes_are_coalesced_and_back_off_while_the_sink_fails() {
     // The sink is back: the next critical entry starts a flush of its own, which writes everything.
     sink.fail.store(false, Ordering::SeqCst);
     b.log(critical("after")).unwrap();
-    let flush = b.critical_flush().expect("no critical flush is running");
+    let flush = b
+        .critical_flush(1001)
+        .expect("no critical flush is running");
     flush.await;
     assert_eq!(b.pending(), 0);
     assert_eq!(written_ids(&sink).len(), 1001);

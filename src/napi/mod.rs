@@ -401,9 +401,9 @@ impl AuditBatcher {
             .core
             .log(draft)
             .map_err(|e| Failure::log(&e, "log()").throw(env, None))?;
-        if critical && matches!(logged.disposition, Disposition::Buffered { .. }) {
+        if let (true, Disposition::Buffered { seq }) = (critical, logged.disposition) {
             // Failures are counted in stats(); the entries stay buffered for the next flush.
-            if let Some(flush) = self.core.critical_flush() {
+            if let Some(flush) = self.core.critical_flush(seq) {
                 spawn(flush);
             }
         }

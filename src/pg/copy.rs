@@ -10,11 +10,12 @@
 use parking_lot::Mutex;
 use tokio_postgres::types::Type;
 
-use super::columns::{Column, ColumnMap};
+use super::columns::ColumnMap;
 use super::encode::PayloadType;
 use super::ident::TableName;
 use super::verify::TableShape;
 use crate::entry::Entry;
+use crate::fields::Field;
 use crate::uuid7::Uuid;
 
 /// Batches of at least this many rows are written with binary COPY (when the table allows it and no
@@ -56,15 +57,15 @@ impl CopyPlan {
         shape: &TableShape,
     ) -> Option<CopyPlan> {
         let mut payload = PayloadType::Jsonb;
-        for (column, &oid) in Column::ALL.iter().zip(&shape.column_types) {
+        for (column, &oid) in Field::ALL.iter().zip(&shape.column_types) {
             let ok = match column {
-                Column::Id => oid == Type::UUID.oid(),
-                Column::OccurredAt => oid == Type::TIMESTAMPTZ.oid(),
-                Column::Payload if oid == Type::JSON.oid() => {
+                Field::Id => oid == Type::UUID.oid(),
+                Field::OccurredAt => oid == Type::TIMESTAMPTZ.oid(),
+                Field::Payload if oid == Type::JSON.oid() => {
                     payload = PayloadType::Json;
                     true
                 }
-                Column::Payload => oid == Type::JSONB.oid(),
+                Field::Payload => oid == Type::JSONB.oid(),
                 // varchar(n)'s length is checked by the server on COPY as on INSERT (22001).
                 _ => oid == Type::TEXT.oid() || oid == Type::VARCHAR.oid(),
             };
@@ -79,9 +80,9 @@ impl CopyPlan {
     }
 }
 
-/// `COPY <table> (<columns>) FROM STDIN (FORMAT binary)`, the columns in [`Column::ALL`] order.
+/// `COPY <table> (<columns>) FROM STDIN (FORMAT binary)`, the columns in [`Field::ALL`] order.
 pub fn copy_statement(table: &TableName, columns: &ColumnMap) -> String {
-    let names: Vec<String> = Column::ALL
+    let names: Vec<String> = Field::ALL
         .iter()
         .map(|c| columns.name(*c).to_string())
         .collect();

@@ -15,8 +15,8 @@ use postgres_protocol::types::{
 };
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 
-use super::columns::Column;
 use crate::entry::{Entry, TextField};
+use crate::fields::Field;
 
 /// Microseconds from the Unix epoch to PostgreSQL's epoch, 2000-01-01T00:00:00Z.
 const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
@@ -70,16 +70,16 @@ pub fn entry_json(e: &Entry, payload_as_text: bool) -> String {
 #[derive(Debug)]
 pub struct ColumnArray<'a> {
     pub batch: &'a [Entry],
-    pub column: Column,
+    pub column: Field,
 }
 
 impl ColumnArray<'_> {
     /// The array type this column is sent as.
-    pub fn array_type(column: Column) -> Type {
+    pub fn array_type(column: Field) -> Type {
         match column {
-            Column::Id => Type::UUID_ARRAY,
-            Column::OccurredAt => Type::TIMESTAMPTZ_ARRAY,
-            Column::Payload => Type::JSONB_ARRAY,
+            Field::Id => Type::UUID_ARRAY,
+            Field::OccurredAt => Type::TIMESTAMPTZ_ARRAY,
+            Field::Payload => Type::JSONB_ARRAY,
             _ => Type::TEXT_ARRAY,
         }
     }
@@ -97,21 +97,21 @@ pub enum PayloadType {
 /// text field writes nothing and returns `IsNull::Yes`.
 fn value_to_sql(
     e: &Entry,
-    column: Column,
+    column: Field,
     payload: PayloadType,
     buf: &mut BytesMut,
 ) -> postgres_protocol::IsNull {
     match column {
-        Column::Id => uuid_to_sql(e.id().0, buf),
-        Column::OccurredAt => timestamp_to_sql(e.occurred_at().micros() - PG_EPOCH_OFFSET_US, buf),
-        Column::Action => text_to_sql(e.action(), buf),
-        Column::Payload => {
+        Field::Id => uuid_to_sql(e.id().0, buf),
+        Field::OccurredAt => timestamp_to_sql(e.occurred_at().micros() - PG_EPOCH_OFFSET_US, buf),
+        Field::Action => text_to_sql(e.action(), buf),
+        Field::Payload => {
             if payload == PayloadType::Jsonb {
                 buf.put_u8(1); // jsonb binary format version
             }
             buf.put_slice(e.payload_json().as_bytes());
         }
-        other => match text_field(other).and_then(|f| e.text(f)) {
+        other => match other.text().and_then(|f| e.text(f)) {
             Some(v) => text_to_sql(v, buf),
             None => return postgres_protocol::IsNull::Yes,
         },
@@ -128,8 +128,8 @@ pub const COPY_TRAILER: &[u8; 2] = &[0xff, 0xff];
 
 /// A COPY row's field count, as the `i16` the format gives it.
 const COPY_FIELD_COUNT: i16 = {
-    assert!(Column::ALL.len() <= i16::MAX as usize);
-    Column::ALL.len() as i16
+    assert!(Field::ALL.len() <= i16::MAX as usize);
+    Field::ALL.len() as i16
 };
 
 /// A value longer than PostgreSQL's wire format can carry: a value's length is an `i32` there, so it
@@ -137,7 +137,7 @@ const COPY_FIELD_COUNT: i16 = {
 /// makes a longer one an error rather than a length that wraps.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ValueTooLong {
-    pub column: Column,
+    pub column: Field,
     /// The value's length in bytes.
     pub bytes: usize,
 }
@@ -147,7 +147,7 @@ impl fmt::Display for ValueTooLong {
         write!(
             f,
             "the {} value is {} bytes long, more than the {} bytes a PostgreSQL value can hold",
-            self.column.field_name(),
+            self.column.js_name(),
             self.bytes,
             i32::MAX
         )
@@ -157,16 +157,16 @@ impl fmt::Display for ValueTooLong {
 impl Error for ValueTooLong {}
 
 /// `bytes` as the `i32` length the wire format carries, or the error saying it does not fit.
-fn wire_length(column: Column, bytes: usize) -> Result<i32, ValueTooLong> {
+fn wire_length(column: Field, bytes: usize) -> Result<i32, ValueTooLong> {
     i32::try_from(bytes).map_err(|_| ValueTooLong { column, bytes })
 }
 
-/// Appends `e` as one binary COPY row: the field count (`i16`), then each column of [`Column::ALL`], in
+/// Appends `e` as one binary COPY row: the field count (`i16`), then each column of [`Field::ALL`], in
 /// order, as an `i32` length (-1 for NULL) followed by that many bytes. On error `buf` is left as it was.
 pub fn copy_row(e: &Entry, payload: PayloadType, buf: &mut BytesMut) -> Result<(), ValueTooLong> {
     let row_start = buf.len();
     buf.put_i16(COPY_FIELD_COUNT);
-    for column in Column::ALL {
+    for column in Field::ALL {
         let at = buf.len();
         buf.put_i32(0);
         let len = match value_to_sql(e, column, payload, buf) {
@@ -182,16 +182,6 @@ pub fn copy_row(e: &Entry, payload: PayloadType, buf: &mut BytesMut) -> Result<(
         buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
     }
     Ok(())
-}
-
-fn text_field(column: Column) -> Option<TextField> {
-    match column {
-        Column::TenantId => Some(TextField::TenantId),
-        Column::Actor => Some(TextField::Actor),
-        Column::Resource => Some(TextField::Resource),
-        Column::Outcome => Some(TextField::Outcome),
-        _ => None,
-    }
 }
 
 impl ToSql for ColumnArray<'_> {
@@ -283,14 +273,14 @@ mod tests {
 
     #[test]
     fn a_length_beyond_i32_is_an_error_not_a_wrapped_length() {
-        assert_eq!(wire_length(Column::Action, 0), Ok(0));
-        assert_eq!(wire_length(Column::Action, 2_147_483_647), Ok(i32::MAX));
+        assert_eq!(wire_length(Field::Action, 0), Ok(0));
+        assert_eq!(wire_length(Field::Action, 2_147_483_647), Ok(i32::MAX));
         for bytes in [2_147_483_648usize, usize::MAX] {
-            let err = wire_length(Column::Payload, bytes).unwrap_err();
+            let err = wire_length(Field::Payload, bytes).unwrap_err();
             assert_eq!(
                 err,
                 ValueTooLong {
-                    column: Column::Payload,
+                    column: Field::Payload,
                     bytes
                 }
             );
@@ -327,7 +317,7 @@ mod tests {
                     d.prepare(Timestamp::now()).unwrap().finish(&mut ids)
                 })
                 .collect();
-            for column in Column::ALL {
+            for column in Field::ALL {
                 let mut buf = BytesMut::new();
                 let param = ColumnArray { batch: &batch, column };
                 param.to_sql(&ColumnArray::array_type(column), &mut buf).unwrap();
@@ -337,10 +327,10 @@ mod tests {
                 while let Some(v) = fallible_iterator::FallibleIterator::next(&mut values).unwrap() {
                     let e = &batch[n];
                     match column {
-                        Column::Action => prop_assert_eq!(text_from_sql(v.unwrap()).unwrap(), e.action()),
-                        Column::Actor => prop_assert_eq!(v.map(|b| text_from_sql(b).unwrap()), e.text(TextField::Actor)),
-                        Column::Id => prop_assert_eq!(v.unwrap(), &e.id().0[..]),
-                        Column::Payload => prop_assert_eq!(&v.unwrap()[1..], e.payload_json().as_bytes()),
+                        Field::Action => prop_assert_eq!(text_from_sql(v.unwrap()).unwrap(), e.action()),
+                        Field::Actor => prop_assert_eq!(v.map(|b| text_from_sql(b).unwrap()), e.text(TextField::Actor)),
+                        Field::Id => prop_assert_eq!(v.unwrap(), &e.id().0[..]),
+                        Field::Payload => prop_assert_eq!(&v.unwrap()[1..], e.payload_json().as_bytes()),
                         _ => {}
                     }
                     n += 1;

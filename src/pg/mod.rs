@@ -25,7 +25,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod
 use futures_util::SinkExt;
 use tokio_postgres::types::{ToSql, Type};
 
-use self::columns::{Column, ColumnMap};
+use self::columns::ColumnMap;
 use self::config::ConnectionConfig;
 use self::copy::{CopyPlan, SentIds, COPY_CHUNK_BYTES, COPY_MIN_ROWS};
 use self::encode::ColumnArray;
@@ -33,6 +33,7 @@ use self::ident::TableName;
 use self::redact::Redactor;
 use self::tls::TlsConnector;
 use crate::entry::Entry;
+use crate::fields::Field;
 use crate::sink::{Sink, WriteError};
 
 /// How to reach PostgreSQL and where to write.
@@ -72,6 +73,8 @@ pub struct PgSink {
     copy_disabled: AtomicBool,
     /// The `preparedStatements` option.
     prepared: bool,
+    /// Failed COPY attempts that the same write redid as an INSERT, until the batcher takes them.
+    recovered: parking_lot::Mutex<Vec<WriteError>>,
     redactor: Redactor,
 }
 
@@ -123,6 +126,7 @@ impl PgSink {
             sent: SentIds::default(),
             copy_disabled: AtomicBool::new(false),
             prepared: settings.prepared_statements,
+            recovered: parking_lot::Mutex::new(Vec::new()),
             dead_letter_sql: schema::dead_letter_statement(&settings.dead_letter_table),
             dead_letter_table: settings.dead_letter_table,
             table: settings.table,
@@ -252,7 +256,9 @@ impl PgSink {
                     // INSERT (the ids are recorded as sent), which stores each entry once.
                     return Err(self.db_error(&error));
                 };
-                // Nothing was committed; the INSERT decides what becomes of the batch.
+                // Nothing was committed; the INSERT decides what becomes of the batch. The failed COPY
+                // is still a failed attempt: the batcher counts and reports it.
+                self.recovered.lock().push(self.db_error(&error));
                 if copy::disables_copy(db.code().code()) {
                     self.copy_disabled.store(true, Ordering::Relaxed);
                 }
@@ -321,9 +327,9 @@ async fn insert_batch(
     batch: &[Entry],
     prepared: bool,
 ) -> Result<(), tokio_postgres::Error> {
-    let arrays = Column::ALL.map(|column| ColumnArray { batch, column });
+    let arrays = Field::ALL.map(|column| ColumnArray { batch, column });
     if prepared {
-        let types = Column::ALL.map(ColumnArray::array_type);
+        let types = Field::ALL.map(ColumnArray::array_type);
         let statement = client.prepare_typed_cached(sql, &types).await?;
         let params: Vec<&(dyn ToSql + Sync)> =
             arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
@@ -437,5 +443,9 @@ impl Sink for PgSink {
 
     async fn close(&self) {
         self.pool.close();
+    }
+
+    fn take_recovered_failures(&self) -> Vec<WriteError> {
+        std::mem::take(&mut *self.recovered.lock())
     }
 }

@@ -1,19 +1,20 @@
 //! SQL text: the insert statement and the default table's definition.
 
-use super::columns::{Column, ColumnMap};
+use super::columns::ColumnMap;
 use super::encode::ColumnArray;
 use super::ident::{Ident, TableName};
+use crate::fields::Field;
 
 /// `INSERT INTO <table> (<columns>) SELECT * FROM unnest($1::uuid[], ...) ON CONFLICT (<id>) DO NOTHING`.
 ///
 /// `ON CONFLICT DO NOTHING` on the id (with the partition key, for a partitioned table: `conflict`) makes a
 /// write idempotent: resending a batch whose commit was not acknowledged stores each entry once.
 pub fn insert_statement(table: &TableName, columns: &ColumnMap, conflict: &[Ident]) -> String {
-    let names: Vec<String> = Column::ALL
+    let names: Vec<String> = Field::ALL
         .iter()
         .map(|c| columns.name(*c).to_string())
         .collect();
-    let params: Vec<String> = Column::ALL
+    let params: Vec<String> = Field::ALL
         .iter()
         .enumerate()
         .map(|(i, c)| {
@@ -42,33 +43,33 @@ fn sql_type_name(ty: &tokio_postgres::types::Type) -> &'static str {
 
 /// The statements that create the default table and its `(tenant_id, occurred_at)` index when missing.
 pub fn create_statements(table: &TableName, columns: &ColumnMap) -> Vec<String> {
-    let col = |c: Column| columns.name(c).to_string();
+    let col = |c: Field| columns.name(c).to_string();
     let mut statements = Vec::new();
     if let Some(schema) = &table.schema {
         statements.push(format!("CREATE SCHEMA IF NOT EXISTS {schema}"));
     }
     statements.push(format!(
         "CREATE TABLE IF NOT EXISTS {table} (\n  {} uuid PRIMARY KEY,\n  {} timestamptz NOT NULL,\n  {} text,\n  {} text,\n  {} text NOT NULL,\n  {} text,\n  {} text,\n  {} jsonb NOT NULL DEFAULT '{{}}'\n)",
-        col(Column::Id),
-        col(Column::OccurredAt),
-        col(Column::TenantId),
-        col(Column::Actor),
-        col(Column::Action),
-        col(Column::Resource),
-        col(Column::Outcome),
-        col(Column::Payload),
+        col(Field::Id),
+        col(Field::OccurredAt),
+        col(Field::TenantId),
+        col(Field::Actor),
+        col(Field::Action),
+        col(Field::Resource),
+        col(Field::Outcome),
+        col(Field::Payload),
     ));
     let mut index = format!(
         "{}_{}_{}_idx",
         table.name.as_str(),
-        columns.name(Column::TenantId).as_str(),
-        columns.name(Column::OccurredAt).as_str()
+        columns.name(Field::TenantId).as_str(),
+        columns.name(Field::OccurredAt).as_str()
     );
     index.truncate(63); // identifiers are ASCII, so this cuts on a character boundary
     statements.push(format!(
         "CREATE INDEX IF NOT EXISTS \"{index}\" ON {table} ({}, {})",
-        col(Column::TenantId),
-        col(Column::OccurredAt)
+        col(Field::TenantId),
+        col(Field::OccurredAt)
     ));
     statements
 }

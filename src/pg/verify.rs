@@ -4,8 +4,9 @@
 use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
-use super::columns::{Column, ColumnMap};
+use super::columns::ColumnMap;
 use super::ident::{Ident, TableName};
+use crate::fields::Field;
 
 /// What the insert statement needs to know about the table.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -14,17 +15,17 @@ pub struct TableShape {
     /// `ON CONFLICT` target. Just the id for the default table; `(id, occurred_at)` for a table
     /// partitioned on `occurred_at`.
     pub conflict_columns: Vec<Ident>,
-    /// The type (its OID) of the column each field is written to, in [`Column::ALL`] order: whether a
+    /// The type (its OID) of the column each field is written to, in [`Field::ALL`] order: whether a
     /// binary COPY can fill the table (see [`super::copy::CopyPlan`]).
     pub column_types: [u32; 8],
 }
 
 /// The column types an entry field may be written to (PostgreSQL's `typname`).
-fn accepted_types(column: Column) -> &'static [&'static str] {
+fn accepted_types(column: Field) -> &'static [&'static str] {
     match column {
-        Column::Id => &["uuid", "text", "varchar"],
-        Column::OccurredAt => &["timestamptz", "timestamp"],
-        Column::Payload => &["jsonb", "json"],
+        Field::Id => &["uuid", "text", "varchar"],
+        Field::OccurredAt => &["timestamptz", "timestamp"],
+        Field::Payload => &["jsonb", "json"],
         _ => &["text", "varchar", "bpchar", "citext"],
     }
 }
@@ -76,13 +77,13 @@ pub async fn verify(
         })
         .collect();
     let mut column_types = [0; 8];
-    for (i, column) in Column::ALL.into_iter().enumerate() {
+    for (i, column) in Field::ALL.into_iter().enumerate() {
         let name = columns.name(column).as_str();
         let Some(attr) = attributes.iter().find(|a| a.name == name) else {
             return Err(format!(
                 "table {} has no column \"{name}\" for the entry field `{}` (map it with the columns option)",
                 table.plain(),
-                column.field_name()
+                column.js_name()
             ));
         };
         let accepted = accepted_types(column);
@@ -91,17 +92,13 @@ pub async fn verify(
                 "column \"{name}\" of table {} has type {}, which the entry field `{}` cannot be written to (expected {})",
                 table.plain(),
                 attr.type_name,
-                column.field_name(),
+                column.js_name(),
                 accepted.join(" or ")
             ));
         }
         column_types[i] = attr.type_oid;
     }
-    let mapped = |name: &str| {
-        Column::ALL
-            .iter()
-            .any(|c| columns.name(*c).as_str() == name)
-    };
+    let mapped = |name: &str| Field::ALL.iter().any(|c| columns.name(*c).as_str() == name);
     if let Some(attr) = attributes
         .iter()
         .find(|a| a.not_null && !a.has_default && !mapped(&a.name))
@@ -124,7 +121,7 @@ pub async fn verify(
         )
         .await
         .map_err(|e| format!("could not read the indexes of table {}: {e}", table.plain()))?;
-    let id = columns.name(Column::Id).as_str();
+    let id = columns.name(Field::Id).as_str();
     let conflict = indexes
         .iter()
         .map(|r| r.get::<_, Vec<String>>(0))
