@@ -12,4 +12,5 @@ pub mod metrics;
 mod napi;
 pub mod pg;
 pub mod sink;
+pub mod spool;
 pub mod uuid7;

@@ -1,0 +1,832 @@
+//! The durable local spool: every accepted entry is appended to a file before `log()` returns, so a
+//! process crash loses nothing, and the entries of a process that died are replayed by the next one.
+//!
+//! # Layout
+//! ```text
+//! <dir>/                          mode 0700, created when missing
+//!   spool-<ms>-<pid>-<rand>/      one per live batcher, flock'ed (exclusive) by it
+//!     0000000000000001.seg        segments, oldest first: a 16-byte header, then records
+//!     0000000000000002.seg
+//!   quarantine/                   segments in which damage was found, kept for a human
+//!     spool-…-0000000000000001.seg
+//! ```
+//! A record is one entry with its id, time, fields and the batcher's acceptance number `seq`, framed by
+//! a self-checking header and a CRC32C of its body (see [`record`]).
+//!
+//! # Life of an entry
+//! 1. [`Spool::append`] stores the record in the open segment (in the kernel's page cache: a process crash
+//!    keeps it). At `segment_bytes` the segment is sealed and a new one created.
+//! 2. [`Spool::sync`], every `sync_interval` from a background task, fdatasyncs what was appended since
+//!    the last sync, and the directories changed since (after a segment is created or removed): after a
+//!    successful sync, a machine crash keeps the entries appended before it.
+//! 3. [`Spool::release_through`]`(settled)` deletes each sealed segment whose entries all have
+//!    `seq <= settled` (written or dead-lettered).
+//! 4. [`Spool::close`] removes the spool when every entry is released, and leaves it for the next start
+//!    otherwise.
+//!
+//! At [`Spool::open`] every other spool under `dir` whose lock is free (its owner died) is claimed; the
+//! returned [`Recovery`] streams their entries, oldest first, and [`Spool::release_recovered_through`]
+//! removes their segments as the entries are written.
+//!
+//! # Why it is built this way
+//! - **Mapped segments, not write(2)**, where the file system allows it. Measured on this project's
+//!   2-core VM (ext4, 600-byte entries, 200k appends, release build, `cargo test --release --lib
+//!   spool::tests::measure_append -- --ignored --nocapture` measures it again): a positioned write(2)
+//!   costs about 1.1–1.3 µs per append (median), over the 0.5 µs budget of `log()`; a store plus CRC32C
+//!   into a preallocated shared mapping about 0.13 µs. Both put the entry in the page cache, which a
+//!   process crash keeps. The mapping's cost is a page fault per fresh 4 KiB page (p99 a few µs).
+//! - **Preallocation before mapping.** A store past a file's allocated blocks on a full disk raises
+//!   SIGBUS, which would kill the process. Segments are `fallocate`d whole before they are mapped, so a
+//!   full disk fails segment creation with ENOSPC (an error value) instead; and segments are mapped only
+//!   on ext4, xfs and tmpfs, which write preallocated blocks in place. Elsewhere (btrfs, zfs, NFS, FUSE:
+//!   copy-on-write or remote, where write-back can still need space) the spool uses write(2).
+//! - **Per-record checksums, no ledger.** Entries carry idempotent ids, so replaying an entry that was
+//!   already written is harmless: recovery replays every surviving segment rather than trusting a ledger
+//!   of positions (Vector's crash loop came from a ledger pointing into a deleted file). A process crash
+//!   can only tear the last record; the checksums find it. Damage elsewhere is skipped, counted and the
+//!   segment kept in `quarantine/`; nothing stops start-up.
+//! - **Deferred directory fsync.** Creating a segment happens inside `append`, so its directory fsync
+//!   (milliseconds) would land in some `log()` call; it is done by the next `sync()` instead, before that
+//!   sync reports success, which is when it matters (only a machine crash can lose a directory entry).
+//! - **No retry of a failed fsync** (PostgreSQL's "fsyncgate"): after a failed fdatasync the kernel may
+//!   have dropped the dirty pages, and a second fsync would report success for data that never reached
+//!   the disk. The segment is abandoned, and the caller is told which entries to append again.
+//! - **A lock per process, kernel-released.** `flock` on the spool's directory goes away with the
+//!   process, however it dies; a spool whose lock can be taken has no live owner.
+
+mod inspect;
+mod lock;
+mod mmap;
+mod reader;
+pub mod record;
+mod recovery;
+mod segment;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+
+pub use self::inspect::{inspect, Inspection, SpoolInfo};
+use self::lock::DirLock;
+pub use self::reader::SegmentScan;
+pub use self::record::Record;
+use self::recovery::{create_dir_0700, Orphans};
+pub use self::recovery::{Recovered, Recovery, QUARANTINE};
+pub use self::segment::Backend;
+use self::segment::{segment_name, SegmentWriter, FILE_HEADER_LEN};
+use crate::entry::Entry;
+
+/// Names of spool directories under the spool's `dir` start with this.
+pub const SPOOL_PREFIX: &str = "spool-";
+
+/// How long segment creation is not tried again after it failed (a full or failing disk), so that
+/// `append` stays cheap while the disk is in trouble.
+const RETRY_AFTER: Duration = Duration::from_millis(250);
+
+/// When the spool is made durable against a machine crash.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SyncMode {
+    /// [`Spool::sync`] fdatasyncs: call it every `sync_interval`.
+    #[default]
+    Interval,
+    /// [`Spool::sync`] does nothing: a process crash loses nothing, a machine crash may lose anything
+    /// not yet written back by the kernel.
+    Never,
+}
+
+/// How a spool behaves.
+#[derive(Clone, Debug)]
+pub struct SpoolConfig {
+    pub sync: SyncMode,
+    /// How often the caller should call [`Spool::sync`] (the spool itself runs no timer).
+    pub sync_interval: Duration,
+    /// Disk the spool may use, counted as the segments' sizes (preallocated whole), claimed spools
+    /// included.
+    pub max_bytes: u64,
+    /// Size of a segment (at most a quarter of `max_bytes`, at least 64 KiB; a record larger than a
+    /// segment gets one of its own).
+    pub segment_bytes: u64,
+    pub backend: Backend,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            sync: SyncMode::Interval,
+            sync_interval: Duration::from_millis(200),
+            max_bytes: 1 << 30,
+            segment_bytes: 32 << 20,
+            backend: Backend::Auto,
+        }
+    }
+}
+
+impl SpoolConfig {
+    fn effective_segment_bytes(&self) -> u64 {
+        round_4k(self.segment_bytes.min(self.max_bytes / 4).max(64 << 10))
+    }
+}
+
+fn round_4k(n: u64) -> u64 {
+    n.div_ceil(4096) * 4096
+}
+
+/// Why the spool did not do what was asked. Never a panic: disk trouble comes back as [`SpoolError::Io`]
+/// or [`SpoolError::Unavailable`], and the spool stays usable.
+#[derive(Debug)]
+pub enum SpoolError {
+    /// Appending would take the spool past `max_bytes`. Nothing was written.
+    Full { bytes: u64, max_bytes: u64 },
+    /// The entry's record would be larger than the format's 4 GiB.
+    EntryTooLarge { bytes: usize },
+    /// A file system call failed (ENOSPC, EIO, EROFS, EACCES ...).
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// Segment creation failed moments ago and is not tried again before `retry_in`; nothing was written.
+    Unavailable {
+        kind: io::ErrorKind,
+        retry_in: Duration,
+    },
+    /// fdatasync failed. The segments concerned are abandoned (never synced again, never appended to):
+    /// entries with `from_seq <= seq <= through_seq` that are not settled must be appended again, from
+    /// memory, with [`Spool::reappend`]; entries outside that range are not affected.
+    SyncFailed {
+        from_seq: u64,
+        through_seq: u64,
+        source: io::Error,
+    },
+}
+
+impl SpoolError {
+    fn io(op: &'static str, path: &Path, source: io::Error) -> SpoolError {
+        SpoolError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// The underlying error kind, for disk trouble (`StorageFull` for ENOSPC).
+    pub fn io_kind(&self) -> Option<io::ErrorKind> {
+        match self {
+            SpoolError::Io { source, .. } | SpoolError::SyncFailed { source, .. } => {
+                Some(source.kind())
+            }
+            SpoolError::Unavailable { kind, .. } => Some(*kind),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for SpoolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SpoolError::Full { bytes, max_bytes } => write!(
+                f,
+                "spool is full: {bytes} bytes used, maxBytes is {max_bytes}"
+            ),
+            SpoolError::EntryTooLarge { bytes } => {
+                write!(f, "entry of {bytes} bytes is too large for the spool")
+            }
+            SpoolError::Io { op, path, source } => {
+                write!(f, "spool: {op} {}: {source}", path.display())
+            }
+            SpoolError::Unavailable { kind, retry_in } => write!(
+                f,
+                "spool unavailable after a disk error ({kind}); retrying in {retry_in:?}"
+            ),
+            SpoolError::SyncFailed {
+                from_seq,
+                through_seq,
+                source,
+            } => write!(
+                f,
+                "spool: fdatasync failed ({source}); entries {from_seq}..={through_seq} must be appended again"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SpoolError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SpoolError::Io { source, .. } | SpoolError::SyncFailed { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// A snapshot of a spool's figures.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SpoolStats {
+    /// Bytes of segments on disk (own and claimed; segments are preallocated whole).
+    pub bytes: u64,
+    /// Segments on disk (own and claimed).
+    pub segments: usize,
+    /// Entries read back from claimed spools so far.
+    pub recovered: u64,
+    /// Damaged stretches skipped while reading claimed spools.
+    pub damaged: u64,
+    /// Torn last records cut off while reading claimed spools.
+    pub torn_tails: u64,
+    /// Records appended.
+    pub appended: u64,
+    /// Appends refused with [`SpoolError::Full`].
+    pub full: u64,
+    /// Appends and releases that failed on disk trouble.
+    pub errors: u64,
+    /// Successful syncs.
+    pub syncs: u64,
+    /// Failed syncs (each abandoned its segments).
+    pub sync_failures: u64,
+    /// How long the last sync took.
+    pub last_sync: Option<Duration>,
+    /// Whether the open segment is written through a mapping (else write(2)).
+    pub mapped: bool,
+    /// The last disk error, in words.
+    pub last_error: Option<String>,
+}
+
+/// Counters the recovery reader updates without taking the spool's lock.
+#[derive(Default)]
+struct Counters {
+    recovered: AtomicU64,
+    damaged: AtomicU64,
+    torn_tails: AtomicU64,
+    orphan_bytes: AtomicU64,
+}
+
+/// What the spool handle and its recovery reader share.
+struct Shared {
+    root: PathBuf,
+    own: Mutex<Own>,
+    orphans: Mutex<Orphans>,
+    counters: Counters,
+}
+
+/// One of this process's segments.
+struct Segment {
+    number: u64,
+    path: PathBuf,
+    file: Arc<File>,
+    capacity: u64,
+    /// Bytes used (for a sealed segment, what the reader should read).
+    end: u64,
+    entries: u64,
+    min_seq: u64,
+    max_seq: u64,
+    /// Range of seqs appended since the last successful sync.
+    unsynced: Option<(u64, u64)>,
+    /// A sync failed on it: never synced or appended to again.
+    abandoned: bool,
+}
+
+struct Own {
+    config: SpoolConfig,
+    lock: DirLock,
+    active: Option<(Segment, SegmentWriter)>,
+    sealed: VecDeque<Segment>,
+    next_number: u64,
+    bytes: u64,
+    /// The highest seq passed to `release_through`.
+    settled: u64,
+    dir_dirty: bool,
+    root_dirty: bool,
+    retry: Option<(Instant, io::ErrorKind)>,
+    stats: SpoolStats,
+}
+
+fn merge(a: Option<(u64, u64)>, b: Option<(u64, u64)>) -> Option<(u64, u64)> {
+    match (a, b) {
+        (Some((a0, a1)), Some((b0, b1))) => Some((a0.min(b0), a1.max(b1))),
+        (x, None) | (None, x) => x,
+    }
+}
+
+impl Own {
+    fn note_error(&mut self, e: &SpoolError) {
+        self.stats.errors += 1;
+        self.stats.last_error = Some(e.to_string());
+    }
+
+    /// Seals the active segment: no more appends; it stays until released.
+    fn seal_active(&mut self) {
+        if let Some((mut seg, writer)) = self.active.take() {
+            seg.end = writer.end();
+            drop(writer);
+            self.sealed.push_back(seg);
+        }
+    }
+
+    /// Creates a new active segment with room for a record of `len` bytes.
+    fn roll(&mut self, len: usize, critical: bool, orphan_bytes: u64) -> Result<(), SpoolError> {
+        if let Some((at, kind)) = self.retry {
+            let now = Instant::now();
+            if now < at {
+                return Err(SpoolError::Unavailable {
+                    kind,
+                    retry_in: at - now,
+                });
+            }
+        }
+        let capacity = self
+            .config
+            .effective_segment_bytes()
+            .max(round_4k(FILE_HEADER_LEN + len as u64));
+        let used = self.bytes + orphan_bytes;
+        if !critical && used + capacity > self.config.max_bytes {
+            self.stats.full += 1;
+            return Err(SpoolError::Full {
+                bytes: used,
+                max_bytes: self.config.max_bytes,
+            });
+        }
+        self.seal_active();
+        let number = self.next_number;
+        let path = self.lock.path().join(segment_name(number));
+        match SegmentWriter::create(&path, capacity, self.config.backend) {
+            Ok(writer) => {
+                self.next_number += 1;
+                self.retry = None;
+                self.bytes += capacity;
+                self.dir_dirty = true;
+                self.stats.mapped = writer.is_mapped();
+                let seg = Segment {
+                    number,
+                    path,
+                    file: writer.file().clone(),
+                    capacity,
+                    end: writer.end(),
+                    entries: 0,
+                    min_seq: u64::MAX,
+                    max_seq: 0,
+                    unsynced: None,
+                    abandoned: false,
+                };
+                self.active = Some((seg, writer));
+                Ok(())
+            }
+            Err(e) => {
+                self.retry = Some((Instant::now() + RETRY_AFTER, e.kind()));
+                let err = SpoolError::io("create segment", &path, e);
+                self.note_error(&err);
+                Err(err)
+            }
+        }
+    }
+
+    fn append(
+        &mut self,
+        seq: u64,
+        entry: &Entry,
+        critical: bool,
+        orphan_bytes: u64,
+    ) -> Result<(), SpoolError> {
+        let len = record::encoded_len(entry).ok_or(SpoolError::EntryTooLarge {
+            bytes: entry.size_bytes(),
+        })?;
+        for _ in 0..2 {
+            if self.active.is_none() {
+                self.roll(len, critical, orphan_bytes)?;
+            }
+            let Some((seg, writer)) = &mut self.active else {
+                continue;
+            };
+            match writer.append(len, seq, entry) {
+                Ok(true) => {
+                    seg.end = writer.end();
+                    seg.entries += 1;
+                    seg.min_seq = seg.min_seq.min(seq);
+                    seg.max_seq = seg.max_seq.max(seq);
+                    seg.unsynced = merge(seg.unsynced, Some((seq, seq)));
+                    self.stats.appended += 1;
+                    return Ok(());
+                }
+                Ok(false) => self.roll(len, critical, orphan_bytes)?,
+                Err(e) => {
+                    // write(2) failed (ENOSPC past the file's blocks, EIO): leave this segment.
+                    let err = SpoolError::io("append to", &seg.path, e);
+                    self.note_error(&err);
+                    self.seal_active();
+                    return Err(err);
+                }
+            }
+        }
+        Err(SpoolError::EntryTooLarge { bytes: len })
+    }
+
+    fn segment_mut(&mut self, number: u64) -> Option<&mut Segment> {
+        if let Some((seg, _)) = &mut self.active {
+            if seg.number == number {
+                return Some(seg);
+            }
+        }
+        self.sealed.iter_mut().find(|s| s.number == number)
+    }
+}
+
+/// A process's own spool: where [`Spool::append`] puts entries until they are released.
+///
+/// All methods take `&self` and may be called from any thread; appends are serialised by a lock that is
+/// never held across an fsync, so [`Spool::sync`] does not delay `append`.
+pub struct Spool {
+    shared: Arc<Shared>,
+}
+
+impl Spool {
+    /// Opens (creating with mode 0700 when missing) the spool directory `dir`, takes a new spool of this
+    /// process's own under it, and claims every other spool under it whose owner is gone.
+    ///
+    /// Never reads a segment: the returned [`Recovery`] streams the claimed entries when iterated. Fails
+    /// only when `dir` cannot be created, read or written; a first segment that cannot be created (a full
+    /// disk) is not an error here: `append` tries again.
+    pub fn open(
+        dir: impl AsRef<Path>,
+        config: SpoolConfig,
+    ) -> Result<(Spool, Recovery), SpoolError> {
+        let root = dir.as_ref().to_path_buf();
+        create_dir_0700(&root).map_err(|e| SpoolError::io("create directory", &root, e))?;
+        let lock = take_new_spool(&root)?;
+        let (orphans, orphan_bytes) =
+            Orphans::claim(&root, lock.path()).map_err(|e| SpoolError::io("read", &root, e))?;
+        let mut own = Own {
+            config,
+            lock,
+            active: None,
+            sealed: VecDeque::new(),
+            next_number: 1,
+            bytes: 0,
+            settled: 0,
+            dir_dirty: false,
+            root_dirty: true,
+            retry: None,
+            stats: SpoolStats::default(),
+        };
+        // A failure is kept in the stats; `append` tries again.
+        let _ = own.roll(0, true, 0);
+        let shared = Arc::new(Shared {
+            root,
+            own: Mutex::new(own),
+            orphans: Mutex::new(orphans),
+            counters: Counters::default(),
+        });
+        shared
+            .counters
+            .orphan_bytes
+            .store(orphan_bytes, Ordering::Relaxed);
+        let recovery = Recovery::new(shared.clone());
+        Ok((Spool { shared }, recovery))
+    }
+
+    /// This process's spool directory.
+    pub fn dir(&self) -> PathBuf {
+        self.shared.own.lock().lock.path().to_path_buf()
+    }
+
+    /// Appends entry `seq` (the batcher's acceptance number; increasing from call to call). When it returns
+    /// `Ok`, the entry is in the kernel: a process crash from then on does not lose it.
+    ///
+    /// [`SpoolError::Full`] at `max_bytes`; disk trouble as [`SpoolError::Io`] or
+    /// [`SpoolError::Unavailable`]. On any error nothing was appended and the spool stays usable.
+    pub fn append(&self, seq: u64, entry: &Entry) -> Result<(), SpoolError> {
+        let orphan_bytes = self.shared.counters.orphan_bytes.load(Ordering::Relaxed);
+        self.shared
+            .own
+            .lock()
+            .append(seq, entry, false, orphan_bytes)
+    }
+
+    /// [`Spool::append`] past `max_bytes`: for critical entries, which are never refused.
+    pub fn append_critical(&self, seq: u64, entry: &Entry) -> Result<(), SpoolError> {
+        self.shared.own.lock().append(seq, entry, true, 0)
+    }
+
+    /// Appends again entries whose segment was abandoned after [`SpoolError::SyncFailed`], ignoring
+    /// `max_bytes` (they were accepted already). Stops at the first error, returning how many went in.
+    pub fn reappend<'a>(
+        &self,
+        entries: impl IntoIterator<Item = (u64, &'a Entry)>,
+    ) -> Result<usize, (usize, SpoolError)> {
+        let mut own = self.shared.own.lock();
+        let mut n = 0;
+        for (seq, entry) in entries {
+            own.append(seq, entry, true, 0).map_err(|e| (n, e))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Makes everything appended before the call durable against a machine crash: fdatasyncs each segment
+    /// appended to since the last sync, claimed segments once, and the directories where segments were
+    /// created or removed. Does nothing with [`SyncMode::Never`].
+    ///
+    /// On a failed fdatasync the segment is abandoned and never synced again (the next append opens a new
+    /// one), and [`SpoolError::SyncFailed`] names the entries to append again.
+    pub fn sync(&self) -> Result<(), SpoolError> {
+        let started = Instant::now();
+        let (jobs, dirs) = {
+            let mut own = self.shared.own.lock();
+            if own.config.sync == SyncMode::Never {
+                return Ok(());
+            }
+            let mut jobs = Vec::new();
+            if let Some((seg, _)) = own.active.as_mut() {
+                if let Some(range) = seg.unsynced.take() {
+                    jobs.push((seg.number, seg.file.clone(), range));
+                }
+            }
+            for seg in own.sealed.iter_mut().filter(|s| !s.abandoned) {
+                if let Some(range) = seg.unsynced.take() {
+                    jobs.push((seg.number, seg.file.clone(), range));
+                }
+            }
+            let mut dirs = Vec::new();
+            if std::mem::take(&mut own.dir_dirty) {
+                dirs.push(own.lock.path().to_path_buf());
+            }
+            if std::mem::take(&mut own.root_dirty) {
+                dirs.push(self.shared.root.clone());
+            }
+            (jobs, dirs)
+        };
+        let mut failed: Option<(u64, u64, io::Error)> = None;
+        let mut failed_segments = Vec::new();
+        for (number, file, range) in jobs {
+            if let Err(e) = file.sync_data() {
+                failed_segments.push((number, range));
+                failed = Some(match failed {
+                    Some((a, b, first)) => (a.min(range.0), b.max(range.1), first),
+                    None => (range.0, range.1, e),
+                });
+            }
+        }
+        let (orphan_files, orphan_dirs) = self.shared.orphans.lock().take_unsynced();
+        let mut dir_error = None;
+        for path in &orphan_files {
+            // The entries are still read from the page cache; a failure here only weakens the guarantee
+            // against a machine crash during recovery, and is reported like any disk error.
+            if let Err(e) = recovery::sync_file(path) {
+                dir_error.get_or_insert(SpoolError::io("fdatasync", path, e));
+            }
+        }
+        let mut dirs_left = Vec::new();
+        for dir in dirs.iter().chain(&orphan_dirs) {
+            match lock::sync_dir(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    dirs_left.push(dir.clone());
+                    dir_error.get_or_insert(SpoolError::io("fsync directory", dir, e));
+                }
+            }
+        }
+        let mut own = self.shared.own.lock();
+        let elapsed = started.elapsed();
+        own.stats.last_sync = Some(elapsed);
+        for dir in dirs_left {
+            if dir == self.shared.root {
+                own.root_dirty = true;
+            } else if dir == own.lock.path() {
+                own.dir_dirty = true;
+            }
+        }
+        if let Some((from_seq, through_seq, source)) = failed {
+            let mut from = from_seq;
+            let mut through = through_seq;
+            for (number, _) in failed_segments {
+                let is_active = own.active.as_ref().is_some_and(|(s, _)| s.number == number);
+                if is_active {
+                    own.seal_active();
+                }
+                if let Some(seg) = own.segment_mut(number) {
+                    seg.abandoned = true;
+                    // Appended while the failed fdatasync ran: just as uncertain.
+                    if let Some((a, b)) = seg.unsynced.take() {
+                        from = from.min(a);
+                        through = through.max(b);
+                    }
+                }
+            }
+            own.stats.sync_failures += 1;
+            let err = SpoolError::SyncFailed {
+                from_seq: from,
+                through_seq: through,
+                source,
+            };
+            own.stats.last_error = Some(err.to_string());
+            return Err(err);
+        }
+        if let Some(err) = dir_error {
+            own.note_error(&err);
+            return Err(err);
+        }
+        own.stats.syncs += 1;
+        Ok(())
+    }
+
+    /// Deletes every sealed segment whose entries all have `seq <= settled` (entries `1..=settled` are
+    /// written or dead-lettered). The open segment is kept (see [`Spool::close`]). A segment that cannot
+    /// be removed is tried again on the next call; the first such error is returned.
+    pub fn release_through(&self, settled: u64) -> Result<usize, SpoolError> {
+        let mut own = self.shared.own.lock();
+        own.settled = own.settled.max(settled);
+        let mut removed = 0;
+        let mut error = None;
+        let mut keep = VecDeque::new();
+        while let Some(seg) = own.sealed.pop_front() {
+            if seg.entries > 0 && seg.max_seq > settled {
+                keep.push_back(seg);
+                continue;
+            }
+            match std::fs::remove_file(&seg.path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    error.get_or_insert(SpoolError::io("remove", &seg.path, e));
+                    keep.push_back(seg);
+                    continue;
+                }
+            }
+            own.bytes -= seg.capacity;
+            own.dir_dirty = true;
+            removed += 1;
+        }
+        own.sealed = keep;
+        match error {
+            Some(e) => {
+                own.note_error(&e);
+                Err(e)
+            }
+            None => Ok(removed),
+        }
+    }
+
+    /// Deletes each claimed segment whose entries have all been handed out by [`Recovery`] with
+    /// `replay_seq <= written` and are written; a segment in which damage was found goes to
+    /// `<dir>/quarantine/` instead. A claimed spool left empty is removed and its lock let go.
+    pub fn release_recovered_through(&self, written: u64) -> Result<(), SpoolError> {
+        let (freed, error) = self
+            .shared
+            .orphans
+            .lock()
+            .release_through(&self.shared.root, written);
+        self.shared
+            .counters
+            .orphan_bytes
+            .fetch_sub(freed, Ordering::Relaxed);
+        match error {
+            Some(e) => {
+                let err = SpoolError::io("release", &self.shared.root, e);
+                self.shared.own.lock().note_error(&err);
+                Err(err)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Reads back this process's own entries with `seq >= from_seq`, in append order, as far as they were
+    /// appended at the moment of the call (for a backlog that no longer fits in memory). Blocking I/O.
+    pub fn backlog(&self, from_seq: u64) -> Backlog {
+        let own = self.shared.own.lock();
+        let segments = own
+            .sealed
+            .iter()
+            .chain(own.active.as_ref().map(|(s, _)| s))
+            .filter(|s| s.entries > 0 && s.max_seq >= from_seq)
+            .map(|s| (s.path.clone(), s.end))
+            .collect();
+        Backlog {
+            segments,
+            current: None,
+            from_seq,
+        }
+    }
+
+    /// A snapshot of the spool's figures.
+    pub fn stats(&self) -> SpoolStats {
+        let own = self.shared.own.lock();
+        let orphans = self.shared.orphans.lock();
+        let c = &self.shared.counters;
+        SpoolStats {
+            bytes: own.bytes + c.orphan_bytes.load(Ordering::Relaxed),
+            segments: own.sealed.len() + usize::from(own.active.is_some()) + orphans.segments(),
+            recovered: c.recovered.load(Ordering::Relaxed),
+            damaged: c.damaged.load(Ordering::Relaxed),
+            torn_tails: c.torn_tails.load(Ordering::Relaxed),
+            ..own.stats.clone()
+        }
+    }
+
+    /// Ends this process's use of the spool. When every own entry is released (`release_through` was
+    /// given the highest seq appended), its files and directory are removed; otherwise it is synced (with
+    /// [`SyncMode::Interval`]) and left for the next start to replay. Returns whether it was removed.
+    /// Claimed spools not yet released stay for the next start.
+    pub fn close(self) -> Result<bool, SpoolError> {
+        let done = {
+            let own = self.shared.own.lock();
+            let settled = own.settled;
+            own.sealed
+                .iter()
+                .chain(own.active.as_ref().map(|(s, _)| s))
+                .all(|s| s.entries == 0 || s.max_seq <= settled)
+        };
+        if !done {
+            self.sync()?;
+            return Ok(false);
+        }
+        let mut own = self.shared.own.lock();
+        own.seal_active();
+        let dir = own.lock.path().to_path_buf();
+        for seg in std::mem::take(&mut own.sealed) {
+            if let Err(e) = std::fs::remove_file(&seg.path) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    return Err(SpoolError::io("remove", &seg.path, e));
+                }
+            }
+            own.bytes -= seg.capacity;
+        }
+        std::fs::remove_dir(&dir).map_err(|e| SpoolError::io("remove directory", &dir, e))?;
+        if own.config.sync == SyncMode::Interval {
+            lock::sync_dir(&self.shared.root)
+                .map_err(|e| SpoolError::io("fsync directory", &self.shared.root, e))?;
+        }
+        Ok(true)
+    }
+}
+
+/// This process's own entries read back from its segments (see [`Spool::backlog`]).
+pub struct Backlog {
+    segments: VecDeque<(PathBuf, u64)>,
+    current: Option<SegmentScan>,
+    from_seq: u64,
+}
+
+impl Iterator for Backlog {
+    type Item = Record;
+
+    fn next(&mut self) -> Option<Record> {
+        loop {
+            if let Some(scan) = &mut self.current {
+                match scan.next_record() {
+                    Some(r) if r.seq >= self.from_seq => return Some(r),
+                    Some(_) => continue,
+                    None => self.current = None,
+                }
+            }
+            let (path, end) = self.segments.pop_front()?;
+            // A segment released meanwhile has nothing left to read back.
+            self.current = SegmentScan::open(&path, Some(end)).ok();
+        }
+    }
+}
+
+/// Creates and locks a new spool directory of this process's own under `root`.
+fn take_new_spool(root: &Path) -> Result<DirLock, SpoolError> {
+    let mut last = None;
+    for _ in 0..8 {
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let name = format!(
+            "{SPOOL_PREFIX}{ms:012x}-{}-{:08x}",
+            std::process::id(),
+            fastrand::u32(..)
+        );
+        let path = root.join(name);
+        if let Err(e) = create_dir_0700_new(&path) {
+            if e.kind() == io::ErrorKind::AlreadyExists {
+                continue;
+            }
+            return Err(SpoolError::io("create directory", &path, e));
+        }
+        // Another starting process may claim an empty spool between mkdir and flock and remove it: then
+        // try another name.
+        match DirLock::try_take(&path) {
+            Ok(Some(lock)) => return Ok(lock),
+            Ok(None) => last = Some(io::Error::other("spool taken while being created")),
+            Err(e) => return Err(SpoolError::io("lock", &path, e)),
+        }
+    }
+    Err(SpoolError::io(
+        "create spool in",
+        root,
+        last.unwrap_or_else(|| io::Error::other("no free name")),
+    ))
+}
+
+fn create_dir_0700_new(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().mode(0o700).create(path)
+}
