@@ -268,10 +268,11 @@ struct Counters {
     orphan_bytes: AtomicU64,
 }
 
-/// What the spool handle and its recovery reader share.
+/// What the spool handle and its recovery reader share: the claimed spools (each reader or handle may
+/// outlive the other; this process's own spool is the handle's alone, so dropping the handle lets its lock
+/// go even while a reader lives).
 struct Shared {
     root: PathBuf,
-    own: Mutex<Own>,
     orphans: Mutex<Orphans>,
     counters: Counters,
 }
@@ -442,6 +443,7 @@ impl Own {
 /// All methods take `&self` and may be called from any thread; appends are serialised by a lock that is
 /// never held across an fsync, so [`Spool::sync`] does not delay `append`.
 pub struct Spool {
+    own: Mutex<Own>,
     shared: Arc<Shared>,
 }
 
@@ -478,7 +480,6 @@ impl Spool {
         let _ = own.roll(0, true, 0);
         let shared = Arc::new(Shared {
             root,
-            own: Mutex::new(own),
             orphans: Mutex::new(orphans),
             counters: Counters::default(),
         });
@@ -487,12 +488,18 @@ impl Spool {
             .orphan_bytes
             .store(orphan_bytes, Ordering::Relaxed);
         let recovery = Recovery::new(shared.clone());
-        Ok((Spool { shared }, recovery))
+        Ok((
+            Spool {
+                own: Mutex::new(own),
+                shared,
+            },
+            recovery,
+        ))
     }
 
     /// This process's spool directory.
     pub fn dir(&self) -> PathBuf {
-        self.shared.own.lock().lock.path().to_path_buf()
+        self.own.lock().lock.path().to_path_buf()
     }
 
     /// Appends entry `seq` (the batcher's acceptance number; increasing from call to call). When it returns
@@ -502,15 +509,12 @@ impl Spool {
     /// [`SpoolError::Unavailable`]. On any error nothing was appended and the spool stays usable.
     pub fn append(&self, seq: u64, entry: &Entry) -> Result<(), SpoolError> {
         let orphan_bytes = self.shared.counters.orphan_bytes.load(Ordering::Relaxed);
-        self.shared
-            .own
-            .lock()
-            .append(seq, entry, false, orphan_bytes)
+        self.own.lock().append(seq, entry, false, orphan_bytes)
     }
 
     /// [`Spool::append`] past `max_bytes`: for critical entries, which are never refused.
     pub fn append_critical(&self, seq: u64, entry: &Entry) -> Result<(), SpoolError> {
-        self.shared.own.lock().append(seq, entry, true, 0)
+        self.own.lock().append(seq, entry, true, 0)
     }
 
     /// Appends again entries whose segment was abandoned after [`SpoolError::SyncFailed`], ignoring
@@ -519,7 +523,7 @@ impl Spool {
         &self,
         entries: impl IntoIterator<Item = (u64, &'a Entry)>,
     ) -> Result<usize, (usize, SpoolError)> {
-        let mut own = self.shared.own.lock();
+        let mut own = self.own.lock();
         let mut n = 0;
         for (seq, entry) in entries {
             own.append(seq, entry, true, 0).map_err(|e| (n, e))?;
@@ -537,7 +541,7 @@ impl Spool {
     pub fn sync(&self) -> Result<(), SpoolError> {
         let started = Instant::now();
         let (jobs, dirs) = {
-            let mut own = self.shared.own.lock();
+            let mut own = self.own.lock();
             if own.config.sync == SyncMode::Never {
                 return Ok(());
             }
@@ -592,7 +596,7 @@ impl Spool {
                 }
             }
         }
-        let mut own = self.shared.own.lock();
+        let mut own = self.own.lock();
         let elapsed = started.elapsed();
         own.stats.last_sync = Some(elapsed);
         for dir in dirs_left {
@@ -640,7 +644,7 @@ impl Spool {
     /// written or dead-lettered). The open segment is kept (see [`Spool::close`]). A segment that cannot
     /// be removed is tried again on the next call; the first such error is returned.
     pub fn release_through(&self, settled: u64) -> Result<usize, SpoolError> {
-        let mut own = self.shared.own.lock();
+        let mut own = self.own.lock();
         own.settled = own.settled.max(settled);
         let mut removed = 0;
         let mut error = None;
@@ -689,7 +693,7 @@ impl Spool {
         match error {
             Some(e) => {
                 let err = SpoolError::io("release", &self.shared.root, e);
-                self.shared.own.lock().note_error(&err);
+                self.own.lock().note_error(&err);
                 Err(err)
             }
             None => Ok(()),
@@ -699,7 +703,7 @@ impl Spool {
     /// Reads back this process's own entries with `seq >= from_seq`, in append order, as far as they were
     /// appended at the moment of the call (for a backlog that no longer fits in memory). Blocking I/O.
     pub fn backlog(&self, from_seq: u64) -> Backlog {
-        let own = self.shared.own.lock();
+        let own = self.own.lock();
         let segments = own
             .sealed
             .iter()
@@ -716,7 +720,7 @@ impl Spool {
 
     /// A snapshot of the spool's figures.
     pub fn stats(&self) -> SpoolStats {
-        let own = self.shared.own.lock();
+        let own = self.own.lock();
         let orphans = self.shared.orphans.lock();
         let c = &self.shared.counters;
         SpoolStats {
@@ -735,7 +739,7 @@ impl Spool {
     /// Claimed spools not yet released stay for the next start.
     pub fn close(self) -> Result<bool, SpoolError> {
         let done = {
-            let own = self.shared.own.lock();
+            let own = self.own.lock();
             let settled = own.settled;
             own.sealed
                 .iter()
@@ -746,7 +750,7 @@ impl Spool {
             self.sync()?;
             return Ok(false);
         }
-        let mut own = self.shared.own.lock();
+        let mut own = self.own.lock();
         own.seal_active();
         let dir = own.lock.path().to_path_buf();
         for seg in std::mem::take(&mut own.sealed) {
