@@ -54,6 +54,8 @@
 //! - **A lock per process, kernel-released.** `flock` on the spool's directory goes away with the
 //!   process, however it dies; a spool whose lock can be taken has no live owner.
 
+#![deny(unsafe_code)]
+
 mod inspect;
 mod lock;
 mod mmap;
@@ -124,7 +126,7 @@ impl Default for SpoolConfig {
             sync: SyncMode::Interval,
             sync_interval: Duration::from_millis(200),
             max_bytes: 1 << 30,
-            segment_bytes: 32 << 20,
+            segment_bytes: 16 << 20,
             backend: Backend::Auto,
         }
     }
@@ -445,6 +447,9 @@ impl Own {
 pub struct Spool {
     own: Mutex<Own>,
     shared: Arc<Shared>,
+    /// Test hook: this many coming fdatasyncs fail with EIO.
+    #[cfg(test)]
+    fail_syncs: std::sync::atomic::AtomicU32,
 }
 
 impl Spool {
@@ -492,6 +497,8 @@ impl Spool {
             Spool {
                 own: Mutex::new(own),
                 shared,
+                #[cfg(test)]
+                fail_syncs: Default::default(),
             },
             recovery,
         ))
@@ -568,7 +575,7 @@ impl Spool {
         let mut failed: Option<(u64, u64, io::Error)> = None;
         let mut failed_segments = Vec::new();
         for (number, file, range) in jobs {
-            if let Err(e) = file.sync_data() {
+            if let Err(e) = self.sync_data(&file) {
                 failed_segments.push((number, range));
                 failed = Some(match failed {
                     Some((a, b, first)) => (a.min(range.0), b.max(range.1), first),
@@ -638,6 +645,18 @@ impl Spool {
         }
         own.stats.syncs += 1;
         Ok(())
+    }
+
+    fn sync_data(&self, file: &File) -> io::Result<()> {
+        #[cfg(test)]
+        if self
+            .fail_syncs
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(io::Error::from_raw_os_error(5)); // EIO
+        }
+        file.sync_data()
     }
 
     /// Deletes every sealed segment whose entries all have `seq <= settled` (entries `1..=settled` are

@@ -607,3 +607,45 @@ fn measure_append() {
 fn file_header_length_is_the_first_record_offset() {
     assert_eq!(file_header().len() as u64, FILE_HEADER_LEN);
 }
+
+#[test]
+fn a_failed_sync_abandons_the_segment_and_names_the_entries_to_append_again() {
+    let dir = TempDir::new("syncfail");
+    let (spool, _r) = open(dir.path(), small(Backend::Auto));
+    append_range(&spool, 1..=10, 100);
+    spool.sync().unwrap();
+    append_range(&spool, 11..=20, 100);
+    let segments = spool.stats().segments;
+    spool
+        .fail_syncs
+        .store(1, std::sync::atomic::Ordering::Relaxed);
+    let err = spool.sync().unwrap_err();
+    match &err {
+        SpoolError::SyncFailed {
+            from_seq,
+            through_seq,
+            ..
+        } => assert_eq!((*from_seq, *through_seq), (11, 20)),
+        other => panic!("{other}"),
+    }
+    assert_eq!(spool.stats().sync_failures, 1);
+    // The abandoned segment is never synced again: the next sync has nothing to do (no failure injected
+    // would be consumed by it).
+    spool
+        .fail_syncs
+        .store(1, std::sync::atomic::Ordering::Relaxed);
+    spool.sync().unwrap();
+    spool
+        .fail_syncs
+        .store(0, std::sync::atomic::Ordering::Relaxed);
+    let again: Vec<Entry> = (11..=20).map(|n| sample_entry(n, 100)).collect();
+    assert_eq!(spool.reappend((11..=20).zip(again.iter())).unwrap(), 10);
+    assert_eq!(spool.stats().segments, segments + 1, "a new segment");
+    append_range(&spool, 21..=22, 100);
+    spool.sync().unwrap();
+    // The abandoned segment goes once its entries are settled.
+    assert_eq!(spool.release_through(22).unwrap(), 1);
+    drop(spool);
+    let (_s, got) = recover(dir.path());
+    assert_eq!(seqs(&got), (11..=22).collect::<Vec<_>>());
+}
