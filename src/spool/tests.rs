@@ -649,3 +649,44 @@ fn a_failed_sync_abandons_the_segment_and_names_the_entries_to_append_again() {
     let (_s, got) = recover(dir.path());
     assert_eq!(seqs(&got), (11..=22).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_recovery_cut_short_by_a_crash_is_replayed_whole_next_time() {
+    let dir = TempDir::new("rerecover");
+    let (spool, _r) = open(dir.path(), small(Backend::Auto));
+    append_range(&spool, 1..=30, 300);
+    drop((spool, _r));
+    let (second, recovery) = open(dir.path(), small(Backend::Auto));
+    let first_part: Vec<Recovered> = recovery.take(7).collect();
+    second.release_recovered_through(7).unwrap(); // the segment is not finished: nothing goes
+    drop(second); // killed while replaying
+    let (third, got) = recover(dir.path());
+    assert_eq!(seqs(&first_part), (1..=7).collect::<Vec<_>>());
+    assert_eq!(seqs(&got), (1..=30).collect::<Vec<_>>());
+    third.release_recovered_through(got.len() as u64).unwrap();
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(left.len(), 1, "only the third's own spool is left");
+}
+
+#[test]
+fn appends_and_syncs_from_two_threads_lose_nothing() {
+    let dir = TempDir::new("threads");
+    let (spool, _r) = open(dir.path(), small(Backend::Auto));
+    let spool = std::sync::Arc::new(spool);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let syncer = {
+        let (spool, stop) = (spool.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                spool.sync().unwrap();
+            }
+        })
+    };
+    append_range(&spool, 1..=2000, 400);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    syncer.join().unwrap();
+    assert!(spool.stats().syncs > 0);
+    drop(spool);
+    let (_s, got) = recover(dir.path());
+    assert_eq!(seqs(&got), (1..=2000).collect::<Vec<_>>());
+}
