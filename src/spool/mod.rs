@@ -319,6 +319,13 @@ struct Own {
     config: SpoolConfig,
     lock: DirLock,
     active: Option<(Segment, SegmentWriter)>,
+    /// The next segment, created ahead by [`Spool::prepare_next_segment`] so that a rollover inside
+    /// `append` costs no file system call.
+    spare: Option<(Segment, SegmentWriter)>,
+    /// A spare is being created (outside the lock).
+    spare_in_flight: bool,
+    /// The number of the last segment that became active.
+    last_active: u64,
     sealed: VecDeque<Segment>,
     next_number: u64,
     bytes: u64,
@@ -328,6 +335,23 @@ struct Own {
     root_dirty: bool,
     retry: Option<(Instant, io::ErrorKind)>,
     stats: SpoolStats,
+}
+
+impl Segment {
+    fn new(number: u64, path: PathBuf, writer: &SegmentWriter, capacity: u64) -> Segment {
+        Segment {
+            number,
+            path,
+            file: writer.file().clone(),
+            capacity,
+            end: writer.end(),
+            entries: 0,
+            min_seq: u64::MAX,
+            max_seq: 0,
+            unsynced: None,
+            abandoned: false,
+        }
+    }
 }
 
 fn merge(a: Option<(u64, u64)>, b: Option<(u64, u64)>) -> Option<(u64, u64)> {
@@ -354,6 +378,20 @@ impl Own {
 
     /// Creates a new active segment with room for a record of `len` bytes.
     fn roll(&mut self, len: usize, critical: bool, orphan_bytes: u64) -> Result<(), SpoolError> {
+        let needed = round_4k(FILE_HEADER_LEN + len as u64);
+        if let Some(spare) = self.spare.take() {
+            if spare.0.capacity >= needed {
+                // Counted in `bytes`, within the bound, when it was made.
+                self.seal_active();
+                self.last_active = spare.0.number;
+                self.stats.mapped = spare.1.is_mapped();
+                self.active = Some(spare);
+                return Ok(());
+            }
+            // Too small for this record: the segment created below gets a higher number, so the
+            // spare can never be used; it goes, empty, with the next release.
+            self.sealed.push_back(spare.0);
+        }
         if let Some((at, kind)) = self.retry {
             let now = Instant::now();
             if now < at {
@@ -363,10 +401,7 @@ impl Own {
                 });
             }
         }
-        let capacity = self
-            .config
-            .effective_segment_bytes()
-            .max(round_4k(FILE_HEADER_LEN + len as u64));
+        let capacity = self.config.effective_segment_bytes().max(needed);
         let used = self.bytes + orphan_bytes;
         if !critical && used + capacity > self.config.max_bytes {
             self.stats.full += 1;
@@ -381,22 +416,12 @@ impl Own {
         match SegmentWriter::create(&path, capacity, self.config.backend) {
             Ok(writer) => {
                 self.next_number += 1;
+                self.last_active = number;
                 self.retry = None;
                 self.bytes += capacity;
                 self.dir_dirty = true;
                 self.stats.mapped = writer.is_mapped();
-                let seg = Segment {
-                    number,
-                    path,
-                    file: writer.file().clone(),
-                    capacity,
-                    end: writer.end(),
-                    entries: 0,
-                    min_seq: u64::MAX,
-                    max_seq: 0,
-                    unsynced: None,
-                    abandoned: false,
-                };
+                let seg = Segment::new(number, path, &writer, capacity);
                 self.active = Some((seg, writer));
                 Ok(())
             }
@@ -491,6 +516,9 @@ impl Spool {
             config,
             lock,
             active: None,
+            spare: None,
+            spare_in_flight: false,
+            last_active: 0,
             sealed: VecDeque::new(),
             next_number: 1,
             bytes: 0,
@@ -569,6 +597,9 @@ impl Spool {
         let (jobs, dirs) = {
             let mut own = self.own.lock();
             if own.config.sync == SyncMode::Never {
+                drop(own);
+                // Its error is in the stats; appends create segments themselves.
+                let _ = self.prepare_next_segment();
                 return Ok(());
             }
             let mut jobs = Vec::new();
@@ -663,7 +694,61 @@ impl Spool {
             return Err(err);
         }
         own.stats.syncs += 1;
+        drop(own);
+        // Its error is in the stats; appends create segments themselves.
+        let _ = self.prepare_next_segment();
         Ok(())
+    }
+
+    /// Creates the next segment ahead of need (preallocating and mapping it, and writing its header,
+    /// which on a busy ext4 costs milliseconds), so that the rollover inside a later `append` costs no
+    /// file system call. Does nothing when one is ready, when it would pass `max_bytes`, or shortly after
+    /// a disk error. [`Spool::sync`] calls it; a caller with [`SyncMode::Never`] still calls `sync` (or
+    /// this) every `sync_interval`.
+    pub fn prepare_next_segment(&self) -> Result<(), SpoolError> {
+        let orphan_bytes = self.shared.counters.orphan_bytes.load(Ordering::Relaxed);
+        let (number, path, capacity, backend) = {
+            let mut own = self.own.lock();
+            let waiting = own.retry.is_some_and(|(at, _)| Instant::now() < at);
+            let capacity = own.config.effective_segment_bytes();
+            if own.spare.is_some()
+                || own.spare_in_flight
+                || waiting
+                || own.bytes + orphan_bytes + capacity > own.config.max_bytes
+            {
+                return Ok(());
+            }
+            let number = own.next_number;
+            own.next_number += 1;
+            own.bytes += capacity;
+            own.spare_in_flight = true;
+            let path = own.lock.path().join(segment_name(number));
+            (number, path, capacity, own.config.backend)
+        };
+        let created = SegmentWriter::create(&path, capacity, backend);
+        let mut own = self.own.lock();
+        own.spare_in_flight = false;
+        match created {
+            Ok(writer) => {
+                own.dir_dirty = true;
+                let seg = Segment::new(number, path, &writer, capacity);
+                if own.last_active < number {
+                    own.spare = Some((seg, writer));
+                } else {
+                    // A segment was created inline meanwhile, with a higher number: this one would
+                    // replay before it, so it is never used, and goes, empty, with the next release.
+                    own.sealed.push_back(seg);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                own.bytes -= capacity;
+                own.retry = Some((Instant::now() + RETRY_AFTER, e.kind()));
+                let err = SpoolError::io("create segment", &path, e);
+                own.note_error(&err);
+                Err(err)
+            }
+        }
     }
 
     fn sync_data(&self, file: &File) -> io::Result<()> {
@@ -764,7 +849,10 @@ impl Spool {
         let c = &self.shared.counters;
         SpoolStats {
             bytes: own.bytes + c.orphan_bytes.load(Ordering::Relaxed),
-            segments: own.sealed.len() + usize::from(own.active.is_some()) + orphans.segments(),
+            segments: own.sealed.len()
+                + usize::from(own.active.is_some())
+                + usize::from(own.spare.is_some())
+                + orphans.segments(),
             recovered: c.recovered.load(Ordering::Relaxed),
             damaged: c.damaged.load(Ordering::Relaxed),
             torn_tails: c.torn_tails.load(Ordering::Relaxed),
@@ -778,7 +866,17 @@ impl Spool {
     /// Claimed spools not yet released stay for the next start.
     pub fn close(self) -> Result<bool, SpoolError> {
         let done = {
-            let own = self.own.lock();
+            let mut own = self.own.lock();
+            if let Some((spare, writer)) = own.spare.take() {
+                drop(writer);
+                // Never written to: it goes now, or with the claim of whoever replays this spool.
+                if std::fs::remove_file(&spare.path).is_ok() {
+                    own.bytes -= spare.capacity;
+                    own.dir_dirty = true;
+                } else {
+                    own.sealed.push_back(spare);
+                }
+            }
             let settled = own.settled;
             own.sealed
                 .iter()
