@@ -36,8 +36,15 @@
 //!   and its hot dependencies at opt-level 3, the machine at load 10 from other builds): mapped 0.34 µs
 //!   median, 3.9 µs p90, 8 µs p99; write(2) 2.3 µs median. Only the mapping fits the 0.5 µs budget of
 //!   `log()`. Both put the entry in the page cache, which a process crash keeps. The mapping's tail cost
-//!   is the page fault on each fresh 4 KiB page (one append in six), and a segment creation (fallocate +
-//!   mmap, tens of µs) every 16 MiB.
+//!   is the write fault on each fresh 4 KiB page (one append in six: ext4's page_mkwrite, a few µs).
+//!   Touching the pages ahead of use (a write of zeros) brought p99 under 1 µs in a bare loop, but
+//!   dirties the whole segment, so the first fdatasync would write 16 MiB of zeros per segment: not
+//!   done. A read touch does not help (the write fault remains).
+//! - **Segments made ahead.** Creating a segment costs 5–28 ms on this (busy) ext4, nearly all of it
+//!   the first store into the new mapping (a journal wait), and 24 ms of fallocate on tmpfs; inside
+//!   `append` that would be a stall of some `log()` every 16 MiB. [`Spool::sync`] (the background task)
+//!   prepares the next segment, so a rollover inside `append` is a swap; `append` creates one itself
+//!   only when none is ready.
 //! - **Preallocation before mapping.** A store past a file's allocated blocks on a full disk raises
 //!   SIGBUS, which would kill the process. Segments are `fallocate`d whole before they are mapped, so a
 //!   full disk fails segment creation with ENOSPC (an error value) instead; and segments are mapped only
@@ -64,8 +71,8 @@
 //! - `log()`: after the batcher numbers an entry (`seq`), under the same lock (so file order is seq
 //!   order), [`Spool::append`] (critical entries: [`Spool::append_critical`]). [`SpoolError::Full`] is
 //!   the `onBufferFull` case; any other error keeps the entry in memory only, counted and reported once.
-//! - Background task, every `sync_interval` with [`SyncMode::Interval`]: [`Spool::sync`] off the event
-//!   loop (`spawn_blocking`). On [`SpoolError::SyncFailed`], [`Spool::reappend`] the unsettled entries
+//! - Background task, every `sync_interval` (with either [`SyncMode`]: it also prepares the next
+//!   segment): [`Spool::sync`] off the event loop (`spawn_blocking`). On [`SpoolError::SyncFailed`], [`Spool::reappend`] the unsettled entries
 //!   in its range.
 //! - After each batch settles: [`Spool::release_through`]`(settled)` (it may unlink files: blocking).
 //! - Start-up: iterate the [`Recovery`] off the event loop, write its entries ahead of new ones, and call
@@ -588,7 +595,8 @@ impl Spool {
 
     /// Makes everything appended before the call durable against a machine crash: fdatasyncs each segment
     /// appended to since the last sync, claimed segments once, and the directories where segments were
-    /// created or removed. Does nothing with [`SyncMode::Never`].
+    /// created or removed. Then prepares the next segment ([`Spool::prepare_next_segment`]). With
+    /// [`SyncMode::Never`] it only prepares the next segment.
     ///
     /// On a failed fdatasync the segment is abandoned and never synced again (the next append opens a new
     /// one), and [`SpoolError::SyncFailed`] names the entries to append again.
