@@ -564,6 +564,44 @@ fn a_full_disk_is_an_error_value_and_the_spool_resumes_when_space_returns() {
     );
 }
 
+#[test]
+fn a_disk_that_fills_under_write_2_loses_no_accepted_entry() {
+    let Some(disk) = SmallDisk::mount(1024) else {
+        eprintln!("skipped: mounting a tmpfs needs root (and mount permission in this sandbox)");
+        return;
+    };
+    let root = disk.0.join("spool");
+    let (spool, _r) = open(&root, small(Backend::Write));
+    assert!(!spool.stats().mapped);
+    let filler = disk.0.join("filler");
+    std::fs::write(&filler, vec![1u8; 700 << 10]).unwrap();
+    let mut accepted = Vec::new();
+    let mut failures = 0;
+    for seq in 1..=2000u64 {
+        match spool.append(seq, &sample_entry(seq, 600)) {
+            Ok(()) => accepted.push(seq),
+            Err(e) => {
+                assert!(
+                    matches!(e, SpoolError::Io { .. } | SpoolError::Unavailable { .. }),
+                    "{e}"
+                );
+                assert_eq!(e.io_kind(), Some(std::io::ErrorKind::StorageFull), "{e}");
+                failures += 1;
+            }
+        }
+    }
+    assert!(failures > 0 && !accepted.is_empty());
+    std::fs::remove_file(&filler).unwrap();
+    std::thread::sleep(RETRY_AFTER + Duration::from_millis(50));
+    spool.append(2001, &sample_entry(2001, 600)).unwrap();
+    accepted.push(2001);
+    drop(spool);
+    let (s, r) = open(&root, small(Backend::Write));
+    let got: Vec<u64> = r.map(|r| r.original_seq).collect();
+    assert_eq!(got, accepted, "exactly the accepted entries, in order");
+    assert_eq!(s.stats().damaged, 0);
+}
+
 /// The cost of one append of a ~600-byte entry, per backend. Run with
 /// `cargo test --release --lib spool::tests::measure_append -- --ignored --nocapture`.
 #[test]
