@@ -804,3 +804,107 @@ fn a_segment_prepared_ahead_takes_the_rollover_and_a_too_small_one_is_skipped_in
     let (_s, got) = recover(dir.path());
     assert_eq!(seqs(&got), (last_in_4 + 1..=160).collect::<Vec<_>>());
 }
+
+#[test]
+fn sigkill_at_random_instants_loses_no_acknowledged_entry() {
+    let dir = TempDir::new("kill");
+    let mut rng = fastrand::Rng::with_seed(11);
+    let mut first_seq = 1u64;
+    for round in 0..8 {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "spool::tests::child_appends_until_killed",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("SPOOL_CHILD_DIR", dir.path())
+            .env("SPOOL_CHILD_FIRST", first_seq.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let last_ack = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let reader = {
+            let last_ack = last_ack.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    if let Some(n) = line.rsplit("ACK ").next().and_then(|n| n.parse().ok()) {
+                        last_ack.store(n, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+            })
+        };
+        let started = Instant::now();
+        while last_ack.load(std::sync::atomic::Ordering::SeqCst) < first_seq {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the child never appended"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Kill at a random instant while it appends (rollovers and syncs included).
+        std::thread::sleep(Duration::from_millis(rng.u64(1..200)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        reader.join().unwrap();
+        let acked = last_ack.load(std::sync::atomic::Ordering::SeqCst);
+        // Restart: a new handle claims the dead child's spool and replays it.
+        let (spool, recovery) = open(dir.path(), small(Backend::Auto));
+        let got: Vec<u64> = recovery.map(|r| r.original_seq).collect();
+        assert!(
+            acked >= first_seq,
+            "round {round}: the child acknowledged nothing"
+        );
+        assert_eq!(
+            got.first().copied(),
+            Some(first_seq),
+            "round {round}: acked {acked}"
+        );
+        assert!(
+            got.windows(2).all(|w| w[1] == w[0] + 1),
+            "round {round}: a gap"
+        );
+        let last = *got.last().unwrap();
+        assert!(
+            last >= acked,
+            "round {round}: acked {acked}, recovered up to {last}"
+        );
+        let stats = spool.stats();
+        assert_eq!(stats.damaged, 0, "round {round}");
+        eprintln!(
+            "round {round}: acknowledged through {acked}, recovered {first_seq}..={last}, torn tails {}",
+            stats.torn_tails
+        );
+        spool.release_recovered_through(got.len() as u64).unwrap();
+        assert!(spool.close().unwrap());
+        first_seq = last + 1;
+    }
+}
+
+/// Run by the test above in a child process: appends from `SPOOL_CHILD_FIRST` on, printing each seq once
+/// `append` has returned, with a sync every 50 appends, until it is killed.
+#[test]
+#[ignore = "a helper run in a child process"]
+fn child_appends_until_killed() {
+    let Some(dir) = std::env::var_os("SPOOL_CHILD_DIR") else {
+        return;
+    };
+    let first: u64 = std::env::var("SPOOL_CHILD_FIRST")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let (spool, _r) = open(Path::new(&dir), small(Backend::Auto));
+    let mut out = std::io::stdout().lock();
+    for seq in first.. {
+        spool.append(seq, &sample_entry(seq, 600)).unwrap();
+        use std::io::Write;
+        writeln!(out, "ACK {seq}").unwrap();
+        out.flush().unwrap();
+        if seq % 50 == 0 {
+            spool.sync().unwrap();
+        }
+    }
+}
