@@ -750,7 +750,7 @@ impl Spool {
                 Ok(())
             }
             Err(e) => {
-                own.bytes -= capacity;
+                own.bytes = own.bytes.saturating_sub(capacity);
                 own.retry = Some((Instant::now() + RETRY_AFTER, e.kind()));
                 let err = SpoolError::io("create segment", &path, e);
                 own.note_error(&err);
@@ -794,7 +794,7 @@ impl Spool {
                     continue;
                 }
             }
-            own.bytes -= seg.capacity;
+            own.bytes = own.bytes.saturating_sub(seg.capacity);
             own.dir_dirty = true;
             removed += 1;
         }
@@ -879,7 +879,7 @@ impl Spool {
                 drop(writer);
                 // Never written to: it goes now, or with the claim of whoever replays this spool.
                 if std::fs::remove_file(&spare.path).is_ok() {
-                    own.bytes -= spare.capacity;
+                    own.bytes = own.bytes.saturating_sub(spare.capacity);
                     own.dir_dirty = true;
                 } else {
                     own.sealed.push_back(spare);
@@ -904,7 +904,7 @@ impl Spool {
                     return Err(SpoolError::io("remove", &seg.path, e));
                 }
             }
-            own.bytes -= seg.capacity;
+            own.bytes = own.bytes.saturating_sub(seg.capacity);
         }
         std::fs::remove_dir(&dir).map_err(|e| SpoolError::io("remove directory", &dir, e))?;
         if own.config.sync == SyncMode::Interval {
