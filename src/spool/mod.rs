@@ -82,9 +82,12 @@
 
 #![deny(unsafe_code)]
 
+mod config;
+mod error;
 mod inspect;
 mod lock;
 mod mmap;
+mod own;
 mod reader;
 pub mod record;
 mod recovery;
@@ -93,7 +96,6 @@ mod segment;
 mod tests;
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -103,14 +105,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 
+pub use self::config::{SpoolConfig, SyncMode};
+pub use self::error::{SpoolError, SpoolStats};
 pub use self::inspect::{inspect, Inspection, SpoolInfo};
 use self::lock::DirLock;
+use self::own::{Own, Segment};
 pub use self::reader::SegmentScan;
 pub use self::record::Record;
 use self::recovery::{create_dir_0700, Orphans};
 pub use self::recovery::{Recovered, Recovery, QUARANTINE};
 pub use self::segment::Backend;
-use self::segment::{segment_name, SegmentWriter, FILE_HEADER_LEN};
+use self::segment::{segment_name, SegmentWriter};
 use crate::entry::Entry;
 
 /// Names of spool directories under the spool's `dir` start with this.
@@ -119,173 +124,6 @@ pub const SPOOL_PREFIX: &str = "spool-";
 /// How long segment creation is not tried again after it failed (a full or failing disk), so that
 /// `append` stays cheap while the disk is in trouble.
 const RETRY_AFTER: Duration = Duration::from_millis(250);
-
-/// When the spool is made durable against a machine crash.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum SyncMode {
-    /// [`Spool::sync`] fdatasyncs: call it every `sync_interval`.
-    #[default]
-    Interval,
-    /// [`Spool::sync`] does nothing: a process crash loses nothing, a machine crash may lose anything
-    /// not yet written back by the kernel.
-    Never,
-}
-
-/// How a spool behaves.
-#[derive(Clone, Debug)]
-pub struct SpoolConfig {
-    pub sync: SyncMode,
-    /// How often the caller should call [`Spool::sync`] (the spool itself runs no timer).
-    pub sync_interval: Duration,
-    /// Disk the spool may use, counted as the segments' sizes (preallocated whole), claimed spools
-    /// included.
-    pub max_bytes: u64,
-    /// Size of a segment (at most a quarter of `max_bytes`, at least 64 KiB; a record larger than a
-    /// segment gets one of its own).
-    pub segment_bytes: u64,
-    pub backend: Backend,
-}
-
-impl Default for SpoolConfig {
-    fn default() -> Self {
-        SpoolConfig {
-            sync: SyncMode::Interval,
-            sync_interval: Duration::from_millis(200),
-            max_bytes: 1 << 30,
-            segment_bytes: 16 << 20,
-            backend: Backend::Auto,
-        }
-    }
-}
-
-impl SpoolConfig {
-    fn effective_segment_bytes(&self) -> u64 {
-        round_4k(self.segment_bytes.min(self.max_bytes / 4).max(64 << 10))
-    }
-}
-
-fn round_4k(n: u64) -> u64 {
-    n.div_ceil(4096) * 4096
-}
-
-/// Why the spool did not do what was asked. Never a panic: disk trouble comes back as [`SpoolError::Io`]
-/// or [`SpoolError::Unavailable`], and the spool stays usable.
-#[derive(Debug)]
-pub enum SpoolError {
-    /// Appending would take the spool past `max_bytes`. Nothing was written.
-    Full { bytes: u64, max_bytes: u64 },
-    /// The entry's record would be larger than the format's 4 GiB.
-    EntryTooLarge { bytes: usize },
-    /// A file system call failed (ENOSPC, EIO, EROFS, EACCES ...).
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
-    /// Segment creation failed moments ago and is not tried again before `retry_in`; nothing was written.
-    Unavailable {
-        kind: io::ErrorKind,
-        retry_in: Duration,
-    },
-    /// fdatasync failed. The segments concerned are abandoned (never synced again, never appended to):
-    /// entries with `from_seq <= seq <= through_seq` that are not settled must be appended again, from
-    /// memory, with [`Spool::reappend`]; entries outside that range are not affected.
-    SyncFailed {
-        from_seq: u64,
-        through_seq: u64,
-        source: io::Error,
-    },
-}
-
-impl SpoolError {
-    fn io(op: &'static str, path: &Path, source: io::Error) -> SpoolError {
-        SpoolError::Io {
-            op,
-            path: path.to_path_buf(),
-            source,
-        }
-    }
-
-    /// The underlying error kind, for disk trouble (`StorageFull` for ENOSPC).
-    pub fn io_kind(&self) -> Option<io::ErrorKind> {
-        match self {
-            SpoolError::Io { source, .. } | SpoolError::SyncFailed { source, .. } => {
-                Some(source.kind())
-            }
-            SpoolError::Unavailable { kind, .. } => Some(*kind),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for SpoolError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SpoolError::Full { bytes, max_bytes } => write!(
-                f,
-                "spool is full: {bytes} bytes used, maxBytes is {max_bytes}"
-            ),
-            SpoolError::EntryTooLarge { bytes } => {
-                write!(f, "entry of {bytes} bytes is too large for the spool")
-            }
-            SpoolError::Io { op, path, source } => {
-                write!(f, "spool: {op} {}: {source}", path.display())
-            }
-            SpoolError::Unavailable { kind, retry_in } => write!(
-                f,
-                "spool unavailable after a disk error ({kind}); retrying in {retry_in:?}"
-            ),
-            SpoolError::SyncFailed {
-                from_seq,
-                through_seq,
-                source,
-            } => write!(
-                f,
-                "spool: fdatasync failed ({source}); entries {from_seq}..={through_seq} must be appended again"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for SpoolError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            SpoolError::Io { source, .. } | SpoolError::SyncFailed { source, .. } => Some(source),
-            _ => None,
-        }
-    }
-}
-
-/// A snapshot of a spool's figures.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SpoolStats {
-    /// Bytes of segments on disk (own and claimed; segments are preallocated whole).
-    pub bytes: u64,
-    /// Segments on disk (own and claimed).
-    pub segments: usize,
-    /// Entries read back from claimed spools so far.
-    pub recovered: u64,
-    /// Damaged stretches skipped while reading claimed spools.
-    pub damaged: u64,
-    /// Torn last records cut off while reading claimed spools.
-    pub torn_tails: u64,
-    /// Records appended.
-    pub appended: u64,
-    /// Appends refused with [`SpoolError::Full`].
-    pub full: u64,
-    /// Appends and releases that failed on disk trouble.
-    pub errors: u64,
-    /// Successful syncs.
-    pub syncs: u64,
-    /// Failed syncs (each abandoned its segments).
-    pub sync_failures: u64,
-    /// How long the last sync took.
-    pub last_sync: Option<Duration>,
-    /// Whether the open segment is written through a mapping (else write(2)).
-    pub mapped: bool,
-    /// The last disk error, in words.
-    pub last_error: Option<String>,
-}
 
 /// Counters the recovery reader updates without taking the spool's lock.
 #[derive(Default)]
@@ -303,192 +141,6 @@ struct Shared {
     root: PathBuf,
     orphans: Mutex<Orphans>,
     counters: Counters,
-}
-
-/// One of this process's segments.
-struct Segment {
-    number: u64,
-    path: PathBuf,
-    file: Arc<File>,
-    capacity: u64,
-    /// Bytes used (for a sealed segment, what the reader should read).
-    end: u64,
-    entries: u64,
-    min_seq: u64,
-    max_seq: u64,
-    /// Range of seqs appended since the last successful sync.
-    unsynced: Option<(u64, u64)>,
-    /// A sync failed on it: never synced or appended to again.
-    abandoned: bool,
-}
-
-struct Own {
-    config: SpoolConfig,
-    lock: DirLock,
-    active: Option<(Segment, SegmentWriter)>,
-    /// The next segment, created ahead by [`Spool::prepare_next_segment`] so that a rollover inside
-    /// `append` costs no file system call.
-    spare: Option<(Segment, SegmentWriter)>,
-    /// A spare is being created (outside the lock).
-    spare_in_flight: bool,
-    /// The number of the last segment that became active.
-    last_active: u64,
-    sealed: VecDeque<Segment>,
-    next_number: u64,
-    bytes: u64,
-    /// The highest seq passed to `release_through`.
-    settled: u64,
-    dir_dirty: bool,
-    root_dirty: bool,
-    retry: Option<(Instant, io::ErrorKind)>,
-    stats: SpoolStats,
-}
-
-impl Segment {
-    fn new(number: u64, path: PathBuf, writer: &SegmentWriter, capacity: u64) -> Segment {
-        Segment {
-            number,
-            path,
-            file: writer.file().clone(),
-            capacity,
-            end: writer.end(),
-            entries: 0,
-            min_seq: u64::MAX,
-            max_seq: 0,
-            unsynced: None,
-            abandoned: false,
-        }
-    }
-}
-
-fn merge(a: Option<(u64, u64)>, b: Option<(u64, u64)>) -> Option<(u64, u64)> {
-    match (a, b) {
-        (Some((a0, a1)), Some((b0, b1))) => Some((a0.min(b0), a1.max(b1))),
-        (x, None) | (None, x) => x,
-    }
-}
-
-impl Own {
-    fn note_error(&mut self, e: &SpoolError) {
-        self.stats.errors += 1;
-        self.stats.last_error = Some(e.to_string());
-    }
-
-    /// Seals the active segment: no more appends; it stays until released.
-    fn seal_active(&mut self) {
-        if let Some((mut seg, writer)) = self.active.take() {
-            seg.end = writer.end();
-            drop(writer);
-            self.sealed.push_back(seg);
-        }
-    }
-
-    /// Creates a new active segment with room for a record of `len` bytes.
-    fn roll(&mut self, len: usize, critical: bool, orphan_bytes: u64) -> Result<(), SpoolError> {
-        let needed = round_4k(FILE_HEADER_LEN + len as u64);
-        if let Some(spare) = self.spare.take() {
-            if spare.0.capacity >= needed {
-                // Counted in `bytes`, within the bound, when it was made.
-                self.seal_active();
-                self.last_active = spare.0.number;
-                self.stats.mapped = spare.1.is_mapped();
-                self.active = Some(spare);
-                return Ok(());
-            }
-            // Too small for this record: the segment created below gets a higher number, so the
-            // spare can never be used; it goes, empty, with the next release.
-            self.sealed.push_back(spare.0);
-        }
-        if let Some((at, kind)) = self.retry {
-            let now = Instant::now();
-            if now < at {
-                return Err(SpoolError::Unavailable {
-                    kind,
-                    retry_in: at - now,
-                });
-            }
-        }
-        let capacity = self.config.effective_segment_bytes().max(needed);
-        let used = self.bytes + orphan_bytes;
-        if !critical && used + capacity > self.config.max_bytes {
-            self.stats.full += 1;
-            return Err(SpoolError::Full {
-                bytes: used,
-                max_bytes: self.config.max_bytes,
-            });
-        }
-        self.seal_active();
-        let number = self.next_number;
-        let path = self.lock.path().join(segment_name(number));
-        match SegmentWriter::create(&path, capacity, self.config.backend) {
-            Ok(writer) => {
-                self.next_number += 1;
-                self.last_active = number;
-                self.retry = None;
-                self.bytes += capacity;
-                self.dir_dirty = true;
-                self.stats.mapped = writer.is_mapped();
-                let seg = Segment::new(number, path, &writer, capacity);
-                self.active = Some((seg, writer));
-                Ok(())
-            }
-            Err(e) => {
-                self.retry = Some((Instant::now() + RETRY_AFTER, e.kind()));
-                let err = SpoolError::io("create segment", &path, e);
-                self.note_error(&err);
-                Err(err)
-            }
-        }
-    }
-
-    fn append(
-        &mut self,
-        seq: u64,
-        entry: &Entry,
-        critical: bool,
-        orphan_bytes: u64,
-    ) -> Result<(), SpoolError> {
-        let len = record::encoded_len(entry).ok_or(SpoolError::EntryTooLarge {
-            bytes: entry.size_bytes(),
-        })?;
-        for _ in 0..2 {
-            if self.active.is_none() {
-                self.roll(len, critical, orphan_bytes)?;
-            }
-            let Some((seg, writer)) = &mut self.active else {
-                continue;
-            };
-            match writer.append(len, seq, entry) {
-                Ok(true) => {
-                    seg.end = writer.end();
-                    seg.entries += 1;
-                    seg.min_seq = seg.min_seq.min(seq);
-                    seg.max_seq = seg.max_seq.max(seq);
-                    seg.unsynced = merge(seg.unsynced, Some((seq, seq)));
-                    self.stats.appended += 1;
-                    return Ok(());
-                }
-                Ok(false) => self.roll(len, critical, orphan_bytes)?,
-                Err(e) => {
-                    // write(2) failed (ENOSPC past the file's blocks, EIO): leave this segment.
-                    let err = SpoolError::io("append to", &seg.path, e);
-                    self.note_error(&err);
-                    self.seal_active();
-                    return Err(err);
-                }
-            }
-        }
-        Err(SpoolError::EntryTooLarge { bytes: len })
-    }
-
-    fn segment_mut(&mut self, number: u64) -> Option<&mut Segment> {
-        if let Some((seg, _)) = &mut self.active {
-            if seg.number == number {
-                return Some(seg);
-            }
-        }
-        self.sealed.iter_mut().find(|s| s.number == number)
-    }
 }
 
 /// A process's own spool: where [`Spool::append`] puts entries until they are released.
