@@ -7,11 +7,11 @@ use super::segment::Backend;
 /// When the spool is made durable against a machine crash.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SyncMode {
-    /// [`Spool::sync`] fdatasyncs: call it every `sync_interval`.
+    /// [`Spool::sync`](super::Spool::sync) fdatasyncs what was appended since the last call.
     #[default]
     Interval,
-    /// [`Spool::sync`] does nothing: a process crash loses nothing, a machine crash may lose anything
-    /// not yet written back by the kernel.
+    /// [`Spool::sync`](super::Spool::sync) fsyncs nothing (it still prepares the next segment): a process
+    /// crash loses nothing, a machine crash may lose anything not yet written back by the kernel.
     Never,
 }
 
@@ -19,7 +19,7 @@ pub enum SyncMode {
 #[derive(Clone, Debug)]
 pub struct SpoolConfig {
     pub sync: SyncMode,
-    /// How often the caller should call [`Spool::sync`] (the spool itself runs no timer).
+    /// How often the caller should call [`Spool::sync`](super::Spool::sync) (the spool itself runs no timer).
     pub sync_interval: Duration,
     /// Disk the spool may use, counted as the segments' sizes (preallocated whole), claimed spools
     /// included.

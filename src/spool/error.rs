@@ -26,7 +26,7 @@ pub enum SpoolError {
     },
     /// fdatasync failed. The segments concerned are abandoned (never synced again, never appended to):
     /// entries with `from_seq <= seq <= through_seq` that are not settled must be appended again, from
-    /// memory, with [`Spool::reappend`]; entries outside that range are not affected.
+    /// memory, with [`Spool::reappend`](super::Spool::reappend); entries outside that range are not affected.
     SyncFailed {
         from_seq: u64,
         through_seq: u64,

@@ -36,7 +36,7 @@ pub(super) struct Own {
     pub(super) config: SpoolConfig,
     pub(super) lock: DirLock,
     pub(super) active: Option<(Segment, SegmentWriter)>,
-    /// The next segment, created ahead by [`Spool::prepare_next_segment`] so that a rollover inside
+    /// The next segment, created ahead by [`Spool::prepare_next_segment`](super::Spool::prepare_next_segment) so that a rollover inside
     /// `append` costs no file system call.
     pub(super) spare: Option<(Segment, SegmentWriter)>,
     /// A spare is being created (outside the lock).
