@@ -19,4 +19,5 @@ mod napi;
 pub mod options;
 pub mod pg;
 pub mod sink;
+pub mod spool;
 pub mod uuid7;
