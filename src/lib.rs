@@ -6,8 +6,11 @@
 //! - [`options`]: the configuration, every option's range and default, and [`options::InvalidOption`];
 //! - [`batcher`] and [`sink`]: the ordered buffer and its flushes, generic over where batches go;
 //! - [`pg`]: the PostgreSQL sink (connection pool, statements, schema);
-//! - `napi` (private): the JavaScript surface, the only module that knows about Node, and the only one
-//!   allowed `unsafe` code (the N-API calls napi-rs does not wrap).
+//! - [`spool`]: the durable local spool (segments on disk, recovery after a crash);
+//! - `napi` (private): the JavaScript surface, the only module that knows about Node.
+//!
+//! `unsafe` code is denied everywhere but in two places: `napi` (the N-API calls napi-rs does not wrap)
+//! and `spool/mmap.rs` (memory-mapped segments).
 #![deny(unsafe_code)]
 
 pub mod batcher;
