@@ -59,7 +59,7 @@ impl ConnectionConfig {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use proptest::prelude::*;
 
     use super::*;
@@ -118,7 +118,7 @@ mod tests {
 
     /// `value` %-encoded where a URL part needs it: `%`, the `end` characters, and, when `all`, every
     /// character but ASCII letters and digits.
-    fn percent_encode(value: &str, end: &[char], all: bool) -> String {
+    pub(crate) fn percent_encode(value: &str, end: &[char], all: bool) -> String {
         let mut out = String::new();
         for c in value.chars() {
             if c == '%' || end.contains(&c) || (all && !c.is_ascii_alphanumeric()) {

@@ -545,18 +545,7 @@ mod tests {
             encode_all in any::<bool>(),
         ) {
             let encode = |value: &str, end: &[char]| {
-                let mut out = String::new();
-                for c in value.chars() {
-                    if c == '%' || end.contains(&c) || (encode_all && !c.is_ascii_alphanumeric()) {
-                        let mut buf = [0; 4];
-                        for b in c.encode_utf8(&mut buf).bytes() {
-                            out.push_str(&format!("%{b:02X}"));
-                        }
-                    } else {
-                        out.push(c);
-                    }
-                }
-                out
+                crate::pg::config::tests::percent_encode(value, end, encode_all)
             };
             let text = format!(
                 "postgres://{}:{}@h/d?application_name={}&connect_timeout=3",

@@ -7,7 +7,7 @@ use super::lock;
 use super::reader::SegmentScan;
 use super::recovery::QUARANTINE;
 use super::segment::list_segments;
-use super::SPOOL_PREFIX;
+use super::spool_names;
 use crate::entry::Timestamp;
 
 /// What one spool under the directory holds.
@@ -43,13 +43,7 @@ pub struct Inspection {
 /// live process is writing is read as far as it was written. Fails when `dir` cannot be read (NotFound
 /// for a missing directory); a segment that cannot be read counts as damaged.
 pub fn inspect(dir: &Path) -> io::Result<Inspection> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)?
-        .filter_map(|item| item.ok())
-        .filter(|item| item.file_type().is_ok_and(|t| t.is_dir()))
-        .filter_map(|item| item.file_name().into_string().ok())
-        .filter(|name| name.starts_with(SPOOL_PREFIX))
-        .collect();
-    names.sort();
+    let names = spool_names(dir)?;
     let mut out = Inspection::default();
     for name in names {
         let path = dir.join(name);

@@ -121,6 +121,19 @@ use crate::entry::Entry;
 /// Names of spool directories under the spool's `dir` start with this.
 pub const SPOOL_PREFIX: &str = "spool-";
 
+/// The names of the spool directories under `root`, sorted (oldest first: names start with the creation
+/// time).
+fn spool_names(root: &Path) -> std::io::Result<Vec<String>> {
+    let mut names: Vec<String> = std::fs::read_dir(root)?
+        .filter_map(|item| item.ok())
+        .filter(|item| item.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|item| item.file_name().into_string().ok())
+        .filter(|name| name.starts_with(SPOOL_PREFIX))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
 /// How long segment creation is not tried again after it failed (a full or failing disk), so that
 /// `append` stays cheap while the disk is in trouble.
 const RETRY_AFTER: Duration = Duration::from_millis(250);

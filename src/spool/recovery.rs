@@ -10,7 +10,7 @@ use std::sync::Arc;
 use super::lock::DirLock;
 use super::reader::SegmentScan;
 use super::segment::list_segments;
-use super::{Shared, SPOOL_PREFIX};
+use super::{spool_names, Shared};
 use crate::entry::Entry;
 
 /// Where damaged segments are kept, under the spool directory.
@@ -47,13 +47,7 @@ impl Orphans {
     /// Claims every spool under `root` (but `own`) whose lock is free. Spools with no segment are removed
     /// at once. A spool that cannot be read is left as it is, for a later start.
     pub(super) fn claim(root: &Path, own: &Path) -> io::Result<(Orphans, u64)> {
-        let mut names: Vec<String> = std::fs::read_dir(root)?
-            .filter_map(|item| item.ok())
-            .filter(|item| item.file_type().is_ok_and(|t| t.is_dir()))
-            .filter_map(|item| item.file_name().into_string().ok())
-            .filter(|name| name.starts_with(SPOOL_PREFIX))
-            .collect();
-        names.sort();
+        let names = spool_names(root)?;
         let mut orphans = Orphans::default();
         let mut bytes = 0;
         for name in names {
