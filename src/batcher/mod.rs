@@ -132,6 +132,8 @@ struct State {
     accepted: u64,
     /// Entries `1..=settled` are written.
     settled: u64,
+    /// Entries `1..=sent` have been handed to the sink, in some attempt.
+    sent: u64,
     /// The highest entry number any flush has asked for.
     requested: u64,
     /// Entries taken out of `queue` by the write under way.
@@ -203,6 +205,7 @@ impl<S: Sink> Batcher<S> {
                 rng: fastrand::Rng::new(),
                 accepted: 0,
                 settled: 0,
+                sent: 0,
                 requested: 0,
                 in_flight: 0,
                 in_flight_bytes: 0,
@@ -479,7 +482,11 @@ impl<S: Sink> Batcher<S> {
             };
             let mut batch = batch;
             let started = Instant::now();
-            let written = self.sink.write(batch.entries()).await;
+            let written = if batch.new {
+                self.sink.write_new(batch.entries()).await
+            } else {
+                self.sink.write(batch.entries()).await
+            };
             self.record_recovered_failures();
             match written {
                 Ok(()) => {
@@ -717,6 +724,8 @@ struct InFlight<'a, S> {
     batcher: &'a Batcher<S>,
     entries: Vec<Entry>,
     bytes: usize,
+    /// No entry of the batch was handed to the sink before (so the sink may skip duplicate checks).
+    new: bool,
     progress: Progress,
 }
 
@@ -724,6 +733,10 @@ impl<'a, S> InFlight<'a, S> {
     fn take(batcher: &'a Batcher<S>, st: &mut State, n: usize) -> Self {
         let entries: Vec<Entry> = st.queue.drain(..n).collect();
         let bytes = entries.iter().map(Entry::size_bytes).sum();
+        // The queue's front is the entry after those settled and in flight (one write at a time).
+        let first = st.settled + st.in_flight as u64 + 1;
+        let new = n > 0 && first > st.sent;
+        st.sent = st.sent.max(first + n as u64 - 1);
         st.queue_bytes -= bytes;
         st.in_flight += n;
         st.in_flight_bytes += bytes;
@@ -731,6 +744,7 @@ impl<'a, S> InFlight<'a, S> {
             batcher,
             entries,
             bytes,
+            new,
             progress: Progress::default(),
         }
     }

@@ -27,10 +27,32 @@ struct TestSink {
     fail_dead_letters: AtomicBool,
     /// Never finish a write of a batch holding an entry with this actor (and no poisoned one).
     hold_actor: Mutex<Option<String>>,
+    /// Per write: whether it came through `write_new` (the batch was never sent before).
+    new_writes: Mutex<Vec<bool>>,
 }
 
 impl Sink for Arc<TestSink> {
+    async fn write_new(&self, batch: &[Entry]) -> Result<(), WriteError> {
+        self.new_writes.lock().push(true);
+        self.write_any(batch).await
+    }
     async fn write(&self, batch: &[Entry]) -> Result<(), WriteError> {
+        self.new_writes.lock().push(false);
+        self.write_any(batch).await
+    }
+    async fn dead_letter(&self, entry: &Entry, cause: &WriteError) -> Result<(), WriteError> {
+        if self.fail_dead_letters.load(Ordering::SeqCst) {
+            return Err(WriteError::new("connection refused"));
+        }
+        self.memory.dead_letter(entry, cause).await
+    }
+    async fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+}
+
+impl TestSink {
+    async fn write_any(&self, batch: &[Entry]) -> Result<(), WriteError> {
         self.writes_started.fetch_add(1, Ordering::SeqCst);
         let gate = self.gate.lock().clone();
         if let Some(gate) = gate {
@@ -64,15 +86,6 @@ impl Sink for Arc<TestSink> {
             return Err(WriteError::new("connection reset"));
         }
         Ok(())
-    }
-    async fn dead_letter(&self, entry: &Entry, cause: &WriteError) -> Result<(), WriteError> {
-        if self.fail_dead_letters.load(Ordering::SeqCst) {
-            return Err(WriteError::new("connection refused"));
-        }
-        self.memory.dead_letter(entry, cause).await
-    }
-    async fn close(&self) {
-        self.closed.store(true, Ordering::SeqCst);
     }
 }
 
@@ -904,4 +917,28 @@ async fn failed_attempts_a_sink_recovered_from_are_counted_and_reported() {
         s.last_error.map(|(e, _)| e.message).as_deref(),
         Some("fast path cut mid-stream")
     );
+}
+
+#[tokio::test]
+async fn a_batch_is_new_on_its_first_attempt_only_whatever_its_ids() {
+    let (b, sink) = batcher(4);
+    // Caller-supplied ids of any version: newness is the batcher's own acceptance order.
+    for i in 0..6 {
+        let mut d = entry(i);
+        d.id = Uuid::parse(&format!("00000000-0000-4000-8000-{i:012}"));
+        b.log(d).unwrap();
+    }
+    sink.fail.store(true, Ordering::SeqCst);
+    assert!(b.flush().await.is_err());
+    sink.fail.store(false, Ordering::SeqCst);
+    b.flush().await.unwrap();
+    // 1st attempt (4 new), retry of those 4, then the last 2 (new).
+    assert_eq!(*sink.new_writes.lock(), [true, false, true]);
+    log_actors(&b, &["ok", "bad", "ok2"]);
+    *sink.poison_actor.lock() = Some("bad".into());
+    b.flush().await.unwrap();
+    // The whole batch is new; the halves bisection sends are not.
+    let writes = sink.new_writes.lock().clone();
+    assert!(writes[3], "the first attempt at the batch is new");
+    assert!(writes[4..].iter().all(|new| !new), "{writes:?}");
 }

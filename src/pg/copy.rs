@@ -2,21 +2,19 @@
 //! binary)` instead of the `INSERT ... ON CONFLICT DO NOTHING`, and when it falls back.
 //!
 //! COPY has no `ON CONFLICT`, so it is used only for a batch none of whose entries was ever sent before
-//! ([`SentIds`]); a retry always goes through the idempotent INSERT. Any server error from the COPY makes
+//! (the batcher says so: [`crate::sink::Sink::write_new`]); a retry always goes through the idempotent
+//! INSERT. Any server error from the COPY makes
 //! the same `write()` fall back to the INSERT at once (a duplicate user-supplied id, a CHECK violation...
 //! get the INSERT's behaviour); an error that says the table cannot take COPY at all (row-level security,
 //! a view, no privilege...) also turns COPY off for the rest of the sink's life ([`disables_copy`]).
 
-use parking_lot::Mutex;
 use tokio_postgres::types::Type;
 
 use super::columns::ColumnMap;
 use super::encode::PayloadType;
 use super::ident::TableName;
 use super::verify::TableShape;
-use crate::entry::Entry;
 use crate::fields::Field;
-use crate::uuid7::Uuid;
 
 /// Batches of at least this many rows are written with binary COPY (when the table allows it and no
 /// entry of the batch was sent before); smaller ones with the INSERT.
@@ -110,105 +108,10 @@ pub fn disables_copy(sqlstate: &str) -> bool {
     !row_error && !passing && !missing
 }
 
-/// Remembers the highest version-7 id ever sent to the server, in any attempt, successful or not, to tell
-/// a batch whose entries are all new from a retry.
-///
-/// Batches are written one at a time, in order, and a failed batch's entries are sent again ahead of
-/// anything newer; so a batch holds an entry sent before exactly when its first entry was sent before.
-/// Generated ids are UUIDv7, strictly increasing in `log()` order: a first entry with a v7 id above every
-/// v7 id sent is new. A first entry with any other id (user-supplied, e.g. a v4) may have been sent, so
-/// the batch is not fresh. Ids of other versions are not counted in the maximum: a random v4 id is
-/// usually above every v7 id of this century, and would otherwise keep COPY off for good.
-///
-/// A user-supplied id inside a fresh batch that the table already holds makes the COPY fail with
-/// `23505` (the unique index `ON CONFLICT` relies on), and the batch falls back to the INSERT.
-#[derive(Debug, Default)]
-pub struct SentIds {
-    max_v7: Mutex<Option<Uuid>>,
-}
-
-impl SentIds {
-    /// Records `batch` as sent, and returns whether none of its entries had been sent before.
-    pub fn record(&self, batch: &[Entry]) -> bool {
-        let batch_max = batch
-            .iter()
-            .map(Entry::id)
-            .filter(|id| id.version() == 7)
-            .max();
-        let mut max = self.max_v7.lock();
-        let fresh = batch
-            .first()
-            .is_some_and(|first| first.id().version() == 7 && Some(first.id()) > *max);
-        if batch_max > *max {
-            *max = batch_max;
-        }
-        fresh
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::entry::{EntryDraft, Timestamp};
     use crate::pg::ident::Ident;
-    use crate::uuid7::Uuid7Generator;
-
-    fn entries(n: usize, ids: &mut Uuid7Generator) -> Vec<Entry> {
-        (0..n)
-            .map(|i| {
-                EntryDraft::new(format!("a{i}"))
-                    .prepare(Timestamp::now())
-                    .unwrap()
-                    .finish(ids)
-            })
-            .collect()
-    }
-
-    fn with_id(id: &str) -> Entry {
-        let mut d = EntryDraft::new("given");
-        d.id = Some(Uuid::parse(id).unwrap());
-        d.prepare(Timestamp::now())
-            .unwrap()
-            .finish(&mut Uuid7Generator::new())
-    }
-
-    #[test]
-    fn a_batch_is_fresh_once_and_its_retries_and_parts_are_not() {
-        let sent = SentIds::default();
-        let mut ids = Uuid7Generator::new();
-        let first = entries(10, &mut ids);
-        assert!(sent.record(&first));
-        assert!(!sent.record(&first), "the same batch again");
-        assert!(
-            !sent.record(&first[5..]),
-            "the second half, as bisection sends it"
-        );
-        let mut retry_with_more = first.clone();
-        retry_with_more.extend(entries(3, &mut ids));
-        assert!(!sent.record(&retry_with_more));
-        assert!(sent.record(&entries(4, &mut ids)));
-        assert!(!sent.record(&[]));
-    }
-
-    #[test]
-    fn a_user_supplied_first_id_is_never_fresh_and_does_not_raise_the_maximum() {
-        let sent = SentIds::default();
-        let mut ids = Uuid7Generator::new();
-        // A v4 id above every v7 id.
-        let v4 = with_id("f0000000-0000-4000-8000-000000000001");
-        assert!(!sent.record(std::slice::from_ref(&v4)));
-        let mut batch = entries(3, &mut ids);
-        batch.push(v4);
-        assert!(
-            sent.record(&batch),
-            "the v4 id did not count in the maximum"
-        );
-        // A v7 id from far ahead is new the first time, and counts: nothing below it is fresh any more.
-        let ahead = [with_id("7fffffff-ffff-7fff-bfff-ffffffffffff")];
-        assert!(sent.record(&ahead));
-        assert!(!sent.record(&ahead));
-        assert!(!sent.record(&entries(2, &mut ids)));
-    }
 
     #[test]
     fn copy_is_planned_only_for_exact_column_types() {

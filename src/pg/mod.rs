@@ -27,7 +27,7 @@ use tokio_postgres::types::{ToSql, Type};
 
 use self::columns::ColumnMap;
 use self::config::ConnectionConfig;
-use self::copy::{CopyPlan, SentIds, COPY_CHUNK_BYTES, COPY_MIN_ROWS};
+use self::copy::{CopyPlan, COPY_CHUNK_BYTES, COPY_MIN_ROWS};
 use self::encode::ColumnArray;
 use self::ident::TableName;
 use self::redact::Redactor;
@@ -67,8 +67,6 @@ pub struct PgSink {
     columns: ColumnMap,
     /// Built from the table's verified shape before the first write.
     statements: tokio::sync::OnceCell<Statements>,
-    /// Every id sent so far, as far as telling new batches from retries needs.
-    sent: SentIds,
     /// Set once a COPY failed in a way that says the table cannot take COPY at all.
     copy_disabled: AtomicBool,
     /// The `preparedStatements` option.
@@ -123,7 +121,6 @@ impl PgSink {
         Ok(PgSink {
             pool,
             statements: tokio::sync::OnceCell::new(),
-            sent: SentIds::default(),
             copy_disabled: AtomicBool::new(false),
             prepared: settings.prepared_statements,
             recovered: parking_lot::Mutex::new(Vec::new()),
@@ -230,10 +227,10 @@ fn with_causes(e: &dyn std::error::Error) -> String {
 impl PgSink {
     /// Writes `batch` with the path [`Self::choose_path`] picks: COPY first, falling back to the INSERT
     /// in the same call on a server error, or the INSERT alone.
-    async fn write_batch(&self, batch: &[Entry]) -> Result<(), WriteError> {
+    async fn write_batch(&self, batch: &[Entry], path: Path) -> Result<(), WriteError> {
         let mut client = self.pool.get().await.map_err(|e| self.pool_error(e))?;
         let statements = self.statements(&client).await?;
-        if self.choose_path(batch) == Path::Copy {
+        if path == Path::Copy {
             if let Some(plan) = &statements.copy {
                 // Dropped by a failure, or with this future by a deadline, the lease closes the
                 // connection: it may be mid-transaction or out of step (see copy_batch).
@@ -253,7 +250,7 @@ impl PgSink {
                 drop(lease);
                 let Some(db) = error.as_db_error() else {
                     // A lost connection or reply: the COPY may have committed. The retry goes through the
-                    // INSERT (the ids are recorded as sent), which stores each entry once.
+                    // INSERT (a retry is never new), which stores each entry once.
                     return Err(self.db_error(&error));
                 };
                 // Nothing was committed; the INSERT decides what becomes of the batch. The failed COPY
@@ -270,12 +267,10 @@ impl PgSink {
             .map_err(|e| self.db_error(&e))
     }
 
-    /// Which statement a batch should be written with: COPY for a large batch none of whose entries was
-    /// sent before, unless a COPY failed in a way that rules it out for this table. Records the batch as
-    /// sent, so call it once per write, just before sending.
+    /// Which statement a new batch (none of its entries sent before) should be written with: COPY when it
+    /// is large, unless a COPY failed in a way that rules it out for this table.
     fn choose_path(&self, batch: &[Entry]) -> Path {
-        let fresh = self.sent.record(batch);
-        if fresh && batch.len() >= COPY_MIN_ROWS && !self.copy_disabled.load(Ordering::Relaxed) {
+        if batch.len() >= COPY_MIN_ROWS && !self.copy_disabled.load(Ordering::Relaxed) {
             Path::Copy
         } else {
             Path::Insert
@@ -403,7 +398,11 @@ impl From<tokio_postgres::Error> for CopyError {
 
 impl Sink for PgSink {
     async fn write(&self, batch: &[Entry]) -> Result<(), WriteError> {
-        self.write_batch(batch).await
+        self.write_batch(batch, Path::Insert).await
+    }
+
+    async fn write_new(&self, batch: &[Entry]) -> Result<(), WriteError> {
+        self.write_batch(batch, self.choose_path(batch)).await
     }
 
     async fn dead_letter(&self, entry: &Entry, cause: &WriteError) -> Result<(), WriteError> {

@@ -137,7 +137,7 @@ async fn a_copy_dropped_mid_stream_does_not_give_its_transaction_to_the_next_wri
 
     // A COPY large enough to still be streaming when the server is seen running it; dropped then.
     let big = entries(40_000, &mut ids);
-    let mut write = Box::pin(t.sink.write(&big));
+    let mut write = Box::pin(t.sink.write_new(&big));
     let copying = "SELECT count(*) FROM pg_stat_activity \
                    WHERE pid = $1 AND state = 'active' AND query LIKE 'COPY%'";
     loop {
@@ -201,7 +201,7 @@ async fn a_missing_table_does_not_turn_copy_off() {
         .await
         .unwrap();
     let big = entries(COPY_MIN_ROWS, &mut ids);
-    let error = t.sink.write(&big).await.unwrap_err();
+    let error = t.sink.write_new(&big).await.unwrap_err();
     assert_eq!(error.sqlstate.as_deref(), Some("42P01"), "{error}");
     assert!(
         !t.sink.copy_disabled.load(Ordering::Relaxed),
@@ -210,6 +210,6 @@ async fn a_missing_table_does_not_turn_copy_off() {
     t.sink.ensure_schema().await.unwrap();
     let next = entries(COPY_MIN_ROWS, &mut ids);
     assert_eq!(t.sink.choose_path(&next), Path::Copy);
-    t.sink.write(&next).await.unwrap();
+    t.sink.write_new(&next).await.unwrap();
     assert_eq!(t.count().await, i64::try_from(COPY_MIN_ROWS).unwrap());
 }

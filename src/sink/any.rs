@@ -41,6 +41,13 @@ impl Sink for AnySink {
         }
     }
 
+    async fn write_new(&self, batch: &[Entry]) -> Result<(), WriteError> {
+        match self {
+            AnySink::Postgres(s) => s.write_new(batch).await,
+            AnySink::Memory(s) => s.write_new(batch).await,
+        }
+    }
+
     async fn dead_letter(&self, entry: &Entry, cause: &WriteError) -> Result<(), WriteError> {
         match self {
             AnySink::Postgres(s) => s.dead_letter(entry, cause).await,

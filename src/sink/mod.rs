@@ -73,6 +73,14 @@ pub trait Sink: Send + Sync + 'static {
     /// entries again. A sink must store an entry whose id it already holds only once.
     fn write(&self, batch: &[Entry]) -> impl Future<Output = Result<(), WriteError>> + Send;
 
+    /// [`Sink::write`] for a batch the batcher has never sent before, in any attempt: no entry of it can be
+    /// in the sink yet (unless the caller supplied an id it already holds), so a sink may take a faster
+    /// path that does not skip duplicates, falling back to `write` when that path fails. Same guarantees
+    /// as `write`; by default it is `write`.
+    fn write_new(&self, batch: &[Entry]) -> impl Future<Output = Result<(), WriteError>> + Send {
+        self.write(batch)
+    }
+
     /// Stores an entry the table refused, with the reason, in a dead-letter place. Like `write`, storing
     /// the same entry twice must keep it once.
     fn dead_letter(
