@@ -11,5 +11,6 @@ pub mod entry;
 pub mod metrics;
 mod napi;
 pub mod pg;
+pub mod redis;
 pub mod sink;
 pub mod uuid7;

@@ -1,0 +1,637 @@
+//! The worker: reads stream entries in a consumer group, writes them to PostgreSQL, acknowledges them only
+//! after the commit, and removes them from the stream once acknowledged.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use redis::{RedisError, Value};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::codec::{self, DecodeError};
+use super::conn::{redact, RedisConfig, RedisConn};
+use super::reply::{self, Message};
+use super::stats::{Counters, WorkerStats};
+use crate::batcher::{Backoff, Batcher, BatcherConfig, FlushError, LogError};
+use crate::entry::Entry;
+use crate::pg::PgSink;
+use crate::sink::{Sink, WriteError};
+
+/// A worker's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerConfig {
+    pub redis: RedisConfig,
+    /// The consumer group; created (from the start of the stream, `MKSTREAM`) when missing. Default
+    /// `audit-writers`. One group per stream: acknowledged entries are deleted from the stream.
+    pub group: String,
+    /// This worker's consumer name in the group. `None` (the default): `<hostname>-<pid>-<random>`. A
+    /// worker restarted under the same name first re-reads the entries it held; under a new name, those
+    /// are claimed after `claim_idle` by whichever worker runs `XAUTOCLAIM` first.
+    pub consumer: Option<String>,
+    /// The most entries one read takes (and so one PostgreSQL statement writes). Default 1000.
+    pub max_batch_rows: usize,
+    /// How long a read waits for new entries when the stream has none. Default 1 s; also bounds how long
+    /// `stop()` waits for a read under way.
+    pub block: Duration,
+    /// Entries delivered to a consumer and not acknowledged for this long are taken over. Default 30 s:
+    /// longer than a batch may take to commit, or entries in hand are written twice (harmless, but wasted).
+    pub claim_idle: Duration,
+    /// How often each shard's pending list is scanned for such entries. Default 5 s.
+    pub claim_interval: Duration,
+    /// Delays between attempts while PostgreSQL or Redis fails. Default 100 ms doubling to 5 s, jittered.
+    pub backoff: Backoff,
+    /// How long `stop()` keeps trying to commit and acknowledge the batch in hand. Default 10 s.
+    pub stop_timeout: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            redis: RedisConfig::default(),
+            group: "audit-writers".into(),
+            consumer: None,
+            max_batch_rows: 1000,
+            block: Duration::from_secs(1),
+            claim_idle: Duration::from_secs(30),
+            claim_interval: Duration::from_secs(5),
+            backoff: Backoff {
+                initial: Duration::from_millis(100),
+                max: Duration::from_secs(5),
+            },
+            stop_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// Checks the settings; the error names the option at fault.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        self.redis.validate()?;
+        if self.group.is_empty() {
+            return Err(("group", "must be a non-empty string".into()));
+        }
+        if self.consumer.as_deref() == Some("") {
+            return Err(("consumer", "must be a non-empty string".into()));
+        }
+        if self.max_batch_rows == 0 {
+            return Err(("maxBatchRows", "must be at least 1".into()));
+        }
+        if self.block.is_zero() {
+            return Err(("blockMs", "must be at least 1 ms".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Lets each shard's batcher write through the one sink the worker was given.
+pub struct SharedSink<S>(pub Arc<S>);
+
+impl<S: Sink> Sink for SharedSink<S> {
+    async fn write(&self, batch: &[Entry]) -> Result<(), WriteError> {
+        self.0.write(batch).await
+    }
+
+    async fn dead_letter(&self, entry: &Entry, cause: &WriteError) -> Result<(), WriteError> {
+        self.0.dead_letter(entry, cause).await
+    }
+
+    /// The worker closes the shared sink itself, once every shard is done.
+    async fn close(&self) {}
+}
+
+type ShardBatcher<S> = Batcher<SharedSink<S>>;
+
+struct Shared<S> {
+    config: WorkerConfig,
+    consumer: String,
+    sink: Arc<S>,
+    /// Commands that do not block (acknowledgements, claims, stats); blocking reads have their own.
+    cmd: RedisConn,
+    counters: Counters,
+    in_hand: AtomicU64,
+    batchers: Mutex<Vec<Arc<ShardBatcher<S>>>>,
+    last_error: Mutex<Option<String>>,
+}
+
+/// A pool member writing stream entries to PostgreSQL: one task per shard, each with its own blocking
+/// connection and its own [`Batcher`] in front of the shared sink (so rows the table refuses are bisected
+/// and dead-lettered as in direct mode).
+///
+/// Guarantees:
+/// - an entry is acknowledged (`XACK`) only after the statement that wrote it committed (or after it was
+///   dead-lettered), and deleted from the stream (`XDEL`, in the same `MULTI` as the `XACK`) only then:
+///   the stream is never trimmed, so an unread or unacknowledged entry is never lost;
+/// - at start, and after a restart under the same consumer name, it first re-reads its own pending entries;
+///   entries left pending by any consumer for `claim_idle` are taken over with `XAUTOCLAIM`;
+/// - a stream entry that cannot be decoded is dead-lettered (see [`codec::undecodable_entry`]) and
+///   acknowledged; it never blocks the stream;
+/// - PostgreSQL failing: nothing is acknowledged, the batch in hand is retried with backoff (the stream
+///   grows meanwhile); Redis failing: reads and acknowledgements are retried with backoff on connections
+///   that reopen by themselves;
+/// - reads take up to `max_batch_rows` entries, back to back while entries remain; a read waits (`BLOCK`)
+///   only when the stream has nothing new;
+/// - [`Worker::stop`] lets the read under way finish, commits and acknowledges the batch in hand, then
+///   closes the sink. Dropping a worker without `stop()` abandons its tasks like a crash would: what it
+///   held stays pending and is claimed by another worker.
+pub struct Worker<S: Sink = PgSink> {
+    shared: Arc<Shared<S>>,
+    stop: watch::Sender<Option<Instant>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl<S: Sink> Worker<S> {
+    /// Checks the settings, connects, creates the group on every shard's stream when missing, and starts
+    /// reading. Returns once every shard is being read. The error names the option at fault (`url`,
+    /// `group`, ...) and holds no password.
+    pub async fn start(config: WorkerConfig, sink: S) -> Result<Worker<S>, (&'static str, String)> {
+        config.validate()?;
+        let option = if config.redis.cluster_nodes.is_empty() { "url" } else { "clusterNodes" };
+        let cmd = RedisConn::open(&config.redis, Some(config.redis.response_timeout))
+            .await
+            .map_err(|e| (option, redact(&format!("cannot connect to Redis: {e}"))))?;
+        let consumer = config.consumer.clone().unwrap_or_else(default_consumer);
+        let shared = Arc::new(Shared {
+            consumer,
+            sink: Arc::new(sink),
+            cmd,
+            counters: Counters::default(),
+            in_hand: AtomicU64::new(0),
+            batchers: Mutex::new(Vec::new()),
+            last_error: Mutex::new(None),
+            config,
+        });
+        for key in shared.config.redis.keys() {
+            ensure_group(&shared, &key)
+                .await
+                .map_err(|e| ("group", redact(&format!("cannot create the consumer group on `{key}`: {e}"))))?;
+        }
+        let (stop, _) = watch::channel(None);
+        let mut tasks = Vec::new();
+        for key in shared.config.redis.keys() {
+            let batcher = Arc::new(Batcher::new(
+                SharedSink(shared.sink.clone()),
+                BatcherConfig {
+                    max_batch_rows: shared.config.max_batch_rows,
+                    max_buffered_entries: 1 << 40,
+                    max_buffered_bytes: 1 << 50,
+                    max_entry_bytes: 1 << 40,
+                    backoff: shared.config.backoff,
+                    ..BatcherConfig::default()
+                },
+            ));
+            shared.batchers.lock().push(batcher.clone());
+            let shard = ShardLoop {
+                shared: shared.clone(),
+                key,
+                batcher,
+                reader: None,
+                history: true,
+                next_claim: Instant::now(),
+                claim_cursor: "0-0".into(),
+                stop: stop.subscribe(),
+            };
+            tasks.push(tokio::spawn(shard.run()));
+        }
+        Ok(Worker {
+            shared,
+            stop,
+            tasks: Mutex::new(tasks),
+        })
+    }
+
+    /// This worker's consumer name.
+    pub fn consumer(&self) -> &str {
+        &self.shared.consumer
+    }
+
+    /// The sink entries are written to.
+    pub fn sink(&self) -> &S {
+        &self.shared.sink
+    }
+
+    /// Stops reading, lets the read under way finish, commits and acknowledges the batch in hand (retrying
+    /// for up to `stop_timeout`), then closes the sink. An error says how many entries were left
+    /// unacknowledged: they stay pending in Redis, for this consumer name's next start or another worker's
+    /// claim. Later calls return at once.
+    pub async fn stop(&self) -> Result<(), String> {
+        let deadline = Instant::now() + self.shared.config.stop_timeout;
+        self.stop.send_replace(Some(deadline));
+        let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *self.tasks.lock());
+        let had_tasks = !tasks.is_empty();
+        for task in tasks {
+            let _ = task.await;
+        }
+        if had_tasks {
+            self.shared.sink.close().await;
+        }
+        match self.shared.in_hand.load(Ordering::Relaxed) {
+            0 => Ok(()),
+            n => Err(format!(
+                "{n} entries were left unacknowledged (last error: {}); they stay pending in Redis and are claimed by another worker after claimIdle",
+                self.shared.last_error.lock().clone().unwrap_or_default()
+            )),
+        }
+    }
+
+    /// This worker's counters, without asking Redis.
+    pub fn counters(&self) -> WorkerStats {
+        let c = &self.shared.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (mut written, mut dead) = (0, 0);
+        for b in self.shared.batchers.lock().iter() {
+            let s = b.stats();
+            written += s.written;
+            dead += s.dead_lettered;
+        }
+        WorkerStats {
+            entries_read: get(&c.read),
+            entries_claimed: get(&c.claimed),
+            entries_written: written,
+            entries_dead_lettered: dead + get(&c.undecodable),
+            entries_undecodable: get(&c.undecodable),
+            entries_acked: get(&c.acked),
+            reads: get(&c.reads),
+            pg_failures: get(&c.pg_failures),
+            redis_failures: get(&c.redis_failures),
+            in_hand: self.shared.in_hand.load(Ordering::Relaxed),
+            last_error: self.shared.last_error.lock().clone(),
+            ..WorkerStats::default()
+        }
+    }
+
+    /// The counters plus the streams' state as Redis reports it now (`XLEN`, `XPENDING`, `XINFO GROUPS`,
+    /// one pipeline per shard). Fields Redis did not answer for are `None`.
+    pub async fn stats(&self) -> WorkerStats {
+        let mut stats = self.counters();
+        let mut conn = self.shared.cmd.clone();
+        let group = &self.shared.config.group;
+        let (mut len, mut pending, mut consumers, mut lag) = (Some(0u64), Some(0u64), Some(0u64), Some(0u64));
+        let mut oldest: Option<u64> = None;
+        for key in self.shared.config.redis.keys() {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            pipe.cmd("XLEN").arg(&key);
+            pipe.cmd("XPENDING").arg(&key).arg(group);
+            pipe.cmd("XINFO").arg("GROUPS").arg(&key);
+            let replies: Result<Vec<Value>, RedisError> = pipe.query_async(&mut conn).await;
+            let Ok(replies) = replies else {
+                return stats;
+            };
+            let at = |i: usize| replies.get(i).unwrap_or(&Value::Nil);
+            len = match (len, at(0)) {
+                (Some(t), Value::Int(n)) => Some(t + (*n).max(0) as u64),
+                _ => None,
+            };
+            match reply::pending_reply(at(1)) {
+                Ok(p) => {
+                    pending = pending.map(|t| t + p.count);
+                    if let Some(ms) = p.oldest.as_deref().and_then(reply::id_millis) {
+                        oldest = Some(oldest.map_or(ms, |o| o.min(ms)));
+                    }
+                }
+                Err(_) => pending = None,
+            }
+            let info = reply::groups_reply(at(2)).ok().and_then(|g| g.into_iter().find(|g| &g.name == group));
+            match info {
+                Some(g) => {
+                    consumers = consumers.map(|c| c.max(g.consumers));
+                    lag = lag.zip(g.lag).map(|(a, b)| a + b);
+                }
+                None => {
+                    consumers = None;
+                    lag = None;
+                }
+            }
+        }
+        let now_ms = crate::entry::Timestamp::now().unix_millis();
+        WorkerStats {
+            stream_length: len,
+            pending,
+            oldest_pending_age_ms: oldest.map(|ms| now_ms.saturating_sub(ms)),
+            consumers,
+            lag,
+            ..stats
+        }
+    }
+}
+
+impl<S: Sink> Drop for Worker<S> {
+    /// Without `stop()`, the tasks are abandoned as by a crash: nothing in hand is acknowledged.
+    fn drop(&mut self) {
+        for task in self.tasks.lock().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+fn default_consumer() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "worker".into());
+    format!("{host}-{}-{:08x}", std::process::id(), fastrand::u32(..))
+}
+
+/// `XGROUP CREATE key group 0 MKSTREAM`; a group that exists already (`BUSYGROUP`) is fine. From `0`: a new
+/// group reads what producers added before any worker ran.
+async fn ensure_group<S>(shared: &Shared<S>, key: &str) -> Result<(), RedisError> {
+    let mut conn = shared.cmd.clone();
+    let result: Result<Value, RedisError> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(key)
+        .arg(&shared.config.group)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut conn)
+        .await;
+    match result {
+        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+        other => other.map(|_| ()),
+    }
+}
+
+/// Why a step failed.
+enum StepError {
+    Redis(RedisError),
+    Reply(String),
+}
+
+impl std::fmt::Display for StepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StepError::Redis(e) => write!(f, "redis: {}", redact(&e.to_string())),
+            StepError::Reply(e) => write!(f, "redis reply: {e}"),
+        }
+    }
+}
+
+impl From<RedisError> for StepError {
+    fn from(e: RedisError) -> Self {
+        StepError::Redis(e)
+    }
+}
+
+/// One shard's read-write-acknowledge loop.
+struct ShardLoop<S: Sink> {
+    shared: Arc<Shared<S>>,
+    key: String,
+    batcher: Arc<ShardBatcher<S>>,
+    /// The connection blocking reads use, opened on first use.
+    reader: Option<RedisConn>,
+    /// Still re-reading this consumer's own pending entries (id `0`), before new ones (`>`).
+    history: bool,
+    next_claim: Instant,
+    claim_cursor: String,
+    stop: watch::Receiver<Option<Instant>>,
+}
+
+impl<S: Sink> ShardLoop<S> {
+    fn deadline(&self) -> Option<Instant> {
+        *self.stop.borrow()
+    }
+
+    fn past_deadline(&self) -> bool {
+        self.deadline().is_some_and(|d| Instant::now() >= d)
+    }
+
+    fn note_error(&self, text: String) {
+        *self.shared.last_error.lock() = Some(text);
+    }
+
+    /// Sleeps for `delay`, less when stopping (never past the stop deadline); wakes early when `stop()` is
+    /// called.
+    async fn pause(&mut self, delay: Duration) {
+        let mut until = Instant::now() + delay;
+        if let Some(d) = self.deadline() {
+            until = until.min(d);
+            tokio::time::sleep_until(until).await;
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => {}
+            _ = self.stop.changed() => {}
+        }
+    }
+
+    async fn run(mut self) {
+        let mut failures = 0u32;
+        while self.deadline().is_none() {
+            let step = if Instant::now() >= self.next_claim {
+                self.claim().await
+            } else {
+                self.read().await
+            };
+            match step {
+                Ok(messages) => {
+                    failures = 0;
+                    if !messages.is_empty() {
+                        self.handle(messages).await;
+                    }
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    Counters::add(&self.shared.counters.redis_failures, 1);
+                    if let StepError::Redis(r) = &e {
+                        if r.code() == Some("NOGROUP") {
+                            // The stream or group vanished (a Redis restart without persistence, a DEL).
+                            let _ = ensure_group(&self.shared, &self.key).await;
+                        }
+                        if !r.is_timeout() {
+                            self.reader = None;
+                        }
+                    }
+                    self.note_error(e.to_string());
+                    let delay = self.shared.config.backoff.delay(failures);
+                    self.pause(delay).await;
+                }
+            }
+        }
+    }
+
+    /// One `XREADGROUP`: this consumer's own pending entries first, then new ones, waiting up to `block`.
+    async fn read(&mut self) -> Result<Vec<Message>, StepError> {
+        let config = &self.shared.config;
+        if self.reader.is_none() {
+            let timeout = config.block + config.redis.response_timeout;
+            self.reader = Some(RedisConn::open(&config.redis, Some(timeout)).await?);
+        }
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(&config.group)
+            .arg(&self.shared.consumer)
+            .arg("COUNT")
+            .arg(config.max_batch_rows);
+        if !self.history {
+            cmd.arg("BLOCK").arg(config.block.as_millis().max(1) as u64);
+        }
+        cmd.arg("STREAMS")
+            .arg(&self.key)
+            .arg(if self.history { "0" } else { ">" });
+        let Some(reader) = self.reader.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let value: Value = cmd.query_async(reader).await?;
+        Counters::add(&self.shared.counters.reads, 1);
+        let messages: Vec<Message> = reply::read_reply(&value)
+            .map_err(StepError::Reply)?
+            .into_iter()
+            .flat_map(|(_, m)| m)
+            .collect();
+        if self.history && messages.is_empty() {
+            self.history = false;
+        }
+        Counters::add(&self.shared.counters.read, messages.len());
+        Ok(messages)
+    }
+
+    /// One page of `XAUTOCLAIM`: entries idle for `claim_idle` in any consumer's hands become this one's.
+    async fn claim(&mut self) -> Result<Vec<Message>, StepError> {
+        let config = &self.shared.config;
+        let mut conn = self.shared.cmd.clone();
+        let value: Value = redis::cmd("XAUTOCLAIM")
+            .arg(&self.key)
+            .arg(&config.group)
+            .arg(&self.shared.consumer)
+            .arg(config.claim_idle.as_millis() as u64)
+            .arg(&self.claim_cursor)
+            .arg("COUNT")
+            .arg(config.max_batch_rows)
+            .query_async(&mut conn)
+            .await?;
+        Counters::add(&self.shared.counters.reads, 1);
+        let page = reply::autoclaim_reply(&value).map_err(StepError::Reply)?;
+        self.claim_cursor = page.cursor;
+        if self.claim_cursor == "0-0" {
+            self.next_claim = Instant::now() + config.claim_interval;
+        }
+        Counters::add(&self.shared.counters.claimed, page.claimed.len());
+        Ok(page.claimed)
+    }
+
+    /// Writes a batch of read entries and acknowledges them once committed. Returns early, leaving them
+    /// pending, only when stopping and the stop deadline passed.
+    async fn handle(&mut self, messages: Vec<Message>) {
+        let n = messages.len();
+        self.shared.in_hand.fetch_add(n as u64, Ordering::Relaxed);
+        let mut ack: Vec<String> = Vec::with_capacity(n);
+        let mut dead: Vec<(Entry, WriteError)> = Vec::new();
+        for message in messages {
+            let Some(fields) = message.fields else {
+                // Deleted while pending: nothing to write, only the pending-list slot to release.
+                ack.push(message.id);
+                continue;
+            };
+            let failure = match codec::decode(&fields) {
+                Ok(draft) => match self.batcher.log(draft) {
+                    Ok(_) => None,
+                    Err(LogError::Invalid(e)) => Some(DecodeError(e.to_string())),
+                    // Not reachable (the batcher is never closed and its bounds are out of reach): the
+                    // entry stays pending and is claimed again later.
+                    Err(_) => continue,
+                },
+                Err(e) => Some(e),
+            };
+            if let Some(e) = failure {
+                match codec::undecodable_entry(&self.key, &message.id, &fields, &e) {
+                    Some(entry) => dead.push((entry, WriteError::rejected(e.to_string(), None))),
+                    None => continue,
+                }
+            }
+            ack.push(message.id);
+        }
+        if !self.commit(&dead).await {
+            return;
+        }
+        Counters::add(&self.shared.counters.undecodable, dead.len());
+        if self.acknowledge(&ack).await {
+            // Entries left pending on purpose (`left_pending`) are no longer in hand either: they wait for
+            // a claim.
+            self.shared.in_hand.fetch_sub(n as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Dead-letters `dead` and flushes the batcher, retrying with backoff; false when stopping ran out of
+    /// time first.
+    async fn commit(&mut self, dead: &[(Entry, WriteError)]) -> bool {
+        let mut failures = 0u32;
+        let mut dead_done = 0;
+        loop {
+            let attempt = async {
+                while dead_done < dead.len() {
+                    let (entry, cause) = &dead[dead_done];
+                    self.shared.sink.dead_letter(entry, cause).await?;
+                    dead_done += 1;
+                }
+                match self.batcher.flush().await {
+                    Ok(_) => Ok(()),
+                    Err(FlushError::Failed { cause, .. }) => Err(cause),
+                    Err(FlushError::Closed) => Err(WriteError::new("the batcher is closed")),
+                }
+            };
+            let result = match self.deadline() {
+                Some(d) => tokio::time::timeout_at(d, attempt)
+                    .await
+                    .unwrap_or_else(|_| Err(WriteError::new("stop() ran out of time (stopTimeoutMs)"))),
+                None => attempt.await,
+            };
+            match result {
+                Ok(()) => return true,
+                Err(cause) => {
+                    failures = failures.saturating_add(1);
+                    Counters::add(&self.shared.counters.pg_failures, 1);
+                    self.note_error(format!("postgres: {cause}"));
+                    if self.past_deadline() {
+                        return false;
+                    }
+                    let delay = self.shared.config.backoff.delay(failures);
+                    self.pause(delay).await;
+                    if self.past_deadline() {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// `MULTI; XACK key group ids...; XDEL key ids...; EXEC`, retried with backoff; false when stopping ran
+    /// out of time first (the entries are committed, so a later delivery only makes a duplicate that
+    /// `ON CONFLICT` skips).
+    async fn acknowledge(&mut self, ids: &[String]) -> bool {
+        if ids.is_empty() {
+            return true;
+        }
+        let mut failures = 0u32;
+        loop {
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            pipe.cmd("XACK").arg(&self.key).arg(&self.shared.config.group).arg(ids);
+            pipe.cmd("XDEL").arg(&self.key).arg(ids);
+            let mut conn = self.shared.cmd.clone();
+            let result: Result<Value, RedisError> = pipe.query_async(&mut conn).await;
+            match result {
+                Ok(_) => {
+                    Counters::add(&self.shared.counters.acked, ids.len());
+                    return true;
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    Counters::add(&self.shared.counters.redis_failures, 1);
+                    self.note_error(format!("redis XACK: {}", redact(&e.to_string())));
+                    if self.past_deadline() {
+                        return false;
+                    }
+                    let delay = self.shared.config.backoff.delay(failures);
+                    self.pause(delay).await;
+                    if self.past_deadline() {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+}
