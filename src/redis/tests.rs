@@ -1,1 +1,686 @@
-//! Tests against a real redis-server (and PostgreSQL).
+//! Tests against a real `redis-server` (started per test on a free port, see [`super::test_server`]) and
+//! the PostgreSQL at `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`), a table per
+//! test. Each test prints why and returns when either is missing.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use super::test_server::RedisServer;
+use super::*;
+use crate::batcher::{Backoff, Batcher, BatcherConfig};
+use crate::entry::{Entry, EntryDraft, TextField};
+use crate::pg::columns::ColumnMap;
+use crate::pg::ident::TableName;
+use crate::pg::{PgSettings, PgSink};
+use crate::sink::{Sink, WriteError};
+
+fn pg_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A client for checks, or `None` (printed) when PostgreSQL is not reachable.
+async fn pg_client() -> Option<tokio_postgres::Client> {
+    match tokio_postgres::connect(&pg_url(), tokio_postgres::NoTls).await {
+        Ok((client, connection)) => {
+            tokio::spawn(connection);
+            Some(client)
+        }
+        Err(e) => {
+            eprintln!("skipped: PostgreSQL at DATABASE_URL is not reachable: {e}");
+            None
+        }
+    }
+}
+
+/// A test table (and its dead-letter table), dropped at the end of the test.
+struct Table {
+    name: String,
+    client: tokio_postgres::Client,
+}
+
+impl Table {
+    async fn new() -> Option<Table> {
+        let client = pg_client().await?;
+        let name = format!("redis_test_{:08x}", fastrand::u32(..));
+        let table = Table { name, client };
+        table.sink_at(&pg_url()).ensure_schema().await.unwrap();
+        Some(table)
+    }
+
+    fn sink_at(&self, url: &str) -> PgSink {
+        PgSink::new(PgSettings {
+            connection_string: url.to_owned(),
+            table: TableName::parse(&self.name).unwrap(),
+            dead_letter_table: TableName::parse(&format!("{}_dead", self.name)).unwrap(),
+            columns: ColumnMap::default(),
+            pool_size: 4,
+            connect_timeout: Duration::from_secs(2),
+            ssl_root_cert: None,
+            prepared_statements: false,
+        })
+        .unwrap()
+    }
+
+    fn sink(&self) -> PgSink {
+        self.sink_at(&pg_url())
+    }
+
+    /// (rows, distinct ids) in the table.
+    async fn count(&self) -> (i64, i64) {
+        let row = self
+            .client
+            .query_one(
+                &format!("SELECT count(*), count(DISTINCT id) FROM \"{}\"", self.name),
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    }
+
+    async fn dead_count(&self) -> i64 {
+        self.client
+            .query_one(&format!("SELECT count(*) FROM \"{}_dead\"", self.name), &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    async fn drop_tables(self) {
+        let _ = self
+            .client
+            .batch_execute(&format!(
+                "DROP TABLE IF EXISTS \"{0}\"; DROP TABLE IF EXISTS \"{0}_dead\"",
+                self.name
+            ))
+            .await;
+    }
+}
+
+fn redis_config(server: &RedisServer, shards: u32) -> RedisConfig {
+    RedisConfig {
+        url: server.url(),
+        stream: "audit".into(),
+        shards,
+        connect_timeout: Duration::from_secs(1),
+        response_timeout: Duration::from_secs(2),
+        ..RedisConfig::default()
+    }
+}
+
+fn producer(server: &RedisServer, shards: u32, max_length: Option<u64>) -> Batcher<StreamSink> {
+    let sink = StreamSink::new(StreamConfig {
+        redis: redis_config(server, shards),
+        max_length,
+    })
+    .unwrap();
+    Batcher::new(
+        sink,
+        BatcherConfig {
+            max_batch_rows: 100_000,
+            ..BatcherConfig::default()
+        },
+    )
+}
+
+fn worker_config(server: &RedisServer, shards: u32, batch: usize) -> WorkerConfig {
+    WorkerConfig {
+        redis: redis_config(server, shards),
+        max_batch_rows: batch,
+        block: Duration::from_millis(200),
+        claim_idle: Duration::from_secs(1),
+        claim_interval: Duration::from_millis(300),
+        backoff: Backoff {
+            initial: Duration::from_millis(50),
+            max: Duration::from_millis(500),
+        },
+        stop_timeout: Duration::from_secs(5),
+        ..WorkerConfig::default()
+    }
+}
+
+/// Logs `n` entries spread over `tenants` tenants; their actors are `<tag>-<i>`.
+fn log_entries(b: &Batcher<StreamSink>, n: usize, tenants: usize, tag: &str) {
+    for i in 0..n {
+        b.log(
+            EntryDraft::new("test.redis")
+                .with(TextField::TenantId, format!("tenant-{}", i % tenants))
+                .with(TextField::Actor, format!("{tag}-{i}"))
+                .with_payload_json(format!(r#"{{"i":{i},"tag":"{tag}"}}"#)),
+        )
+        .unwrap();
+    }
+}
+
+async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let until = Instant::now() + timeout;
+    while Instant::now() < until {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+fn xlen(server: &RedisServer, key: &str) -> u64 {
+    ::redis::cmd("XLEN").arg(key).query(&mut server.client()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_is_one_round_trip_and_entries_decode_back() {
+    let Some(server) = RedisServer::start(false) else { return };
+    let b = producer(&server, 1, Some(1_000));
+    log_entries(&b, 700, 3, "p");
+    let logged: Vec<Entry> = b.buffered_entries();
+    b.flush().await.unwrap();
+    assert_eq!(b.sink().round_trips(), 1, "700 entries, one pipeline");
+    assert_eq!(b.sink().entries_added(), 700);
+    assert_eq!(b.sink().last_known_length(), 700);
+    assert!(!b.sink().at_bound(299));
+    assert!(b.sink().at_bound(300));
+    let mut conn = server.client();
+    let info: String = ::redis::cmd("INFO").arg("commandstats").query(&mut conn).unwrap();
+    assert!(info.contains("cmdstat_xadd:calls=700,"), "{info}");
+    // Back from the stream, in order, equal to what was logged.
+    let raw: Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)> = {
+        let v: ::redis::Value = ::redis::cmd("XRANGE")
+            .arg("audit")
+            .arg("-")
+            .arg("+")
+            .query(&mut conn)
+            .unwrap();
+        reply::read_reply(&::redis::Value::Array(vec![::redis::Value::Array(vec![
+            ::redis::Value::BulkString(b"audit".to_vec()),
+            v,
+        ])]))
+        .unwrap()
+        .remove(0)
+        .1
+        .into_iter()
+        .map(|m| (m.id, m.fields.unwrap()))
+        .collect()
+    };
+    let decoded: Vec<Entry> = raw
+        .iter()
+        .map(|(_, f)| codec::decode_entry(f).unwrap())
+        .collect();
+    assert_eq!(decoded, logged);
+    // A second flush, another round trip.
+    log_entries(&b, 5, 1, "q");
+    b.flush().await.unwrap();
+    assert_eq!(b.sink().round_trips(), 2);
+    assert_eq!(b.sink().last_known_length(), 705);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_writes_every_entry_once_and_empties_the_stream() {
+    let Some(server) = RedisServer::start(false) else { return };
+    let Some(table) = Table::new().await else { return };
+    let b = producer(&server, 1, None);
+    let total = 20_000;
+    log_entries(&b, total, 10, "w");
+    b.flush().await.unwrap();
+    assert_eq!(xlen(&server, "audit"), total as u64);
+    let started = Instant::now();
+    let worker = Worker::start(worker_config(&server, 1, 1000), table.sink())
+        .await
+        .unwrap();
+    wait_for("every row", Duration::from_secs(120), || async {
+        table.count().await.0 == total as i64
+    })
+    .await;
+    let took = started.elapsed();
+    println!(
+        "one worker, debug build: {total} rows in {:.2} s = {:.0} rows/s",
+        took.as_secs_f64(),
+        total as f64 / took.as_secs_f64()
+    );
+    wait_for("the stream to empty", Duration::from_secs(10), || async {
+        worker.stats().await.stream_length == Some(0)
+    })
+    .await;
+    let stats = worker.stats().await;
+    assert_eq!(stats.pending, Some(0));
+    assert_eq!(stats.lag, Some(0));
+    assert_eq!(stats.consumers, Some(1));
+    assert_eq!(stats.entries_read, total as u64);
+    assert_eq!(stats.entries_written, total as u64);
+    assert_eq!(stats.entries_acked, total as u64);
+    assert_eq!(stats.in_hand, 0);
+    let text = stats.metrics_text(&[("worker".into(), "a".into())]);
+    assert!(text.contains("audit_batcher_worker_entries_total{worker=\"a\",state=\"acked\"} 20000"), "{text}");
+    // Entries added while the worker runs are written too; stop() returns with nothing in hand.
+    log_entries(&b, 10, 1, "late");
+    b.flush().await.unwrap();
+    wait_for("the late rows", Duration::from_secs(10), || async {
+        table.count().await == (total as i64 + 10, total as i64 + 10)
+    })
+    .await;
+    worker.stop().await.unwrap();
+    assert_eq!(table.count().await, (total as i64 + 10, total as i64 + 10));
+    table.drop_tables().await;
+}
+
+/// Commits its first batch, then never returns: a worker that dies between the commit and the XACK.
+struct StallAfterFirstCommit {
+    inner: PgSink,
+    stalled: AtomicBool,
+}
+
+impl Sink for StallAfterFirstCommit {
+    async fn write(&self, batch: &[Entry]) -> Result<(), WriteError> {
+        self.inner.write(batch).await?;
+        if !self.stalled.swap(true, Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(&self, entry: &Entry, cause: &WriteError) -> Result<(), WriteError> {
+        self.inner.dead_letter(entry, cause).await
+    }
+
+    async fn close(&self) {
+        self.inner.close().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_of_a_worker_that_died_before_xack_are_claimed_and_stored_once() {
+    let Some(server) = RedisServer::start(false) else { return };
+    let Some(table) = Table::new().await else { return };
+    let b = producer(&server, 1, None);
+    log_entries(&b, 1_000, 5, "c");
+    b.flush().await.unwrap();
+    let a = Worker::start(
+        worker_config(&server, 1, 200),
+        StallAfterFirstCommit {
+            inner: table.sink(),
+            stalled: AtomicBool::new(false),
+        },
+    )
+    .await
+    .unwrap();
+    wait_for("the first batch to commit", Duration::from_secs(20), || async {
+        table.count().await.0 == 200
+    })
+    .await;
+    assert_eq!(a.counters().entries_read, 200);
+    assert_eq!(a.counters().entries_acked, 0);
+    drop(a); // dies holding 200 committed, unacknowledged entries
+    let b_worker = Worker::start(worker_config(&server, 1, 200), table.sink())
+        .await
+        .unwrap();
+    wait_for("every row", Duration::from_secs(30), || async {
+        table.count().await.1 == 1_000
+    })
+    .await;
+    wait_for("nothing pending", Duration::from_secs(10), || async {
+        let s = b_worker.stats().await;
+        s.pending == Some(0) && s.stream_length == Some(0)
+    })
+    .await;
+    let stats = b_worker.counters();
+    assert_eq!(stats.entries_claimed, 200);
+    assert_eq!(stats.entries_read, 800);
+    assert_eq!(table.count().await, (1_000, 1_000), "each entry once");
+    assert_eq!(b_worker.stats().await.consumers, Some(2));
+    b_worker.stop().await.unwrap();
+    table.drop_tables().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_entries_and_poison_rows_are_dead_lettered_and_the_rest_written() {
+    let Some(server) = RedisServer::start(false) else { return };
+    let Some(table) = Table::new().await else { return };
+    table
+        .client
+        .batch_execute(&format!(
+            "ALTER TABLE \"{}\" ADD CONSTRAINT no_poison CHECK (action <> 'poison')",
+            table.name
+        ))
+        .await
+        .unwrap();
+    let b = producer(&server, 1, None);
+    log_entries(&b, 50, 2, "before");
+    b.flush().await.unwrap();
+    let mut conn = server.client();
+    let _: String = ::redis::cmd("XADD")
+        .arg("audit")
+        .arg("*")
+        .arg("junk")
+        .arg(&b"\xff\xfe"[..])
+        .query(&mut conn)
+        .unwrap();
+    let _: String = ::redis::cmd("XADD")
+        .arg("audit")
+        .arg("*")
+        .arg("v")
+        .arg("1")
+        .arg("id")
+        .arg("not-a-uuid")
+        .query(&mut conn)
+        .unwrap();
+    b.log(EntryDraft::new("poison")).unwrap();
+    log_entries(&b, 50, 2, "after");
+    b.flush().await.unwrap();
+    let worker = Worker::start(worker_config(&server, 1, 1000), table.sink())
+        .await
+        .unwrap();
+    wait_for("the good rows and three dead letters", Duration::from_secs(30), || async {
+        table.count().await.0 == 100 && table.dead_count().await == 3
+    })
+    .await;
+    wait_for("the stream to empty", Duration::from_secs(10), || async {
+        let s = worker.stats().await;
+        s.stream_length == Some(0) && s.pending == Some(0)
+    })
+    .await;
+    let stats = worker.counters();
+    assert_eq!(stats.entries_undecodable, 2);
+    assert_eq!(stats.entries_dead_lettered, 3);
+    assert_eq!(stats.entries_written, 100);
+    let errors: Vec<String> = table
+        .client
+        .query(
+            &format!(
+                "SELECT entry->>'action' FROM \"{}_dead\" ORDER BY 1",
+                table.name
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        errors,
+        [codec::UNDECODABLE_ACTION, codec::UNDECODABLE_ACTION, "poison"]
+    );
+    worker.stop().await.unwrap();
+    table.drop_tables().await;
+}
+
+/// A TCP proxy in front of PostgreSQL that can be cut: while down it closes every connection.
+struct Proxy {
+    port: u16,
+    up: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(target: (String, u16)) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (up2, conns2) = (up.clone(), conns.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !up2.load(Ordering::SeqCst) {
+                    continue; // dropped: the client sees the connection closed
+                }
+                let target = target.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+                conns2.lock().push(task.abort_handle());
+            }
+        });
+        Proxy {
+            port,
+            up,
+            conns,
+            accept,
+        }
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::SeqCst);
+        if !up {
+            for c in self.conns.lock().drain(..) {
+                c.abort();
+            }
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.set_up(false);
+    }
+}
+
+/// The connection string of `pg_url()` with its host and port replaced by `127.0.0.1:<port>`, and the
+/// original host and port.
+fn via_port(port: u16) -> (String, (String, u16)) {
+    let config: tokio_postgres::Config = pg_url().parse().unwrap();
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "127.0.0.1".to_owned(),
+    };
+    let target_port = config.get_ports().first().copied().unwrap_or(5432);
+    let user = config.get_user().unwrap_or("postgres");
+    let password = config
+        .get_password()
+        .map(|p| format!(":{}", String::from_utf8_lossy(p)))
+        .unwrap_or_default();
+    let db = config.get_dbname().unwrap_or(user);
+    (
+        format!("postgres://{user}{password}@127.0.0.1:{port}/{db}?sslmode=disable"),
+        (host, target_port),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_postgres_is_unreachable_nothing_is_acknowledged_then_the_stream_drains() {
+    let Some(server) = RedisServer::start(false) else { return };
+    let Some(table) = Table::new().await else { return };
+    let (_, target) = via_port(0);
+    let proxy = Proxy::start(target).await;
+    let (url, _) = via_port(proxy.port);
+    let b = producer(&server, 1, None);
+    log_entries(&b, 1_000, 4, "down");
+    b.flush().await.unwrap();
+    let worker = Worker::start(worker_config(&server, 1, 300), table.sink_at(&url))
+        .await
+        .unwrap();
+    wait_for("failed attempts", Duration::from_secs(20), || async {
+        worker.counters().pg_failures >= 3
+    })
+    .await;
+    let stats = worker.stats().await;
+    assert_eq!(stats.entries_acked, 0);
+    assert_eq!(stats.pending, Some(300), "one batch in hand, unacknowledged");
+    assert_eq!(stats.lag, Some(700));
+    assert_eq!(stats.stream_length, Some(1_000));
+    assert!(stats.oldest_pending_age_ms.is_some());
+    assert!(stats.last_error.unwrap().starts_with("postgres"));
+    // More entries while it is down: the stream grows.
+    log_entries(&b, 500, 4, "down2");
+    b.flush().await.unwrap();
+    assert_eq!(worker.stats().await.stream_length, Some(1_500));
+    assert_eq!(table.count().await.0, 0);
+    proxy.set_up(true);
+    wait_for("every row", Duration::from_secs(30), || async {
+        table.count().await.0 == 1_500
+    })
+    .await;
+    wait_for("the stream to empty", Duration::from_secs(10), || async {
+        let s = worker.stats().await;
+        s.stream_length == Some(0) && s.pending == Some(0)
+    })
+    .await;
+    assert_eq!(table.count().await, (1_500, 1_500));
+    worker.stop().await.unwrap();
+    table.drop_tables().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_while_postgres_is_down_leaves_the_batch_pending_for_a_restart_under_the_same_name() {
+    let Some(server) = RedisServer::start(false) else { return };
+    let Some(table) = Table::new().await else { return };
+    let b = producer(&server, 1, None);
+    log_entries(&b, 100, 1, "s");
+    b.flush().await.unwrap();
+    let mut config = worker_config(&server, 1, 1000);
+    config.consumer = Some("fixed-name".into());
+    config.stop_timeout = Duration::from_millis(500);
+    let down = Worker::start(config.clone(), table.sink_at("postgres://postgres@127.0.0.1:1/postgres"))
+        .await
+        .unwrap();
+    wait_for("a failed attempt", Duration::from_secs(20), || async {
+        down.counters().pg_failures >= 1
+    })
+    .await;
+    let err = down.stop().await.unwrap_err();
+    assert!(err.contains("100 entries were left unacknowledged"), "{err}");
+    drop(down);
+    config.claim_idle = Duration::from_secs(3600); // only its own re-read can bring them back
+    let again = Worker::start(config, table.sink()).await.unwrap();
+    wait_for("every row", Duration::from_secs(20), || async {
+        table.count().await.0 == 100
+    })
+    .await;
+    assert_eq!(again.counters().entries_read, 100);
+    assert_eq!(again.counters().entries_claimed, 0);
+    again.stop().await.unwrap();
+    table.drop_tables().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_mid_run_loses_nothing() {
+    let Some(mut server) = RedisServer::start(true) else { return };
+    let Some(table) = Table::new().await else { return };
+    let b = producer(&server, 1, None);
+    let worker = Worker::start(worker_config(&server, 1, 100), table.sink())
+        .await
+        .unwrap();
+    let rounds = 20;
+    let per_round = 100;
+    for round in 0..rounds {
+        log_entries(&b, per_round, 3, &format!("r{round}"));
+        if round == rounds / 2 {
+            server.restart();
+        }
+        let until = Instant::now() + Duration::from_secs(30);
+        while b.flush().await.is_err() {
+            assert!(Instant::now() < until, "the producer never reconnected");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let total = (rounds * per_round) as i64;
+    wait_for("every row", Duration::from_secs(60), || async {
+        table.count().await.1 == total
+    })
+    .await;
+    wait_for("the stream to empty", Duration::from_secs(10), || async {
+        let s = worker.stats().await;
+        s.stream_length == Some(0) && s.pending == Some(0)
+    })
+    .await;
+    assert_eq!(table.count().await, (total, total));
+    worker.stop().await.unwrap();
+    table.drop_tables().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_keep_each_tenant_in_one_stream_and_two_workers_write_every_entry_once() {
+    let Some(server) = RedisServer::start(false) else { return };
+    let Some(table) = Table::new().await else { return };
+    let b = producer(&server, 4, None);
+    let total = 4_000;
+    log_entries(&b, total, 50, "s");
+    b.flush().await.unwrap();
+    assert_eq!(b.sink().round_trips(), 1);
+    let lengths: Vec<u64> = (0..4).map(|k| xlen(&server, &format!("audit:{k}"))).collect();
+    assert_eq!(lengths.iter().sum::<u64>(), total as u64);
+    assert!(lengths.iter().all(|&l| l > 0), "{lengths:?}");
+    assert_eq!(b.sink().shard_lengths(), lengths);
+    for k in 0..4 {
+        let v: ::redis::Value = ::redis::cmd("XRANGE")
+            .arg(format!("audit:{k}"))
+            .arg("-")
+            .arg("+")
+            .query(&mut server.client())
+            .unwrap();
+        let parsed = reply::read_reply(&::redis::Value::Array(vec![::redis::Value::Array(vec![
+            ::redis::Value::BulkString(b"k".to_vec()),
+            v,
+        ])]))
+        .unwrap();
+        for m in &parsed[0].1 {
+            let e = codec::decode_entry(m.fields.as_ref().unwrap()).unwrap();
+            assert_eq!(shard::shard_of(e.text(TextField::TenantId), 4), k);
+        }
+    }
+    let w1 = Worker::start(worker_config(&server, 4, 250), table.sink())
+        .await
+        .unwrap();
+    let w2 = Worker::start(worker_config(&server, 4, 250), table.sink())
+        .await
+        .unwrap();
+    wait_for("every row", Duration::from_secs(60), || async {
+        table.count().await.1 == total as i64
+    })
+    .await;
+    wait_for("every shard empty", Duration::from_secs(10), || async {
+        let s = w1.stats().await;
+        s.stream_length == Some(0) && s.pending == Some(0)
+    })
+    .await;
+    assert_eq!(table.count().await, (total as i64, total as i64));
+    assert_eq!(
+        w1.counters().entries_acked + w2.counters().entries_acked,
+        total as u64
+    );
+    w1.stop().await.unwrap();
+    w2.stop().await.unwrap();
+    table.drop_tables().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_settings_are_refused_naming_the_option() {
+    let mut config = WorkerConfig::default();
+    config.group = String::new();
+    let err = Worker::start(config, crate::sink::MemorySink::new()).await.err().unwrap();
+    assert_eq!(err.0, "group");
+    let err = StreamSink::new(StreamConfig {
+        redis: RedisConfig {
+            url: "http://user:secret@x".into(),
+            ..RedisConfig::default()
+        },
+        max_length: None,
+    })
+    .err()
+    .unwrap();
+    assert_eq!(err.0, "url");
+    assert!(!err.1.contains("secret"), "{}", err.1);
+    let err = StreamSink::new(StreamConfig {
+        redis: RedisConfig {
+            shards: 0,
+            ..RedisConfig::default()
+        },
+        max_length: None,
+    })
+    .err()
+    .unwrap();
+    assert_eq!(err.0, "shards");
+}

@@ -265,7 +265,7 @@ impl<S: Sink> Worker<S> {
     /// The counters plus the streams' state as Redis reports it now (`XLEN`, `XPENDING`, `XINFO GROUPS`,
     /// one pipeline per shard). Fields Redis did not answer for are `None`.
     pub async fn stats(&self) -> WorkerStats {
-        let mut stats = self.counters();
+        let stats = self.counters();
         let mut conn = self.shared.cmd.clone();
         let group = &self.shared.config.group;
         let (mut len, mut pending, mut consumers, mut lag) = (Some(0u64), Some(0u64), Some(0u64), Some(0u64));
