@@ -36,7 +36,8 @@ pub struct WorkerStats {
     pub entries_dead_lettered: u64,
     /// Of those, stream entries that could not be decoded.
     pub entries_undecodable: u64,
-    /// Stream entries this worker acknowledged (and deleted from the stream).
+    /// Stream entries this worker acknowledged (and deleted from the stream), as counted by `XACK`: an
+    /// entry claimed by another worker and acknowledged by both counts once, for the first.
     pub entries_acked: u64,
     /// Reads (`XREADGROUP` and `XAUTOCLAIM` calls) made.
     pub reads: u64,

@@ -614,8 +614,17 @@ impl<S: Sink> ShardLoop<S> {
             let mut conn = self.shared.cmd.clone();
             let result: Result<Value, RedisError> = pipe.query_async(&mut conn).await;
             match result {
-                Ok(_) => {
-                    Counters::add(&self.shared.counters.acked, ids.len());
+                Ok(reply) => {
+                    // XACK's count: entries this call removed from the pending list (not those another
+                    // worker, having claimed them, acknowledged first).
+                    let acked = match &reply {
+                        Value::Array(r) => match r.first() {
+                            Some(Value::Int(n)) => (*n).max(0) as usize,
+                            _ => ids.len(),
+                        },
+                        _ => ids.len(),
+                    };
+                    Counters::add(&self.shared.counters.acked, acked);
                     return true;
                 }
                 Err(e) => {
