@@ -112,7 +112,9 @@ pub fn decode<N: AsRef<[u8]>, V: AsRef<[u8]>>(
                 let micros = value.parse::<i64>().ok().and_then(Timestamp::from_micros);
                 match micros {
                     Some(t) => draft.occurred_at = Some(t),
-                    None => return err("field `occurredAt` is not microseconds within years 1-9999"),
+                    None => {
+                        return err("field `occurredAt` is not microseconds within years 1-9999")
+                    }
                 }
             }
             3 if value.is_empty() => return err("field `action` is empty"),
@@ -231,7 +233,15 @@ mod tests {
         let names: Vec<&str> = fields.iter().map(|(n, _)| *n).collect();
         assert_eq!(
             names,
-            ["v", "id", "occurredAt", "action", "tenantId", "outcome", "payload"]
+            [
+                "v",
+                "id",
+                "occurredAt",
+                "action",
+                "tenantId",
+                "outcome",
+                "payload"
+            ]
         );
         assert_eq!(decode_entry(&fields).unwrap(), e);
     }
@@ -258,7 +268,11 @@ mod tests {
         let mut unknown = good.clone();
         unknown.push(("color", "red".into()));
         assert!(decode(&unknown).unwrap_err().0.contains("unknown"));
-        let missing: Vec<_> = good.iter().filter(|(n, _)| *n != "payload").cloned().collect();
+        let missing: Vec<_> = good
+            .iter()
+            .filter(|(n, _)| *n != "payload")
+            .cloned()
+            .collect();
         assert!(decode(&missing).unwrap_err().0.contains("missing"));
         let bytes = vec![(b"action".to_vec(), vec![0xff, 0xfe])];
         assert!(decode(&bytes).unwrap_err().0.contains("UTF-8"));

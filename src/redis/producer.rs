@@ -114,7 +114,11 @@ impl StreamSink {
     }
 
     /// One pipeline: XADD of `entries` (each to its shard's key), then XLEN of `shards`.
-    fn pipeline<'a>(&self, entries: impl Iterator<Item = (usize, &'a Entry)>, shards: &[usize]) -> Pipeline {
+    fn pipeline<'a>(
+        &self,
+        entries: impl Iterator<Item = (usize, &'a Entry)>,
+        shards: &[usize],
+    ) -> Pipeline {
         let mut pipe = redis::pipe();
         for (shard, entry) in entries {
             pipe.cmd("XADD").arg(&self.keys[shard]).arg("*");
@@ -129,16 +133,27 @@ impl StreamSink {
     }
 
     /// Sends `pipe`, checks every reply, and records the lengths of `shards` (the last replies).
-    async fn send(&self, mut conn: RedisConn, pipe: Pipeline, shards: &[usize]) -> Result<(), WriteError> {
+    async fn send(
+        &self,
+        mut conn: RedisConn,
+        pipe: Pipeline,
+        shards: &[usize],
+    ) -> Result<(), WriteError> {
         self.round_trips.fetch_add(1, Ordering::Relaxed);
         let replies: Vec<Value> = pipe
             .query_async(&mut conn)
             .await
             .map_err(|e| write_error("XADD", &e))?;
-        if let Some(Value::ServerError(e)) = replies.iter().find(|v| matches!(v, Value::ServerError(_))) {
+        if let Some(Value::ServerError(e)) =
+            replies.iter().find(|v| matches!(v, Value::ServerError(_)))
+        {
             return Err(WriteError::new(format!("redis XADD: {e:?}")));
         }
-        let Some(lens) = replies.len().checked_sub(shards.len()).map(|at| &replies[at..]) else {
+        let Some(lens) = replies
+            .len()
+            .checked_sub(shards.len())
+            .map(|at| &replies[at..])
+        else {
             return Err(WriteError::new("redis XADD: fewer replies than commands"));
         };
         for (&shard, len) in shards.iter().zip(lens) {
@@ -157,7 +172,14 @@ impl Sink for StreamSink {
         }
         let conn = self.connection().await?;
         let shards = self.config.redis.shards;
-        let tagged = || batch.iter().map(|e| (shard_of(e.text(crate::entry::TextField::TenantId), shards), e));
+        let tagged = || {
+            batch.iter().map(|e| {
+                (
+                    shard_of(e.text(crate::entry::TextField::TenantId), shards),
+                    e,
+                )
+            })
+        };
         if !conn.is_cluster() {
             let all: Vec<usize> = (0..self.keys.len()).collect();
             self.send(conn, self.pipeline(tagged(), &all), &all).await?;

@@ -226,7 +226,10 @@ mod tests {
         assert!(read_reply(&Value::Array(vec![Value::Int(3)])).is_err());
         let odd = Value::Array(vec![Value::Array(vec![
             bulk("k"),
-            Value::Array(vec![Value::Array(vec![bulk("1-0"), Value::Array(vec![bulk("a")])])]),
+            Value::Array(vec![Value::Array(vec![
+                bulk("1-0"),
+                Value::Array(vec![bulk("a")]),
+            ])]),
         ])]);
         assert!(read_reply(&odd).is_err());
     }

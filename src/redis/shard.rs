@@ -47,7 +47,10 @@ mod tests {
     fn one_shard_is_the_plain_stream_and_n_shards_are_numbered() {
         assert_eq!(stream_keys("audit", 1), vec!["audit"]);
         assert_eq!(stream_keys("audit", 0), vec!["audit"]);
-        assert_eq!(stream_keys("audit", 3), vec!["audit:0", "audit:1", "audit:2"]);
+        assert_eq!(
+            stream_keys("audit", 3),
+            vec!["audit:0", "audit:1", "audit:2"]
+        );
     }
 
     #[test]

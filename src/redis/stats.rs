@@ -67,7 +67,10 @@ impl WorkerStats {
         let labels: Vec<String> = labels
             .iter()
             .map(|(k, v)| {
-                let v = v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+                let v = v
+                    .replace('\\', "\\\\")
+                    .replace('"', "\\\"")
+                    .replace('\n', "\\n");
                 format!("{k}=\"{v}\"")
             })
             .collect();
@@ -80,16 +83,17 @@ impl WorkerStats {
             }
         };
         let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(Option<&str>, Option<u64>)]| {
-            let _ = writeln!(out, "# HELP audit_batcher_worker_{name} {help}");
-            let _ = writeln!(out, "# TYPE audit_batcher_worker_{name} {kind}");
-            for (state, value) in samples {
-                if let Some(value) = value {
-                    let extra = state.map(|s| format!("state=\"{s}\""));
-                    let _ = writeln!(out, "audit_batcher_worker_{name}{} {value}", with(extra));
+        let mut metric =
+            |name: &str, kind: &str, help: &str, samples: &[(Option<&str>, Option<u64>)]| {
+                let _ = writeln!(out, "# HELP audit_batcher_worker_{name} {help}");
+                let _ = writeln!(out, "# TYPE audit_batcher_worker_{name} {kind}");
+                for (state, value) in samples {
+                    if let Some(value) = value {
+                        let extra = state.map(|s| format!("state=\"{s}\""));
+                        let _ = writeln!(out, "audit_batcher_worker_{name}{} {value}", with(extra));
+                    }
                 }
-            }
-        };
+            };
         metric(
             "entries_total",
             "counter",
@@ -103,21 +107,51 @@ impl WorkerStats {
                 (Some("acked"), Some(self.entries_acked)),
             ],
         );
-        metric("failures_total", "counter", "Failed attempts, retried: postgres or redis.", &[
-            (Some("postgres"), Some(self.pg_failures)),
-            (Some("redis"), Some(self.redis_failures)),
-        ]);
-        metric("in_hand", "gauge", "Entries read and not yet acknowledged by this worker.", &[(None, Some(self.in_hand))]);
-        metric("stream_length", "gauge", "Entries in the stream(s).", &[(None, self.stream_length)]);
-        metric("pending", "gauge", "Entries delivered to the group and not acknowledged.", &[(None, self.pending)]);
+        metric(
+            "failures_total",
+            "counter",
+            "Failed attempts, retried: postgres or redis.",
+            &[
+                (Some("postgres"), Some(self.pg_failures)),
+                (Some("redis"), Some(self.redis_failures)),
+            ],
+        );
+        metric(
+            "in_hand",
+            "gauge",
+            "Entries read and not yet acknowledged by this worker.",
+            &[(None, Some(self.in_hand))],
+        );
+        metric(
+            "stream_length",
+            "gauge",
+            "Entries in the stream(s).",
+            &[(None, self.stream_length)],
+        );
+        metric(
+            "pending",
+            "gauge",
+            "Entries delivered to the group and not acknowledged.",
+            &[(None, self.pending)],
+        );
         metric(
             "oldest_pending_age_seconds",
             "gauge",
             "Age of the oldest unacknowledged entry.",
             &[(None, self.oldest_pending_age_ms.map(|ms| ms / 1000))],
         );
-        metric("consumers", "gauge", "Consumers in the group.", &[(None, self.consumers)]);
-        metric("lag", "gauge", "Entries not yet delivered to the group.", &[(None, self.lag)]);
+        metric(
+            "consumers",
+            "gauge",
+            "Consumers in the group.",
+            &[(None, self.consumers)],
+        );
+        metric(
+            "lag",
+            "gauge",
+            "Entries not yet delivered to the group.",
+            &[(None, self.lag)],
+        );
         out
     }
 }

@@ -24,7 +24,8 @@ impl RedisServer {
             return None;
         }
         let port = free_port();
-        let dir = std::env::temp_dir().join(format!("audit-redis-{port}-{:08x}", fastrand::u32(..)));
+        let dir =
+            std::env::temp_dir().join(format!("audit-redis-{port}-{:08x}", fastrand::u32(..)));
         std::fs::create_dir_all(&dir).ok()?;
         let mut server = RedisServer {
             child: None,
@@ -37,7 +38,8 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
-        let mut cmd = Command::new(std::env::var("REDIS_SERVER").unwrap_or_else(|_| BINARY.to_owned()));
+        let mut cmd =
+            Command::new(std::env::var("REDIS_SERVER").unwrap_or_else(|_| BINARY.to_owned()));
         cmd.arg("--port")
             .arg(self.port.to_string())
             .arg("--bind")
@@ -83,7 +85,10 @@ impl RedisServer {
     /// Stops the server with SIGTERM (which writes the append-only file) and waits for it to exit.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
             let started = Instant::now();
             while started.elapsed() < Duration::from_secs(10) {
                 if let Ok(Some(_)) = child.try_wait() {

@@ -174,12 +174,17 @@ where
 }
 
 fn xlen(server: &RedisServer, key: &str) -> u64 {
-    ::redis::cmd("XLEN").arg(key).query(&mut server.client()).unwrap()
+    ::redis::cmd("XLEN")
+        .arg(key)
+        .query(&mut server.client())
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flush_is_one_round_trip_and_entries_decode_back() {
-    let Some(server) = RedisServer::start(false) else { return };
+    let Some(server) = RedisServer::start(false) else {
+        return;
+    };
     let b = producer(&server, 1, Some(1_000));
     log_entries(&b, 700, 3, "p");
     let logged: Vec<Entry> = b.buffered_entries();
@@ -190,7 +195,10 @@ async fn a_flush_is_one_round_trip_and_entries_decode_back() {
     assert!(!b.sink().at_bound(299));
     assert!(b.sink().at_bound(300));
     let mut conn = server.client();
-    let info: String = ::redis::cmd("INFO").arg("commandstats").query(&mut conn).unwrap();
+    let info: String = ::redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut conn)
+        .unwrap();
     assert!(info.contains("cmdstat_xadd:calls=700,"), "{info}");
     // Back from the stream, in order, equal to what was logged.
     let raw: Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)> = {
@@ -225,8 +233,12 @@ async fn a_flush_is_one_round_trip_and_entries_decode_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_writes_every_entry_once_and_empties_the_stream() {
-    let Some(server) = RedisServer::start(false) else { return };
-    let Some(table) = Table::new().await else { return };
+    let Some(server) = RedisServer::start(false) else {
+        return;
+    };
+    let Some(table) = Table::new().await else {
+        return;
+    };
     let b = producer(&server, 1, None);
     let total = 20_000;
     log_entries(&b, total, 10, "w");
@@ -259,7 +271,10 @@ async fn a_worker_writes_every_entry_once_and_empties_the_stream() {
     assert_eq!(stats.entries_acked, total as u64);
     assert_eq!(stats.in_hand, 0);
     let text = stats.metrics_text(&[("worker".into(), "a".into())]);
-    assert!(text.contains("audit_batcher_worker_entries_total{worker=\"a\",state=\"acked\"} 20000"), "{text}");
+    assert!(
+        text.contains("audit_batcher_worker_entries_total{worker=\"a\",state=\"acked\"} 20000"),
+        "{text}"
+    );
     // Entries added while the worker runs are written too; stop() returns with nothing in hand.
     log_entries(&b, 10, 1, "late");
     b.flush().await.unwrap();
@@ -298,8 +313,12 @@ impl Sink for StallAfterFirstCommit {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_of_a_worker_that_died_before_xack_are_claimed_and_stored_once() {
-    let Some(server) = RedisServer::start(false) else { return };
-    let Some(table) = Table::new().await else { return };
+    let Some(server) = RedisServer::start(false) else {
+        return;
+    };
+    let Some(table) = Table::new().await else {
+        return;
+    };
     let b = producer(&server, 1, None);
     log_entries(&b, 1_000, 5, "c");
     b.flush().await.unwrap();
@@ -312,9 +331,11 @@ async fn entries_of_a_worker_that_died_before_xack_are_claimed_and_stored_once()
     )
     .await
     .unwrap();
-    wait_for("the first batch to commit", Duration::from_secs(20), || async {
-        table.count().await.0 == 200
-    })
+    wait_for(
+        "the first batch to commit",
+        Duration::from_secs(20),
+        || async { table.count().await.0 == 200 },
+    )
     .await;
     assert_eq!(a.counters().entries_read, 200);
     assert_eq!(a.counters().entries_acked, 0);
@@ -342,8 +363,12 @@ async fn entries_of_a_worker_that_died_before_xack_are_claimed_and_stored_once()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undecodable_entries_and_poison_rows_are_dead_lettered_and_the_rest_written() {
-    let Some(server) = RedisServer::start(false) else { return };
-    let Some(table) = Table::new().await else { return };
+    let Some(server) = RedisServer::start(false) else {
+        return;
+    };
+    let Some(table) = Table::new().await else {
+        return;
+    };
     table
         .client
         .batch_execute(&format!(
@@ -378,9 +403,11 @@ async fn undecodable_entries_and_poison_rows_are_dead_lettered_and_the_rest_writ
     let worker = Worker::start(worker_config(&server, 1, 1000), table.sink())
         .await
         .unwrap();
-    wait_for("the good rows and three dead letters", Duration::from_secs(30), || async {
-        table.count().await.0 == 100 && table.dead_count().await == 3
-    })
+    wait_for(
+        "the good rows and three dead letters",
+        Duration::from_secs(30),
+        || async { table.count().await.0 == 100 && table.dead_count().await == 3 },
+    )
     .await;
     wait_for("the stream to empty", Duration::from_secs(10), || async {
         let s = worker.stats().await;
@@ -407,7 +434,11 @@ async fn undecodable_entries_and_poison_rows_are_dead_lettered_and_the_rest_writ
         .collect();
     assert_eq!(
         errors,
-        [codec::UNDECODABLE_ACTION, codec::UNDECODABLE_ACTION, "poison"]
+        [
+            codec::UNDECODABLE_ACTION,
+            codec::UNDECODABLE_ACTION,
+            "poison"
+        ]
     );
     worker.stop().await.unwrap();
     table.drop_tables().await;
@@ -490,8 +521,12 @@ fn via_port(port: u16) -> (String, (String, u16)) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_postgres_is_unreachable_nothing_is_acknowledged_then_the_stream_drains() {
-    let Some(server) = RedisServer::start(false) else { return };
-    let Some(table) = Table::new().await else { return };
+    let Some(server) = RedisServer::start(false) else {
+        return;
+    };
+    let Some(table) = Table::new().await else {
+        return;
+    };
     let (_, target) = via_port(0);
     let proxy = Proxy::start(target).await;
     let (url, _) = via_port(proxy.port);
@@ -507,7 +542,11 @@ async fn while_postgres_is_unreachable_nothing_is_acknowledged_then_the_stream_d
     .await;
     let stats = worker.stats().await;
     assert_eq!(stats.entries_acked, 0);
-    assert_eq!(stats.pending, Some(300), "one batch in hand, unacknowledged");
+    assert_eq!(
+        stats.pending,
+        Some(300),
+        "one batch in hand, unacknowledged"
+    );
     assert_eq!(stats.lag, Some(700));
     assert_eq!(stats.stream_length, Some(1_000));
     assert!(stats.oldest_pending_age_ms.is_some());
@@ -533,24 +572,35 @@ async fn while_postgres_is_unreachable_nothing_is_acknowledged_then_the_stream_d
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stop_while_postgres_is_down_leaves_the_batch_pending_for_a_restart_under_the_same_name() {
-    let Some(server) = RedisServer::start(false) else { return };
-    let Some(table) = Table::new().await else { return };
+async fn a_stop_while_postgres_is_down_leaves_the_batch_pending_for_a_restart_under_the_same_name()
+{
+    let Some(server) = RedisServer::start(false) else {
+        return;
+    };
+    let Some(table) = Table::new().await else {
+        return;
+    };
     let b = producer(&server, 1, None);
     log_entries(&b, 100, 1, "s");
     b.flush().await.unwrap();
     let mut config = worker_config(&server, 1, 1000);
     config.consumer = Some("fixed-name".into());
     config.stop_timeout = Duration::from_millis(500);
-    let down = Worker::start(config.clone(), table.sink_at("postgres://postgres@127.0.0.1:1/postgres"))
-        .await
-        .unwrap();
+    let down = Worker::start(
+        config.clone(),
+        table.sink_at("postgres://postgres@127.0.0.1:1/postgres"),
+    )
+    .await
+    .unwrap();
     wait_for("a failed attempt", Duration::from_secs(20), || async {
         down.counters().pg_failures >= 1
     })
     .await;
     let err = down.stop().await.unwrap_err();
-    assert!(err.contains("100 entries were left unacknowledged"), "{err}");
+    assert!(
+        err.contains("100 entries were left unacknowledged"),
+        "{err}"
+    );
     drop(down);
     config.claim_idle = Duration::from_secs(3600); // only its own re-read can bring them back
     let again = Worker::start(config, table.sink()).await.unwrap();
@@ -566,8 +616,12 @@ async fn a_stop_while_postgres_is_down_leaves_the_batch_pending_for_a_restart_un
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_mid_run_loses_nothing() {
-    let Some(mut server) = RedisServer::start(true) else { return };
-    let Some(table) = Table::new().await else { return };
+    let Some(mut server) = RedisServer::start(true) else {
+        return;
+    };
+    let Some(table) = Table::new().await else {
+        return;
+    };
     let b = producer(&server, 1, None);
     let worker = Worker::start(worker_config(&server, 1, 100), table.sink())
         .await
@@ -603,14 +657,20 @@ async fn a_redis_restart_mid_run_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shards_keep_each_tenant_in_one_stream_and_two_workers_write_every_entry_once() {
-    let Some(server) = RedisServer::start(false) else { return };
-    let Some(table) = Table::new().await else { return };
+    let Some(server) = RedisServer::start(false) else {
+        return;
+    };
+    let Some(table) = Table::new().await else {
+        return;
+    };
     let b = producer(&server, 4, None);
     let total = 4_000;
     log_entries(&b, total, 50, "s");
     b.flush().await.unwrap();
     assert_eq!(b.sink().round_trips(), 1);
-    let lengths: Vec<u64> = (0..4).map(|k| xlen(&server, &format!("audit:{k}"))).collect();
+    let lengths: Vec<u64> = (0..4)
+        .map(|k| xlen(&server, &format!("audit:{k}")))
+        .collect();
     assert_eq!(lengths.iter().sum::<u64>(), total as u64);
     assert!(lengths.iter().all(|&l| l > 0), "{lengths:?}");
     assert_eq!(b.sink().shard_lengths(), lengths);
@@ -650,10 +710,18 @@ async fn shards_keep_each_tenant_in_one_stream_and_two_workers_write_every_entry
     let (c1, c2) = (w1.counters(), w2.counters());
     println!(
         "shards: read {} + {}, claimed {} + {}, acked {} + {}",
-        c1.entries_read, c2.entries_read, c1.entries_claimed, c2.entries_claimed, c1.entries_acked, c2.entries_acked
+        c1.entries_read,
+        c2.entries_read,
+        c1.entries_claimed,
+        c2.entries_claimed,
+        c1.entries_acked,
+        c2.entries_acked
     );
     assert_eq!(c1.entries_acked + c2.entries_acked, total as u64);
-    assert!(c1.entries_read > 0 && c2.entries_read > 0, "both workers took part");
+    assert!(
+        c1.entries_read > 0 && c2.entries_read > 0,
+        "both workers took part"
+    );
     w1.stop().await.unwrap();
     w2.stop().await.unwrap();
     table.drop_tables().await;
@@ -663,7 +731,10 @@ async fn shards_keep_each_tenant_in_one_stream_and_two_workers_write_every_entry
 async fn bad_settings_are_refused_naming_the_option() {
     let mut config = WorkerConfig::default();
     config.group = String::new();
-    let err = Worker::start(config, crate::sink::MemorySink::new()).await.err().unwrap();
+    let err = Worker::start(config, crate::sink::MemorySink::new())
+        .await
+        .err()
+        .unwrap();
     assert_eq!(err.0, "group");
     let err = StreamSink::new(StreamConfig {
         redis: RedisConfig {
@@ -686,4 +757,63 @@ async fn bad_settings_are_refused_naming_the_option() {
     .err()
     .unwrap();
     assert_eq!(err.0, "shards");
+}
+
+/// Where a worker's time goes, phase by phase, for one batch size (debug build: relative figures only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a test"]
+async fn measure_worker_phases() {
+    let Some(server) = RedisServer::start(false) else {
+        return;
+    };
+    let Some(table) = Table::new().await else {
+        return;
+    };
+    let b = producer(&server, 1, None);
+    let total = 20_000;
+    log_entries(&b, total, 10, "m");
+    let t = Instant::now();
+    b.flush().await.unwrap();
+    println!("produce {total}: {:?}", t.elapsed());
+    let mut conn = RedisConn::open(&redis_config(&server, 1), None)
+        .await
+        .unwrap();
+    let _: () = ::redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("audit")
+        .arg("g")
+        .arg("0")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let sink = table.sink();
+    let (mut read, mut decode, mut write) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    for _ in 0..total / 1000 {
+        let t = Instant::now();
+        let v: ::redis::Value = ::redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("g")
+            .arg("c")
+            .arg("COUNT")
+            .arg(1000)
+            .arg("STREAMS")
+            .arg("audit")
+            .arg(">")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let messages = reply::read_reply(&v).unwrap().remove(0).1;
+        read += t.elapsed();
+        let t = Instant::now();
+        let entries: Vec<Entry> = messages
+            .iter()
+            .map(|m| codec::decode_entry(m.fields.as_ref().unwrap()).unwrap())
+            .collect();
+        decode += t.elapsed();
+        let t = Instant::now();
+        sink.write(&entries).await.unwrap();
+        write += t.elapsed();
+    }
+    println!("read+parse {read:?}, decode {decode:?}, postgres write {write:?}");
+    table.drop_tables().await;
 }

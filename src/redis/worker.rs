@@ -148,7 +148,11 @@ impl<S: Sink> Worker<S> {
     /// `group`, ...) and holds no password.
     pub async fn start(config: WorkerConfig, sink: S) -> Result<Worker<S>, (&'static str, String)> {
         config.validate()?;
-        let option = if config.redis.cluster_nodes.is_empty() { "url" } else { "clusterNodes" };
+        let option = if config.redis.cluster_nodes.is_empty() {
+            "url"
+        } else {
+            "clusterNodes"
+        };
         let cmd = RedisConn::open(&config.redis, Some(config.redis.response_timeout))
             .await
             .map_err(|e| (option, redact(&format!("cannot connect to Redis: {e}"))))?;
@@ -164,9 +168,12 @@ impl<S: Sink> Worker<S> {
             config,
         });
         for key in shared.config.redis.keys() {
-            ensure_group(&shared, &key)
-                .await
-                .map_err(|e| ("group", redact(&format!("cannot create the consumer group on `{key}`: {e}"))))?;
+            ensure_group(&shared, &key).await.map_err(|e| {
+                (
+                    "group",
+                    redact(&format!("cannot create the consumer group on `{key}`: {e}")),
+                )
+            })?;
         }
         let (stop, _) = watch::channel(None);
         let mut tasks = Vec::new();
@@ -268,7 +275,8 @@ impl<S: Sink> Worker<S> {
         let stats = self.counters();
         let mut conn = self.shared.cmd.clone();
         let group = &self.shared.config.group;
-        let (mut len, mut pending, mut consumers, mut lag) = (Some(0u64), Some(0u64), Some(0u64), Some(0u64));
+        let (mut len, mut pending, mut consumers, mut lag) =
+            (Some(0u64), Some(0u64), Some(0u64), Some(0u64));
         let mut oldest: Option<u64> = None;
         for key in self.shared.config.redis.keys() {
             let mut pipe = redis::pipe();
@@ -294,7 +302,9 @@ impl<S: Sink> Worker<S> {
                 }
                 Err(_) => pending = None,
             }
-            let info = reply::groups_reply(at(2)).ok().and_then(|g| g.into_iter().find(|g| &g.name == group));
+            let info = reply::groups_reply(at(2))
+                .ok()
+                .and_then(|g| g.into_iter().find(|g| &g.name == group));
             match info {
                 Some(g) => {
                     consumers = consumers.map(|c| c.max(g.consumers));
@@ -576,7 +586,9 @@ impl<S: Sink> ShardLoop<S> {
             let result = match self.deadline() {
                 Some(d) => tokio::time::timeout_at(d, attempt)
                     .await
-                    .unwrap_or_else(|_| Err(WriteError::new("stop() ran out of time (stopTimeoutMs)"))),
+                    .unwrap_or_else(|_| {
+                        Err(WriteError::new("stop() ran out of time (stopTimeoutMs)"))
+                    }),
                 None => attempt.await,
             };
             match result {
@@ -609,7 +621,10 @@ impl<S: Sink> ShardLoop<S> {
         loop {
             let mut pipe = redis::pipe();
             pipe.atomic();
-            pipe.cmd("XACK").arg(&self.key).arg(&self.shared.config.group).arg(ids);
+            pipe.cmd("XACK")
+                .arg(&self.key)
+                .arg(&self.shared.config.group)
+                .arg(ids);
             pipe.cmd("XDEL").arg(&self.key).arg(ids);
             let mut conn = self.shared.cmd.clone();
             let result: Result<Value, RedisError> = pipe.query_async(&mut conn).await;
