@@ -173,6 +173,21 @@ where
     panic!("timed out after {timeout:?} waiting for {what}");
 }
 
+/// The entries of a stream, through the worker's reply parser.
+fn xrange(server: &RedisServer, key: &str) -> Vec<reply::Message> {
+    let v: ::redis::Value = ::redis::cmd("XRANGE")
+        .arg(key)
+        .arg("-")
+        .arg("+")
+        .query(&mut server.client())
+        .unwrap();
+    let wrapped = ::redis::Value::Array(vec![::redis::Value::Array(vec![
+        ::redis::Value::BulkString(key.as_bytes().to_vec()),
+        v,
+    ])]);
+    reply::read_reply(&wrapped).unwrap().remove(0).1
+}
+
 fn xlen(server: &RedisServer, key: &str) -> u64 {
     ::redis::cmd("XLEN")
         .arg(key)
@@ -201,27 +216,9 @@ async fn a_flush_is_one_round_trip_and_entries_decode_back() {
         .unwrap();
     assert!(info.contains("cmdstat_xadd:calls=700,"), "{info}");
     // Back from the stream, in order, equal to what was logged.
-    let raw: Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)> = {
-        let v: ::redis::Value = ::redis::cmd("XRANGE")
-            .arg("audit")
-            .arg("-")
-            .arg("+")
-            .query(&mut conn)
-            .unwrap();
-        reply::read_reply(&::redis::Value::Array(vec![::redis::Value::Array(vec![
-            ::redis::Value::BulkString(b"audit".to_vec()),
-            v,
-        ])]))
-        .unwrap()
-        .remove(0)
-        .1
-        .into_iter()
-        .map(|m| (m.id, m.fields.unwrap()))
-        .collect()
-    };
-    let decoded: Vec<Entry> = raw
+    let decoded: Vec<Entry> = xrange(&server, "audit")
         .iter()
-        .map(|(_, f)| codec::decode_entry(f).unwrap())
+        .map(|m| codec::decode_entry(m.fields.as_ref().unwrap()).unwrap())
         .collect();
     assert_eq!(decoded, logged);
     // A second flush, another round trip.
@@ -675,18 +672,7 @@ async fn shards_keep_each_tenant_in_one_stream_and_two_workers_write_every_entry
     assert!(lengths.iter().all(|&l| l > 0), "{lengths:?}");
     assert_eq!(b.sink().shard_lengths(), lengths);
     for k in 0..4 {
-        let v: ::redis::Value = ::redis::cmd("XRANGE")
-            .arg(format!("audit:{k}"))
-            .arg("-")
-            .arg("+")
-            .query(&mut server.client())
-            .unwrap();
-        let parsed = reply::read_reply(&::redis::Value::Array(vec![::redis::Value::Array(vec![
-            ::redis::Value::BulkString(b"k".to_vec()),
-            v,
-        ])]))
-        .unwrap();
-        for m in &parsed[0].1 {
+        for m in &xrange(&server, &format!("audit:{k}")) {
             let e = codec::decode_entry(m.fields.as_ref().unwrap()).unwrap();
             assert_eq!(shard::shard_of(e.text(TextField::TenantId), 4), k);
         }
@@ -729,8 +715,10 @@ async fn shards_keep_each_tenant_in_one_stream_and_two_workers_write_every_entry
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_settings_are_refused_naming_the_option() {
-    let mut config = WorkerConfig::default();
-    config.group = String::new();
+    let config = WorkerConfig {
+        group: String::new(),
+        ..WorkerConfig::default()
+    };
     let err = Worker::start(config, crate::sink::MemorySink::new())
         .await
         .err()
