@@ -13,6 +13,7 @@ pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
     appendonly: bool,
+    cluster: bool,
 }
 
 impl RedisServer {
@@ -32,6 +33,7 @@ impl RedisServer {
             port,
             dir,
             appendonly,
+            cluster: false,
         };
         server.spawn();
         Some(server)
@@ -52,6 +54,10 @@ impl RedisServer {
             .arg("no")
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        if self.cluster {
+            cmd.args(["--cluster-enabled", "yes", "--cluster-config-file"])
+                .arg(self.dir.join("nodes.conf"));
+        }
         if self.appendonly {
             cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
         } else {
@@ -130,4 +136,60 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
+}
+
+/// A Redis Cluster of `n` masters (no replicas), each a [`RedisServer`] with `--cluster-enabled yes`.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts the nodes and joins them with `redis-cli --cluster create`; `None` (printed) when
+    /// `redis-server` or `redis-cli` is missing.
+    pub fn start(n: usize) -> Option<RedisCluster> {
+        if !std::path::Path::new("/usr/bin/redis-cli").exists() {
+            eprintln!("skipped: /usr/bin/redis-cli is not installed (apt-get install redis-tools)");
+            return None;
+        }
+        let mut nodes = Vec::new();
+        for _ in 0..n {
+            let mut node = RedisServer::start(false)?;
+            node.cluster = true;
+            node.stop();
+            node.spawn();
+            nodes.push(node);
+        }
+        let mut create = Command::new("/usr/bin/redis-cli");
+        create.arg("--cluster").arg("create");
+        for node in &nodes {
+            create.arg(format!("127.0.0.1:{}", node.port));
+        }
+        let status = create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli runs");
+        assert!(status.success(), "redis-cli --cluster create failed");
+        let started = Instant::now();
+        'wait: while started.elapsed() < Duration::from_secs(20) {
+            for node in &nodes {
+                let info: String = ::redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query(&mut node.client())
+                    .unwrap_or_default();
+                if !info.contains("cluster_state:ok") {
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue 'wait;
+                }
+            }
+            return Some(RedisCluster { nodes });
+        }
+        panic!("the cluster never reached cluster_state:ok");
+    }
+
+    /// The nodes' URLs, as seed nodes.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
 }

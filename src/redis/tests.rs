@@ -10,7 +10,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use super::test_server::RedisServer;
+use super::test_server::{RedisCluster, RedisServer};
 use super::*;
 use crate::batcher::{Backoff, Batcher, BatcherConfig};
 use crate::entry::{Entry, EntryDraft, TextField};
@@ -707,6 +707,71 @@ async fn shards_keep_each_tenant_in_one_stream_and_two_workers_write_every_entry
     assert!(
         c1.entries_read > 0 && c2.entries_read > 0,
         "both workers took part"
+    );
+    w1.stop().await.unwrap();
+    w2.stop().await.unwrap();
+    table.drop_tables().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_node_cluster_with_four_shards_gets_every_entry_once() {
+    let Some(cluster) = RedisCluster::start(3) else {
+        return;
+    };
+    let Some(table) = Table::new().await else {
+        return;
+    };
+    let redis = RedisConfig {
+        url: String::new(),
+        cluster_nodes: cluster.urls(),
+        shards: 4,
+        ..RedisConfig::default()
+    };
+    let b = Batcher::new(
+        StreamSink::new(StreamConfig {
+            redis: redis.clone(),
+            max_length: None,
+        })
+        .unwrap(),
+        BatcherConfig::default(),
+    );
+    let total = 2_000;
+    log_entries(&b, 500, 40, "c1");
+    b.flush().await.unwrap();
+    assert_eq!(b.sink().round_trips(), 4, "one pipeline per shard");
+    assert_eq!(b.sink().last_known_length(), 500);
+    let holding: usize = cluster
+        .nodes
+        .iter()
+        .filter(|n| {
+            ::redis::cmd("DBSIZE")
+                .query::<u64>(&mut n.client())
+                .unwrap()
+                > 0
+        })
+        .count();
+    assert!(holding >= 2, "the shards spread over the nodes");
+    let config = WorkerConfig {
+        redis,
+        ..worker_config(&cluster.nodes[0], 4, 200)
+    };
+    let w1 = Worker::start(config.clone(), table.sink()).await.unwrap();
+    let w2 = Worker::start(config, table.sink()).await.unwrap();
+    log_entries(&b, total - 500, 40, "c2");
+    b.flush().await.unwrap();
+    wait_for("every row", Duration::from_secs(60), || async {
+        table.count().await.1 == total as i64
+    })
+    .await;
+    wait_for("every shard empty", Duration::from_secs(10), || async {
+        let s = w2.stats().await;
+        s.stream_length == Some(0) && s.pending == Some(0)
+    })
+    .await;
+    assert_eq!(table.count().await, (total as i64, total as i64));
+    assert_eq!(
+        w1.counters().entries_acked + w2.counters().entries_acked,
+        total as u64
     );
     w1.stop().await.unwrap();
     w2.stop().await.unwrap();

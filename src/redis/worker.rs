@@ -642,6 +642,12 @@ impl<S: Sink> ShardLoop<S> {
                     Counters::add(&self.shared.counters.acked, acked);
                     return true;
                 }
+                Err(e) if e.code() == Some("NOGROUP") => {
+                    // The stream or the group is gone (a Redis restart without persistence, a DEL): so is
+                    // the pending list; nothing is left to acknowledge.
+                    self.note_error(format!("redis XACK: {}", redact(&e.to_string())));
+                    return true;
+                }
                 Err(e) => {
                     failures = failures.saturating_add(1);
                     Counters::add(&self.shared.counters.redis_failures, 1);
