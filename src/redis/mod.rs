@@ -5,7 +5,8 @@
 //! - [`shard`]: which stream an entry goes to (`shards: N` spreads tenants over N streams);
 //! - [`conn`]: connections (one server or a Cluster) that reconnect by themselves;
 //! - [`producer`]: the [`StreamSink`], a [`crate::sink::Sink`] that adds each batch in one round trip;
-//! - [`worker`]: reads with XREADGROUP, writes through the PostgreSQL sink, acknowledges after the commit;
+//! - [`worker`]: the [`Worker`] and its settings; each shard runs a loop (`shard_loop`) of a reader
+//!   (`XREADGROUP`, `XAUTOCLAIM`) and a writer (through the PostgreSQL sink, `XACK` after the commit);
 //! - [`reply`]: reading Redis replies without trusting them (no panic on any reply).
 //!
 //! Guarantees of the whole: an entry in a stream reaches the table once (workers acknowledge only after the
@@ -16,10 +17,13 @@
 pub mod codec;
 pub mod conn;
 pub mod producer;
+mod reader;
 pub mod reply;
 pub mod shard;
+mod shard_loop;
 pub mod stats;
 pub mod worker;
+mod writer;
 
 #[cfg(test)]
 mod test_server;

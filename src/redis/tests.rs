@@ -334,9 +334,13 @@ async fn entries_of_a_worker_that_died_before_xack_are_claimed_and_stored_once()
         || async { table.count().await.0 == 200 },
     )
     .await;
-    assert_eq!(a.counters().entries_read, 200);
+    // The first batch, committed and stalled before its XACK, and perhaps the next one, read meanwhile.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let held = a.counters().entries_read;
+    assert!(held == 200 || held == 400, "{held}");
+    assert_eq!(a.counters().in_hand, held);
     assert_eq!(a.counters().entries_acked, 0);
-    drop(a); // dies holding 200 committed, unacknowledged entries
+    drop(a); // dies holding unacknowledged entries, 200 of them committed
     let b_worker = Worker::start(worker_config(&server, 1, 200), table.sink())
         .await
         .unwrap();
@@ -350,8 +354,8 @@ async fn entries_of_a_worker_that_died_before_xack_are_claimed_and_stored_once()
     })
     .await;
     let stats = b_worker.counters();
-    assert_eq!(stats.entries_claimed, 200);
-    assert_eq!(stats.entries_read, 800);
+    assert_eq!(stats.entries_claimed, held);
+    assert_eq!(stats.entries_read, 1_000 - held);
     assert_eq!(table.count().await, (1_000, 1_000), "each entry once");
     assert_eq!(b_worker.stats().await.consumers, Some(2));
     b_worker.stop().await.unwrap();
@@ -539,12 +543,14 @@ async fn while_postgres_is_unreachable_nothing_is_acknowledged_then_the_stream_d
     .await;
     let stats = worker.stats().await;
     assert_eq!(stats.entries_acked, 0);
-    assert_eq!(
-        stats.pending,
-        Some(300),
-        "one batch in hand, unacknowledged"
+    // One batch in hand, and perhaps the next, read meanwhile: unacknowledged.
+    assert!(
+        stats.in_hand == 300 || stats.in_hand == 600,
+        "{}",
+        stats.in_hand
     );
-    assert_eq!(stats.lag, Some(700));
+    assert_eq!(stats.pending, Some(stats.in_hand));
+    assert_eq!(stats.lag, Some(1_000 - stats.in_hand));
     assert_eq!(stats.stream_length, Some(1_000));
     assert!(stats.oldest_pending_age_ms.is_some());
     assert!(stats.last_error.unwrap().starts_with("postgres"));

@@ -11,11 +11,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::codec::{self, DecodeError};
 use super::conn::{redact, RedisConfig, RedisConn};
-use super::reply::{self, Message};
+use super::reader::ensure_group;
+use super::reply;
+use super::shard_loop::ShardLoop;
 use super::stats::{Counters, WorkerStats};
-use crate::batcher::{Backoff, Batcher, BatcherConfig, FlushError, LogError};
+use crate::batcher::{Backoff, Batcher, BatcherConfig};
 use crate::entry::Entry;
 use crate::pg::PgSink;
 use crate::sink::{Sink, WriteError};
@@ -102,18 +103,26 @@ impl<S: Sink> Sink for SharedSink<S> {
     async fn close(&self) {}
 }
 
-type ShardBatcher<S> = Batcher<SharedSink<S>>;
+pub(super) type ShardBatcher<S> = Batcher<SharedSink<S>>;
 
-struct Shared<S> {
-    config: WorkerConfig,
-    consumer: String,
-    sink: Arc<S>,
+/// What a worker's shard loops share.
+pub(super) struct Shared<S> {
+    pub config: WorkerConfig,
+    pub consumer: String,
+    pub sink: Arc<S>,
     /// Commands that do not block (acknowledgements, claims, stats); blocking reads have their own.
-    cmd: RedisConn,
-    counters: Counters,
-    in_hand: AtomicU64,
-    batchers: Mutex<Vec<Arc<ShardBatcher<S>>>>,
-    last_error: Mutex<Option<String>>,
+    pub cmd: RedisConn,
+    pub counters: Counters,
+    /// Entries read and not yet acknowledged (or given up at a stop).
+    pub in_hand: AtomicU64,
+    pub batchers: Mutex<Vec<Arc<ShardBatcher<S>>>>,
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl<S> Shared<S> {
+    pub fn note_error(&self, text: String) {
+        *self.last_error.lock() = Some(text);
+    }
 }
 
 /// A pool member writing stream entries to PostgreSQL: one task per shard, each with its own blocking
@@ -190,16 +199,7 @@ impl<S: Sink> Worker<S> {
                 },
             ));
             shared.batchers.lock().push(batcher.clone());
-            let shard = ShardLoop {
-                shared: shared.clone(),
-                key,
-                batcher,
-                reader: None,
-                history: true,
-                next_claim: Instant::now(),
-                claim_cursor: "0-0".into(),
-                stop: stop.subscribe(),
-            };
+            let shard = ShardLoop::new(shared.clone(), key, batcher, stop.subscribe());
             tasks.push(tokio::spawn(shard.run()));
         }
         Ok(Worker {
@@ -345,323 +345,4 @@ fn default_consumer() -> String {
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "worker".into());
     format!("{host}-{}-{:08x}", std::process::id(), fastrand::u32(..))
-}
-
-/// `XGROUP CREATE key group 0 MKSTREAM`; a group that exists already (`BUSYGROUP`) is fine. From `0`: a new
-/// group reads what producers added before any worker ran.
-async fn ensure_group<S>(shared: &Shared<S>, key: &str) -> Result<(), RedisError> {
-    let mut conn = shared.cmd.clone();
-    let result: Result<Value, RedisError> = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(key)
-        .arg(&shared.config.group)
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async(&mut conn)
-        .await;
-    match result {
-        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-        other => other.map(|_| ()),
-    }
-}
-
-/// Why a step failed.
-enum StepError {
-    Redis(RedisError),
-    Reply(String),
-}
-
-impl std::fmt::Display for StepError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StepError::Redis(e) => write!(f, "redis: {}", redact(&e.to_string())),
-            StepError::Reply(e) => write!(f, "redis reply: {e}"),
-        }
-    }
-}
-
-impl From<RedisError> for StepError {
-    fn from(e: RedisError) -> Self {
-        StepError::Redis(e)
-    }
-}
-
-/// One shard's read-write-acknowledge loop.
-struct ShardLoop<S: Sink> {
-    shared: Arc<Shared<S>>,
-    key: String,
-    batcher: Arc<ShardBatcher<S>>,
-    /// The connection blocking reads use, opened on first use.
-    reader: Option<RedisConn>,
-    /// Still re-reading this consumer's own pending entries (id `0`), before new ones (`>`).
-    history: bool,
-    next_claim: Instant,
-    claim_cursor: String,
-    stop: watch::Receiver<Option<Instant>>,
-}
-
-impl<S: Sink> ShardLoop<S> {
-    fn deadline(&self) -> Option<Instant> {
-        *self.stop.borrow()
-    }
-
-    fn past_deadline(&self) -> bool {
-        self.deadline().is_some_and(|d| Instant::now() >= d)
-    }
-
-    fn note_error(&self, text: String) {
-        *self.shared.last_error.lock() = Some(text);
-    }
-
-    /// Sleeps for `delay`, less when stopping (never past the stop deadline); wakes early when `stop()` is
-    /// called.
-    async fn pause(&mut self, delay: Duration) {
-        let mut until = Instant::now() + delay;
-        if let Some(d) = self.deadline() {
-            until = until.min(d);
-            tokio::time::sleep_until(until).await;
-            return;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep_until(until) => {}
-            _ = self.stop.changed() => {}
-        }
-    }
-
-    async fn run(mut self) {
-        let mut failures = 0u32;
-        while self.deadline().is_none() {
-            let step = if Instant::now() >= self.next_claim {
-                self.claim().await
-            } else {
-                self.read().await
-            };
-            match step {
-                Ok(messages) => {
-                    failures = 0;
-                    if !messages.is_empty() {
-                        self.handle(messages).await;
-                    }
-                }
-                Err(e) => {
-                    failures = failures.saturating_add(1);
-                    Counters::add(&self.shared.counters.redis_failures, 1);
-                    if let StepError::Redis(r) = &e {
-                        if r.code() == Some("NOGROUP") {
-                            // The stream or group vanished (a Redis restart without persistence, a DEL).
-                            let _ = ensure_group(&self.shared, &self.key).await;
-                        }
-                        if !r.is_timeout() {
-                            self.reader = None;
-                        }
-                    }
-                    self.note_error(e.to_string());
-                    let delay = self.shared.config.backoff.delay(failures);
-                    self.pause(delay).await;
-                }
-            }
-        }
-    }
-
-    /// One `XREADGROUP`: this consumer's own pending entries first, then new ones, waiting up to `block`.
-    async fn read(&mut self) -> Result<Vec<Message>, StepError> {
-        let config = &self.shared.config;
-        if self.reader.is_none() {
-            let timeout = config.block + config.redis.response_timeout;
-            self.reader = Some(RedisConn::open(&config.redis, Some(timeout)).await?);
-        }
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
-            .arg(&config.group)
-            .arg(&self.shared.consumer)
-            .arg("COUNT")
-            .arg(config.max_batch_rows);
-        if !self.history {
-            cmd.arg("BLOCK").arg(config.block.as_millis().max(1) as u64);
-        }
-        cmd.arg("STREAMS")
-            .arg(&self.key)
-            .arg(if self.history { "0" } else { ">" });
-        let Some(reader) = self.reader.as_mut() else {
-            return Ok(Vec::new());
-        };
-        let value: Value = cmd.query_async(reader).await?;
-        Counters::add(&self.shared.counters.reads, 1);
-        let messages: Vec<Message> = reply::read_reply(&value)
-            .map_err(StepError::Reply)?
-            .into_iter()
-            .flat_map(|(_, m)| m)
-            .collect();
-        if self.history && messages.is_empty() {
-            self.history = false;
-        }
-        Counters::add(&self.shared.counters.read, messages.len());
-        Ok(messages)
-    }
-
-    /// One page of `XAUTOCLAIM`: entries idle for `claim_idle` in any consumer's hands become this one's.
-    async fn claim(&mut self) -> Result<Vec<Message>, StepError> {
-        let config = &self.shared.config;
-        let mut conn = self.shared.cmd.clone();
-        let value: Value = redis::cmd("XAUTOCLAIM")
-            .arg(&self.key)
-            .arg(&config.group)
-            .arg(&self.shared.consumer)
-            .arg(config.claim_idle.as_millis() as u64)
-            .arg(&self.claim_cursor)
-            .arg("COUNT")
-            .arg(config.max_batch_rows)
-            .query_async(&mut conn)
-            .await?;
-        Counters::add(&self.shared.counters.reads, 1);
-        let page = reply::autoclaim_reply(&value).map_err(StepError::Reply)?;
-        self.claim_cursor = page.cursor;
-        if self.claim_cursor == "0-0" {
-            self.next_claim = Instant::now() + config.claim_interval;
-        }
-        Counters::add(&self.shared.counters.claimed, page.claimed.len());
-        Ok(page.claimed)
-    }
-
-    /// Writes a batch of read entries and acknowledges them once committed. Returns early, leaving them
-    /// pending, only when stopping and the stop deadline passed.
-    async fn handle(&mut self, messages: Vec<Message>) {
-        let n = messages.len();
-        self.shared.in_hand.fetch_add(n as u64, Ordering::Relaxed);
-        let mut ack: Vec<String> = Vec::with_capacity(n);
-        let mut dead: Vec<(Entry, WriteError)> = Vec::new();
-        for message in messages {
-            let Some(fields) = message.fields else {
-                // Deleted while pending: nothing to write, only the pending-list slot to release.
-                ack.push(message.id);
-                continue;
-            };
-            let failure = match codec::decode(&fields) {
-                Ok(draft) => match self.batcher.log(draft) {
-                    Ok(_) => None,
-                    Err(LogError::Invalid(e)) => Some(DecodeError(e.to_string())),
-                    // Not reachable (the batcher is never closed and its bounds are out of reach): the
-                    // entry stays pending and is claimed again later.
-                    Err(_) => continue,
-                },
-                Err(e) => Some(e),
-            };
-            if let Some(e) = failure {
-                match codec::undecodable_entry(&self.key, &message.id, &fields, &e) {
-                    Some(entry) => dead.push((entry, WriteError::rejected(e.to_string(), None))),
-                    None => continue,
-                }
-            }
-            ack.push(message.id);
-        }
-        if !self.commit(&dead).await {
-            return;
-        }
-        Counters::add(&self.shared.counters.undecodable, dead.len());
-        if self.acknowledge(&ack).await {
-            // Entries left pending on purpose (`left_pending`) are no longer in hand either: they wait for
-            // a claim.
-            self.shared.in_hand.fetch_sub(n as u64, Ordering::Relaxed);
-        }
-    }
-
-    /// Dead-letters `dead` and flushes the batcher, retrying with backoff; false when stopping ran out of
-    /// time first.
-    async fn commit(&mut self, dead: &[(Entry, WriteError)]) -> bool {
-        let mut failures = 0u32;
-        let mut dead_done = 0;
-        loop {
-            let attempt = async {
-                while dead_done < dead.len() {
-                    let (entry, cause) = &dead[dead_done];
-                    self.shared.sink.dead_letter(entry, cause).await?;
-                    dead_done += 1;
-                }
-                match self.batcher.flush().await {
-                    Ok(_) => Ok(()),
-                    Err(FlushError::Failed { cause, .. }) => Err(cause),
-                    Err(FlushError::Closed) => Err(WriteError::new("the batcher is closed")),
-                }
-            };
-            let result = match self.deadline() {
-                Some(d) => tokio::time::timeout_at(d, attempt)
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(WriteError::new("stop() ran out of time (stopTimeoutMs)"))
-                    }),
-                None => attempt.await,
-            };
-            match result {
-                Ok(()) => return true,
-                Err(cause) => {
-                    failures = failures.saturating_add(1);
-                    Counters::add(&self.shared.counters.pg_failures, 1);
-                    self.note_error(format!("postgres: {cause}"));
-                    if self.past_deadline() {
-                        return false;
-                    }
-                    let delay = self.shared.config.backoff.delay(failures);
-                    self.pause(delay).await;
-                    if self.past_deadline() {
-                        return false;
-                    }
-                }
-            }
-        }
-    }
-
-    /// `MULTI; XACK key group ids...; XDEL key ids...; EXEC`, retried with backoff; false when stopping ran
-    /// out of time first (the entries are committed, so a later delivery only makes a duplicate that
-    /// `ON CONFLICT` skips).
-    async fn acknowledge(&mut self, ids: &[String]) -> bool {
-        if ids.is_empty() {
-            return true;
-        }
-        let mut failures = 0u32;
-        loop {
-            let mut pipe = redis::pipe();
-            pipe.atomic();
-            pipe.cmd("XACK")
-                .arg(&self.key)
-                .arg(&self.shared.config.group)
-                .arg(ids);
-            pipe.cmd("XDEL").arg(&self.key).arg(ids);
-            let mut conn = self.shared.cmd.clone();
-            let result: Result<Value, RedisError> = pipe.query_async(&mut conn).await;
-            match result {
-                Ok(reply) => {
-                    // XACK's count: entries this call removed from the pending list (not those another
-                    // worker, having claimed them, acknowledged first).
-                    let acked = match &reply {
-                        Value::Array(r) => match r.first() {
-                            Some(Value::Int(n)) => (*n).max(0) as usize,
-                            _ => ids.len(),
-                        },
-                        _ => ids.len(),
-                    };
-                    Counters::add(&self.shared.counters.acked, acked);
-                    return true;
-                }
-                Err(e) if e.code() == Some("NOGROUP") => {
-                    // The stream or the group is gone (a Redis restart without persistence, a DEL): so is
-                    // the pending list; nothing is left to acknowledge.
-                    self.note_error(format!("redis XACK: {}", redact(&e.to_string())));
-                    return true;
-                }
-                Err(e) => {
-                    failures = failures.saturating_add(1);
-                    Counters::add(&self.shared.counters.redis_failures, 1);
-                    self.note_error(format!("redis XACK: {}", redact(&e.to_string())));
-                    if self.past_deadline() {
-                        return false;
-                    }
-                    let delay = self.shared.config.backoff.delay(failures);
-                    self.pause(delay).await;
-                    if self.past_deadline() {
-                        return false;
-                    }
-                }
-            }
-        }
-    }
 }
