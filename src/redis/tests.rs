@@ -574,6 +574,77 @@ async fn while_postgres_is_unreachable_nothing_is_acknowledged_then_the_stream_d
     table.drop_tables().await;
 }
 
+/// Takes `delay` over each write, so a test can stop a worker with a batch in hand.
+struct SlowSink {
+    inner: PgSink,
+    delay: Duration,
+    started: AtomicBool,
+}
+
+impl Sink for SlowSink {
+    async fn write(&self, batch: &[Entry]) -> Result<(), WriteError> {
+        self.started.store(true, Ordering::SeqCst);
+        tokio::time::sleep(self.delay).await;
+        self.inner.write(batch).await
+    }
+
+    async fn dead_letter(&self, entry: &Entry, cause: &WriteError) -> Result<(), WriteError> {
+        self.inner.dead_letter(entry, cause).await
+    }
+
+    async fn close(&self) {
+        self.inner.close().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_commits_and_acknowledges_the_batch_in_hand_then_leaves_the_group() {
+    let Some(server) = RedisServer::start(false) else {
+        return;
+    };
+    let Some(table) = Table::new().await else {
+        return;
+    };
+    let b = producer(&server, 1, None);
+    log_entries(&b, 300, 3, "stop");
+    b.flush().await.unwrap();
+    let worker = Worker::start(
+        worker_config(&server, 1, 100),
+        SlowSink {
+            inner: table.sink(),
+            delay: Duration::from_millis(500),
+            started: AtomicBool::new(false),
+        },
+    )
+    .await
+    .unwrap();
+    wait_for("a write under way", Duration::from_secs(10), || async {
+        worker.sink().started.load(Ordering::SeqCst)
+    })
+    .await;
+    let in_hand = worker.counters().in_hand;
+    assert!(in_hand >= 100, "{in_hand}");
+    worker.stop().await.unwrap();
+    let after = worker.counters();
+    assert_eq!(after.in_hand, 0);
+    assert_eq!(after.entries_acked, after.entries_read);
+    assert_eq!(table.count().await.0 as u64, after.entries_read);
+    let stats = worker.stats().await;
+    assert_eq!(stats.pending, Some(0));
+    assert_eq!(stats.consumers, Some(0), "a clean stop leaves the group");
+    assert_eq!(stats.stream_length, Some(300 - after.entries_read));
+    // Another worker takes the rest.
+    let next = Worker::start(worker_config(&server, 1, 100), table.sink())
+        .await
+        .unwrap();
+    wait_for("every row", Duration::from_secs(20), || async {
+        table.count().await == (300, 300)
+    })
+    .await;
+    next.stop().await.unwrap();
+    table.drop_tables().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_while_postgres_is_down_leaves_the_batch_pending_for_a_restart_under_the_same_name()
 {

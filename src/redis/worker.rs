@@ -220,7 +220,7 @@ impl<S: Sink> Worker<S> {
     }
 
     /// Stops reading, lets the read under way finish, commits and acknowledges the batch in hand (retrying
-    /// for up to `stop_timeout`), then closes the sink. An error says how many entries were left
+    /// for up to `stop_timeout`), closes the sink, and leaves the group (when it holds nothing there). An error says how many entries were left
     /// unacknowledged: they stay pending in Redis, for this consumer name's next start or another worker's
     /// claim. Later calls return at once.
     pub async fn stop(&self) -> Result<(), String> {
@@ -233,6 +233,9 @@ impl<S: Sink> Worker<S> {
         }
         if had_tasks {
             self.shared.sink.close().await;
+            for key in self.shared.config.redis.keys() {
+                self.leave_group(&key).await;
+            }
         }
         match self.shared.in_hand.load(Ordering::Relaxed) {
             0 => Ok(()),
@@ -240,6 +243,33 @@ impl<S: Sink> Worker<S> {
                 "{n} entries were left unacknowledged (last error: {}); they stay pending in Redis and are claimed by another worker after claimIdle",
                 self.shared.last_error.lock().clone().unwrap_or_default()
             )),
+        }
+    }
+
+    /// Removes this consumer from the group on `key` when it holds no pending entry there (checked first:
+    /// `XGROUP DELCONSUMER` would drop them from the pending list), so that clean stops leave no consumers
+    /// behind in `stats().consumers`. Best effort: a failure leaves the consumer listed, nothing else.
+    async fn leave_group(&self, key: &str) {
+        let mut conn = self.shared.cmd.clone();
+        let group = &self.shared.config.group;
+        let consumer = &self.shared.consumer;
+        let held: Result<Value, RedisError> = redis::cmd("XPENDING")
+            .arg(key)
+            .arg(group)
+            .arg("-")
+            .arg("+")
+            .arg(1)
+            .arg(consumer)
+            .query_async(&mut conn)
+            .await;
+        if matches!(held, Ok(Value::Array(ref a)) if a.is_empty()) {
+            let _: Result<Value, RedisError> = redis::cmd("XGROUP")
+                .arg("DELCONSUMER")
+                .arg(key)
+                .arg(group)
+                .arg(consumer)
+                .query_async(&mut conn)
+                .await;
         }
     }
 
