@@ -87,6 +87,28 @@ impl StreamSink {
             .is_some_and(|max| self.last_known_length() + buffered as u64 >= max)
     }
 
+    /// Asks the stream(s) for their length (`XLEN` of every shard, one round trip; one per shard on a
+    /// Cluster) and records it. A producer at its bound writes nothing, so it learns that workers drained
+    /// the stream only through this: call it while [`StreamSink::at_bound`] holds, e.g. on the background
+    /// writer's interval.
+    pub async fn refresh_length(&self) -> Result<u64, WriteError> {
+        let conn = self.connection().await?;
+        let all: Vec<usize> = (0..self.keys.len()).collect();
+        if conn.is_cluster() {
+            let sends = all.iter().map(|s| {
+                let pipe = self.pipeline(std::iter::empty(), std::slice::from_ref(s));
+                self.send(conn.clone(), pipe, std::slice::from_ref(s))
+            });
+            for result in join_all(sends).await {
+                result?;
+            }
+        } else {
+            self.send(conn, self.pipeline(std::iter::empty(), &all), &all)
+                .await?;
+        }
+        Ok(self.last_known_length())
+    }
+
     /// Round trips made by successful and failed writes so far (one per write; per touched shard on a
     /// Cluster).
     pub fn round_trips(&self) -> u64 {

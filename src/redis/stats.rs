@@ -3,7 +3,7 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Counters a worker's shard loops add to; read with [`Counters::snapshot`].
+/// Counters a worker's shard loops add to; read through `Worker::counters`.
 #[derive(Debug, Default)]
 pub struct Counters {
     pub read: AtomicU64,

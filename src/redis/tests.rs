@@ -226,6 +226,17 @@ async fn a_flush_is_one_round_trip_and_entries_decode_back() {
     b.flush().await.unwrap();
     assert_eq!(b.sink().round_trips(), 2);
     assert_eq!(b.sink().last_known_length(), 705);
+    assert!(!b.sink().at_bound(294) && b.sink().at_bound(295));
+    // Workers drained part of it: the producer learns so without writing.
+    let _: u64 = ::redis::cmd("XTRIM")
+        .arg("audit")
+        .arg("MAXLEN")
+        .arg(100)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(b.sink().refresh_length().await.unwrap(), 100);
+    assert!(!b.sink().at_bound(899));
+    assert!(b.sink().at_bound(900));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -135,7 +135,7 @@ impl<S> Shared<S> {
 ///   the stream is never trimmed, so an unread or unacknowledged entry is never lost;
 /// - at start, and after a restart under the same consumer name, it first re-reads its own pending entries;
 ///   entries left pending by any consumer for `claim_idle` are taken over with `XAUTOCLAIM`;
-/// - a stream entry that cannot be decoded is dead-lettered (see [`codec::undecodable_entry`]) and
+/// - a stream entry that cannot be decoded is dead-lettered (see [`super::codec::undecodable_entry`]) and
 ///   acknowledged; it never blocks the stream;
 /// - PostgreSQL failing: nothing is acknowledged, the batch in hand is retried with backoff (the stream
 ///   grows meanwhile); Redis failing: reads and acknowledgements are retried with backoff on connections
