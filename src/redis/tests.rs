@@ -374,6 +374,59 @@ async fn entries_of_a_worker_that_died_before_xack_are_claimed_and_stored_once()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_producers_two_workers_one_dropped_mid_run_every_entry_once() {
+    let Some(server) = RedisServer::start(false) else {
+        return;
+    };
+    let Some(table) = Table::new().await else {
+        return;
+    };
+    let per_producer = 20_000;
+    let config = worker_config(&server, 1, 500);
+    let w1 = Worker::start(config.clone(), table.sink()).await.unwrap();
+    let w2 = Worker::start(config, table.sink()).await.unwrap();
+    let producers: Vec<_> = (0..3)
+        .map(|p| {
+            let b = producer(&server, 1, None);
+            tokio::spawn(async move {
+                for round in 0..20 {
+                    log_entries(&b, per_producer / 20, 7, &format!("p{p}r{round}"));
+                    b.flush().await.unwrap();
+                }
+            })
+        })
+        .collect();
+    wait_for("both workers writing", Duration::from_secs(30), || async {
+        w1.counters().entries_acked > 1_000 && w2.counters().entries_acked > 1_000
+    })
+    .await;
+    let killed = w1.counters();
+    drop(w1); // a worker dies mid-run, whatever it holds
+    for p in producers {
+        p.await.unwrap();
+    }
+    let total = 3 * per_producer as i64;
+    wait_for("every row", Duration::from_secs(120), || async {
+        table.count().await.1 == total
+    })
+    .await;
+    wait_for("the stream to empty", Duration::from_secs(10), || async {
+        let s = w2.stats().await;
+        s.stream_length == Some(0) && s.pending == Some(0)
+    })
+    .await;
+    assert_eq!(table.count().await, (total, total), "each entry once");
+    println!(
+        "dropped worker had read {} and acknowledged {}; the survivor claimed {}",
+        killed.entries_read,
+        killed.entries_acked,
+        w2.counters().entries_claimed
+    );
+    w2.stop().await.unwrap();
+    table.drop_tables().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undecodable_entries_and_poison_rows_are_dead_lettered_and_the_rest_written() {
     let Some(server) = RedisServer::start(false) else {
         return;
