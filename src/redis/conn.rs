@@ -5,7 +5,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
+use redis::{Cmd, Pipeline, RedisError, RedisFuture, TlsCertificates, Value};
 
 use crate::pg::config::Redactor;
 use crate::sink::WriteError;
@@ -23,6 +23,9 @@ pub struct RedisConfig {
     pub stream: String,
     /// How many streams entries are spread over by tenant (see [`super::shard`]). Default 1.
     pub shards: u32,
+    /// For `rediss://`: a PEM file of the CA certificates the server's certificate must chain to, instead
+    /// of the system's trust store. Default `None`.
+    pub tls_root_cert: Option<String>,
     /// How long opening a connection may take. Default 5 s.
     pub connect_timeout: Duration,
     /// How long a command (other than a blocking read) may wait for its reply. Default 5 s.
@@ -36,6 +39,7 @@ impl Default for RedisConfig {
             cluster_nodes: Vec::new(),
             stream: "audit".into(),
             shards: 1,
+            tls_root_cert: None,
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(5),
         }
@@ -56,6 +60,13 @@ impl RedisConfig {
         }
         if self.shards == 0 || self.shards > 1024 {
             return Err(("shards", "must be an integer from 1 to 1024".into()));
+        }
+        if let Some(path) = &self.tls_root_cert {
+            let pem = std::fs::read(path)
+                .map_err(|e| ("tlsRootCert", format!("cannot read {path}: {e}")))?;
+            if !pem.windows(17).any(|w| w == b"BEGIN CERTIFICATE") {
+                return Err(("tlsRootCert", format!("{path} holds no PEM certificate")));
+            }
         }
         if self.cluster_nodes.is_empty() {
             redis::Client::open(self.url.as_str()).map_err(|e| ("url", redact(&e.to_string())))?;
@@ -85,8 +96,24 @@ impl RedisConn {
         config: &RedisConfig,
         response_timeout: Option<Duration>,
     ) -> Result<RedisConn, RedisError> {
+        let certs = match &config.tls_root_cert {
+            Some(path) => Some(TlsCertificates {
+                client_tls: None,
+                root_cert: Some(std::fs::read(path).map_err(|e| {
+                    RedisError::from((
+                        redis::ErrorKind::InvalidClientConfig,
+                        "cannot read tlsRootCert",
+                        e.to_string(),
+                    ))
+                })?),
+            }),
+            None => None,
+        };
         if config.cluster_nodes.is_empty() {
-            let client = redis::Client::open(config.url.as_str())?;
+            let client = match certs {
+                Some(certs) => redis::Client::build_with_tls(config.url.as_str(), certs)?,
+                None => redis::Client::open(config.url.as_str())?,
+            };
             let settings = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(config.connect_timeout))
                 .set_response_timeout(response_timeout)
@@ -100,6 +127,9 @@ impl RedisConn {
                 .connection_timeout(config.connect_timeout);
             if let Some(t) = response_timeout {
                 builder = builder.response_timeout(t);
+            }
+            if let Some(certs) = certs {
+                builder = builder.certs(certs);
             }
             let client = builder.build()?;
             Ok(RedisConn::Cluster(client.get_async_connection().await?))

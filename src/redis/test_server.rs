@@ -14,6 +14,8 @@ pub struct RedisServer {
     dir: PathBuf,
     appendonly: bool,
     cluster: bool,
+    /// With TLS: the TLS port, and the directory holding `server.pem`, `server.key` and `ca.pem`.
+    pub tls: Option<(u16, PathBuf)>,
 }
 
 impl RedisServer {
@@ -34,6 +36,7 @@ impl RedisServer {
             dir,
             appendonly,
             cluster: false,
+            tls: None,
         };
         server.spawn();
         Some(server)
@@ -54,6 +57,17 @@ impl RedisServer {
             .arg("no")
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        if let Some((port, certs)) = &self.tls {
+            cmd.arg("--tls-port")
+                .arg(port.to_string())
+                .arg("--tls-cert-file")
+                .arg(certs.join("server.pem"))
+                .arg("--tls-key-file")
+                .arg(certs.join("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(certs.join("ca.pem"))
+                .args(["--tls-auth-clients", "no"]);
+        }
         if self.cluster {
             cmd.args(["--cluster-enabled", "yes", "--cluster-config-file"])
                 .arg(self.dir.join("nodes.conf"));
@@ -81,6 +95,15 @@ impl RedisServer {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("redis-server on port {} did not answer PING", self.port);
+    }
+
+    /// Starts a server that also listens with TLS (certificates in `certs`, see [`RedisServer::tls`]).
+    pub fn start_tls(certs: PathBuf) -> Option<RedisServer> {
+        let mut server = RedisServer::start(false)?;
+        server.stop();
+        server.tls = Some((free_port(), certs));
+        server.spawn();
+        Some(server)
     }
 
     /// `redis://127.0.0.1:<port>`.

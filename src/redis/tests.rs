@@ -919,6 +919,81 @@ async fn a_three_node_cluster_with_four_shards_gets_every_entry_once() {
     table.drop_tables().await;
 }
 
+/// A CA and a server certificate it issued for 127.0.0.1, as `ca.pem`, `server.pem`, `server.key`.
+fn make_certs() -> std::path::PathBuf {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let dir = std::env::temp_dir().join(format!("audit-redis-tls-{:08x}", fastrand::u32(..)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "audit-batcher redis test CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params =
+        CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let cert = params.signed_by(&key, &ca).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("server.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_and_worker_over_tls_with_a_private_ca() {
+    let certs = make_certs();
+    let Some(server) = RedisServer::start_tls(certs.clone()) else {
+        return;
+    };
+    let Some(table) = Table::new().await else {
+        return;
+    };
+    let tls_port = server.tls.as_ref().unwrap().0;
+    let redis = RedisConfig {
+        url: format!("rediss://127.0.0.1:{tls_port}"),
+        tls_root_cert: Some(certs.join("ca.pem").to_string_lossy().into_owned()),
+        ..redis_config(&server, 1)
+    };
+    // Without the CA, the server is not trusted.
+    let untrusted = StreamSink::new(StreamConfig {
+        redis: RedisConfig {
+            tls_root_cert: None,
+            ..redis.clone()
+        },
+        max_length: None,
+    })
+    .unwrap();
+    let b = Batcher::new(untrusted, BatcherConfig::default());
+    log_entries(&b, 1, 1, "untrusted");
+    assert!(b.flush().await.is_err());
+    let b = Batcher::new(
+        StreamSink::new(StreamConfig {
+            redis: redis.clone(),
+            max_length: None,
+        })
+        .unwrap(),
+        BatcherConfig::default(),
+    );
+    log_entries(&b, 100, 2, "tls");
+    b.flush().await.unwrap();
+    let config = WorkerConfig {
+        redis,
+        ..worker_config(&server, 1, 100)
+    };
+    let worker = Worker::start(config, table.sink()).await.unwrap();
+    wait_for("every row", Duration::from_secs(20), || async {
+        table.count().await == (100, 100)
+    })
+    .await;
+    worker.stop().await.unwrap();
+    table.drop_tables().await;
+    let _ = std::fs::remove_dir_all(certs);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_settings_are_refused_naming_the_option() {
     let config = WorkerConfig {
@@ -951,6 +1026,16 @@ async fn bad_settings_are_refused_naming_the_option() {
     .err()
     .unwrap();
     assert_eq!(err.0, "shards");
+    let err = StreamSink::new(StreamConfig {
+        redis: RedisConfig {
+            tls_root_cert: Some("/nonexistent/ca.pem".into()),
+            ..RedisConfig::default()
+        },
+        max_length: None,
+    })
+    .err()
+    .unwrap();
+    assert_eq!(err.0, "tlsRootCert");
 }
 
 /// Where a worker's time goes, phase by phase, for one batch size (debug build: relative figures only).
