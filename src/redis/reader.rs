@@ -145,6 +145,45 @@ impl<S> Reader<S> {
         Ok(messages)
     }
 
+    /// Deletes from the group the consumers that hold nothing and have not read for `consumer_expiry`
+    /// (workers that died or were replaced under a new name), so that `consumers` counts the living.
+    /// A consumer holding pending entries is never deleted (that would drop them from the pending list);
+    /// a live worker reads every `block`, and one deleted anyway is recreated by its next read. Best
+    /// effort: failures are ignored.
+    async fn forget_dead_consumers(&mut self) {
+        let Some(expiry) = self.shared.config.consumer_expiry else {
+            return;
+        };
+        let mut conn = self.shared.cmd.clone();
+        let group = &self.shared.config.group;
+        let listed: Result<Value, RedisError> = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(&self.key)
+            .arg(group)
+            .query_async(&mut conn)
+            .await;
+        let Ok(consumers) = listed
+            .map_err(|_| ())
+            .and_then(|v| reply::consumers_reply(&v).map_err(|_| ()))
+        else {
+            return;
+        };
+        for c in consumers {
+            if c.pending == 0
+                && c.idle_ms >= expiry.as_millis() as u64
+                && c.name != self.shared.consumer
+            {
+                let _: Result<Value, RedisError> = redis::cmd("XGROUP")
+                    .arg("DELCONSUMER")
+                    .arg(&self.key)
+                    .arg(group)
+                    .arg(&c.name)
+                    .query_async(&mut conn)
+                    .await;
+            }
+        }
+    }
+
     /// One page of `XAUTOCLAIM`: entries idle for `claim_idle` in any consumer's hands become this one's.
     /// When the page ends the scan, the next is due after `claim_interval`.
     pub async fn claim(&mut self) -> Result<Vec<Message>, ReadError> {
@@ -165,6 +204,7 @@ impl<S> Reader<S> {
         self.claim_cursor = page.cursor;
         if self.claim_cursor == "0-0" {
             self.next_claim = Instant::now() + config.claim_interval;
+            self.forget_dead_consumers().await;
         }
         Counters::add(&self.shared.counters.claimed, page.claimed.len());
         self.shared

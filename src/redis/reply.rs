@@ -189,6 +189,41 @@ pub fn groups_reply(v: &Value) -> Parsed<Vec<GroupInfo>> {
         .collect()
 }
 
+/// One consumer of `XINFO CONSUMERS key group`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConsumerInfo {
+    pub name: String,
+    pub pending: u64,
+    /// Milliseconds since it last read (Redis 7.0 `idle`; Redis 7.2 also has `inactive`, used when given).
+    pub idle_ms: u64,
+}
+
+/// `XINFO CONSUMERS key group`.
+pub fn consumers_reply(v: &Value) -> Parsed<Vec<ConsumerInfo>> {
+    let consumers = items(v).ok_or("the XINFO CONSUMERS reply is not an array")?;
+    consumers
+        .iter()
+        .map(|c| {
+            let mut info = ConsumerInfo::default();
+            let mut inactive = None;
+            for (k, v) in pairs(c).ok_or("a consumer is not name-value pairs")? {
+                match text(k).as_deref() {
+                    Some("name") => info.name = text(v).unwrap_or_default(),
+                    Some("pending") => info.pending = int(v).unwrap_or(0).max(0) as u64,
+                    Some("idle") => info.idle_ms = int(v).unwrap_or(0).max(0) as u64,
+                    Some("inactive") => inactive = int(v),
+                    _ => {}
+                }
+            }
+            // `inactive` is -1 for a consumer that never read.
+            if let Some(i) = inactive.filter(|i| *i >= 0) {
+                info.idle_ms = i as u64;
+            }
+            Ok(info)
+        })
+        .collect()
+}
+
 /// The milliseconds part of a stream id (`<ms>-<seq>`).
 pub fn id_millis(id: &str) -> Option<u64> {
     id.split('-').next()?.parse().ok()
@@ -272,6 +307,19 @@ mod tests {
         .unwrap();
         assert_eq!(g[0].name, "w");
         assert_eq!((g[0].consumers, g[0].pending, g[0].lag), (2, 5, None));
+        let c = consumers_reply(&Value::Array(vec![Value::Array(vec![
+            bulk("name"),
+            bulk("w1"),
+            bulk("pending"),
+            Value::Int(0),
+            bulk("idle"),
+            Value::Int(5_000),
+        ])]))
+        .unwrap();
+        assert_eq!(
+            (c[0].name.as_str(), c[0].pending, c[0].idle_ms),
+            ("w1", 0, 5_000)
+        );
         assert_eq!(id_millis("1700000000000-3"), Some(1_700_000_000_000));
         assert_eq!(id_millis("x"), None);
     }

@@ -136,6 +136,7 @@ fn worker_config(server: &RedisServer, shards: u32, batch: usize) -> WorkerConfi
         block: Duration::from_millis(200),
         claim_idle: Duration::from_secs(1),
         claim_interval: Duration::from_millis(300),
+        consumer_expiry: Some(Duration::from_secs(1)),
         backoff: Backoff {
             initial: Duration::from_millis(50),
             max: Duration::from_millis(500),
@@ -368,7 +369,13 @@ async fn entries_of_a_worker_that_died_before_xack_are_claimed_and_stored_once()
     assert_eq!(stats.entries_claimed, held);
     assert_eq!(stats.entries_read, 1_000 - held);
     assert_eq!(table.count().await, (1_000, 1_000), "each entry once");
-    assert_eq!(b_worker.stats().await.consumers, Some(2));
+    // The dead worker, holding nothing now, is forgotten after consumer_expiry (1 s here).
+    wait_for(
+        "the dead consumer to be forgotten",
+        Duration::from_secs(10),
+        || async { b_worker.stats().await.consumers == Some(1) },
+    )
+    .await;
     b_worker.stop().await.unwrap();
     table.drop_tables().await;
 }

@@ -42,6 +42,10 @@ pub struct WorkerConfig {
     pub claim_idle: Duration,
     /// How often each shard's pending list is scanned for such entries. Default 5 s.
     pub claim_interval: Duration,
+    /// Consumers of the group that hold no pending entry and have not read for this long are deleted
+    /// from it (by whichever worker's claim scan sees them first), so `consumers` counts live workers.
+    /// Default 1 hour; `None`: never.
+    pub consumer_expiry: Option<Duration>,
     /// Delays between attempts while PostgreSQL or Redis fails. Default 100 ms doubling to 5 s, jittered.
     pub backoff: Backoff,
     /// How long `stop()` keeps trying to commit and acknowledge the batch in hand. Default 10 s.
@@ -58,6 +62,7 @@ impl Default for WorkerConfig {
             block: Duration::from_secs(1),
             claim_idle: Duration::from_secs(30),
             claim_interval: Duration::from_secs(5),
+            consumer_expiry: Some(Duration::from_secs(3600)),
             backoff: Backoff {
                 initial: Duration::from_millis(100),
                 max: Duration::from_secs(5),
