@@ -146,7 +146,7 @@ impl<S> Shared<S> {
 ///   grows meanwhile); Redis failing: reads and acknowledgements are retried with backoff on connections
 ///   that reopen by themselves;
 /// - reads take up to `max_batch_rows` entries, back to back while entries remain; a read waits (`BLOCK`)
-///   only when the stream has nothing new;
+///   only when the stream has nothing new; the next read runs while a batch is being written;
 /// - [`Worker::stop`] lets the read under way finish, commits and acknowledges the batch in hand, then
 ///   closes the sink. Dropping a worker without `stop()` abandons its tasks like a crash would: what it
 ///   held stays pending and is claimed by another worker.
@@ -158,7 +158,8 @@ pub struct Worker<S: Sink = PgSink> {
 
 impl<S: Sink> Worker<S> {
     /// Checks the settings, connects, creates the group on every shard's stream when missing, and starts
-    /// reading. Returns once every shard is being read. The error names the option at fault (`url`,
+    /// one reading task per shard (on the current Tokio runtime). Fails when Redis cannot be reached at
+    /// start; later outages are waited out. The error names the option at fault (`url`,
     /// `group`, ...) and holds no password.
     pub async fn start(config: WorkerConfig, sink: S) -> Result<Worker<S>, (&'static str, String)> {
         config.validate()?;
@@ -196,9 +197,10 @@ impl<S: Sink> Worker<S> {
                 SharedSink(shared.sink.clone()),
                 BatcherConfig {
                     max_batch_rows: shared.config.max_batch_rows,
-                    max_buffered_entries: 1 << 40,
-                    max_buffered_bytes: 1 << 50,
-                    max_entry_bytes: 1 << 40,
+                    // Bounds out of reach: what the worker holds is bounded by its reads.
+                    max_buffered_entries: usize::MAX / 4,
+                    max_buffered_bytes: usize::MAX / 4,
+                    max_entry_bytes: usize::MAX / 4,
                     backoff: shared.config.backoff,
                     ..BatcherConfig::default()
                 },
