@@ -796,6 +796,10 @@ async fn a_redis_restart_mid_run_loses_nothing() {
         s.stream_length == Some(0) && s.pending == Some(0)
     })
     .await;
+    assert!(
+        worker.counters().redis_failures > 0,
+        "the restart happened under the worker's feet"
+    );
     assert_eq!(table.count().await, (total, total));
     worker.stop().await.unwrap();
     table.drop_tables().await;
