@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Counters a worker's shard loops add to; read through `Worker::counters`.
 #[derive(Debug, Default)]
-pub struct Counters {
+pub(crate) struct Counters {
     pub read: AtomicU64,
     pub claimed: AtomicU64,
     pub acked: AtomicU64,
