@@ -21,6 +21,7 @@ pub mod metrics;
 mod napi;
 pub mod options;
 pub mod pg;
+pub mod redis;
 pub mod sink;
 pub mod spool;
 pub mod uuid7;
