@@ -36,6 +36,10 @@ export interface MethodResults extends MethodSpec {
   latencyP99: number | null;
   rssBeforeMB: number | null;
   rssPeakMB: number | null;
+  /** What the database paid, per 1k entries (medians): server CPU ms, WAL KB, commits. */
+  serverCpuMsPer1k: number | null;
+  walKBPer1k: number | null;
+  commitsPer1k: number | null;
   variant: string | undefined;
   runs: WorkerResult[];
 }
@@ -167,6 +171,22 @@ export function renderMarkdown(r: BenchResults): string {
     );
   }
   lines.push('');
+  if (r.methods.some((m) => m.serverCpuMsPer1k !== null)) {
+    lines.push(
+      '### What the database pays',
+      '',
+      'Per 1k entries, over the timed part of each run (medians): CPU of all PostgreSQL processes (user + system, ' +
+        'backends that exited included), WAL written, and transactions committed. This is what decides how many ' +
+        'app instances one PostgreSQL can serve.',
+      '',
+      '| method | server CPU ms / 1k entries | WAL KB / 1k entries | commits / 1k entries |',
+      '| --- | ---: | ---: | ---: |',
+    );
+    for (const m of r.methods) {
+      lines.push(`| ${m.label} | ${fix(m.serverCpuMsPer1k, 1)} | ${fix(m.walKBPer1k, 0)} | ${fix(m.commitsPer1k, 1)} |`);
+    }
+    lines.push('');
+  }
   const bulk = r.methods.find((m) => m.key === 'ab-bulk');
   if (bulk?.variant) {
     const x = bulk.extraMedian;

@@ -186,6 +186,38 @@ function interference(a: CpuSnapshot | undefined, b: CpuSnapshot | undefined): {
   return { other: Math.max(0, other) / ticks, steal: (b.steal - a.steal) / ticks };
 }
 
+/** What the database has done so far: its processes' CPU, its WAL position, its commits. */
+interface DbSnapshot {
+  serverTicks: number | undefined;
+  lsn: string;
+  commits: number;
+}
+
+async function dbSnapshot(control: pg.Client): Promise<DbSnapshot> {
+  // Backends report their counters when they go idle or exit; a fresh snapshot of the statistics is read.
+  await control.query('SELECT pg_stat_clear_snapshot()');
+  const r = await control.query<{ lsn: string; commits: string }>(
+    `SELECT pg_current_wal_lsn()::text AS lsn, xact_commit::text AS commits
+       FROM pg_stat_database WHERE datname = current_database()`,
+  );
+  return { serverTicks: cpuSnapshot()?.server, lsn: r.rows[0]!.lsn, commits: Number(r.rows[0]!.commits) };
+}
+
+function lsnBytes(lsn: string): number {
+  const [hi, lo] = lsn.split('/').map((h) => parseInt(h, 16));
+  return hi! * 2 ** 32 + lo!;
+}
+
+/** Between two snapshots: server CPU ms (USER_HZ ticks of 10 ms), WAL bytes and commits. */
+function databaseCost(a: DbSnapshot, b: DbSnapshot): Pick<WorkerResult, 'serverCpuMs' | 'walBytes' | 'commits'> {
+  return {
+    ...(a.serverTicks !== undefined && b.serverTicks !== undefined ? { serverCpuMs: (b.serverTicks - a.serverTicks) * 10 } : {}),
+    walBytes: lsnBytes(b.lsn) - lsnBytes(a.lsn),
+    // The two snapshot queries' own transactions are not the method's.
+    commits: Math.max(0, b.commits - a.commits - 2),
+  };
+}
+
 function log(line: string): void {
   process.stderr.write(`[bench] ${line}\n`);
 }
@@ -322,14 +354,21 @@ async function main(): Promise<void> {
           const n = SIZES[m.size];
           let result: WorkerResult;
           const cpuBefore = cpuSnapshot();
-          if (m.key === 'ceiling') {
+          let dbBefore: DbSnapshot | undefined;
+          const resetAndMark = async () => {
             await resetTables();
+            dbBefore = await dbSnapshot(control);
+          };
+          if (m.key === 'ceiling') {
+            await resetAndMark();
             const { stdout } = await runChild('the ceiling', ceilingBin!, [url, rowsFile, String(n), '--table', TABLE, '--rows-per-copy', '10000'], 300_000);
             const c = JSON.parse(stdout.trim().split('\n').at(-1)!) as { rowsPerSec: number; seconds: number; cpuMs: number };
             result = { method: 'ceiling' as NodeMethod, n, ms: c.seconds * 1000, rowsPerSec: c.rowsPerSec, cpuMs: c.cpuMs, eluActiveMs: NaN, rssBefore: NaN, rssPeak: NaN };
           } else {
-            result = await runWorker(m.key as NodeMethod, n, url, work, resetTables);
+            result = await runWorker(m.key as NodeMethod, n, url, work, resetAndMark);
           }
+          const dbAfter = await dbSnapshot(control);
+          if (dbBefore) Object.assign(result, databaseCost(dbBefore, dbAfter));
           const other = interference(cpuBefore, cpuSnapshot());
           if (other !== undefined) {
             result.otherCpuShare = Number(other.other.toFixed(3));
@@ -507,6 +546,9 @@ function summarise(
       latencyP99: lat.length ? median(lat.map((l) => l.p99)) : null,
       rssBeforeMB: nums((r) => r.rssBefore / 2 ** 20),
       rssPeakMB: nums((r) => r.rssPeak / 2 ** 20),
+      serverCpuMsPer1k: nums((r) => (r.serverCpuMs === undefined ? NaN : per1k(r.serverCpuMs, r.n))),
+      walKBPer1k: nums((r) => (r.walBytes === undefined ? NaN : per1k(r.walBytes / 1024, r.n))),
+      commitsPer1k: nums((r) => (r.commits === undefined ? NaN : per1k(r.commits, r.n))),
       variant,
       extraMedian: medianExtras(rs),
       runs: rs,

@@ -86,6 +86,15 @@ export interface WorkerResult {
   otherCpuShare?: number;
   /** Set by the parent: share of all cores the hypervisor took away (steal) meanwhile. */
   stealShare?: number;
+  /**
+   * Set by the parent, over the timed part: what the database paid. CPU (user + system) of every
+   * PostgreSQL process, backends that exited included (their time moves to the postmaster's children's
+   * time), ms; WAL written (pg_current_wal_lsn() after minus before), bytes; transactions committed in
+   * the benchmark's database (pg_stat_database.xact_commit).
+   */
+  serverCpuMs?: number;
+  walBytes?: number;
+  commits?: number;
 }
 
 const config = JSON.parse(process.argv[2] ?? '') as WorkerConfig;
