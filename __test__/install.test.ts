@@ -119,7 +119,8 @@ describe.skipIf(!isLinuxX64Gnu())('the packed package, installed without a Rust 
 
     const rows: Row[] = [];
     for (const { runtime, label, script } of tried) {
-      const version = (await run(runtime.bin, runtime.versionArgs, dir)).stdout.split('\n')[0]!.trim();
+      const versionOutput = (await run(runtime.bin, runtime.versionArgs, dir)).stdout;
+      const version = /\d+\.\d+\.\d+/.exec(versionOutput)?.[0] ?? versionOutput.trim();
       const r = await run(runtime.bin, [...runtime.args, script], dir, {
         DB_URL: url,
         TABLE: table,
