@@ -44,7 +44,8 @@ export async function zigBinDir(): Promise<string> {
         '--target', tmp, '--no-deps', '--only-binary', ':all:',
         `ziglang==${ZIG_VERSION}`, `cargo-zigbuild==${CARGO_ZIGBUILD_VERSION}`,
       ],
-      { stdio: ['ignore', 'inherit', 'inherit'], env: { ...process.env, PIP_ROOT_USER_ACTION: 'ignore' } },
+      // pip's output to stderr: stdout carries only the directory (CI appends it to PATH).
+      { stdio: ['ignore', 2, 2], env: { ...process.env, PIP_ROOT_USER_ACTION: 'ignore' } },
     );
     if (r.status !== 0) throw new Error(`pip install of ziglang and cargo-zigbuild failed (${r.error?.message ?? `exit ${r.status}`})`);
     // The ziglang wheel ships zig inside the package directory (beside its lib/); zig finds that
