@@ -171,4 +171,21 @@ describe.skipIf(!isLinuxX64Gnu())('the packed package, installed without a Rust 
       await rm(bare, { recursive: true, force: true });
     }
   }, 5 * 60_000);
+
+  it('with a platform package whose binary does not load, says so and why', async () => {
+    const broken = await mkdtemp(join(tmpdir(), 'audit-batcher-broken-binary-'));
+    try {
+      await writeFile(join(broken, 'package.json'), JSON.stringify({ name: 'consumer', private: true, type: 'module' }));
+      await run('npm', ['install', '--no-audit', '--no-fund', '--prefer-offline', pkg.main, pkg.platform], broken);
+      // What a binary for another libc or a truncated download looks like to the dynamic loader.
+      await writeFile(join(broken, 'node_modules', 'audit-batcher-linux-x64-gnu', 'audit-batcher.linux-x64-gnu.node'), 'not an ELF file');
+      await writeFile(join(broken, 'app.mjs'), app.replace('__SPECIFIER__', 'audit-batcher'));
+      const r = await run(process.execPath, ['app.mjs'], broken, { DB_URL: url, TABLE: table, RUNTIME: 'none' });
+      expect(r.code).not.toBe(0);
+      expect(r.stderr).toContain('no native binary loaded for linux-x64-gnu');
+      expect(r.stderr).toMatch(/A binary was found but did not load:\n {2}- .*audit-batcher\.linux-x64-gnu\.node.*(invalid ELF header|too short)/);
+    } finally {
+      await rm(broken, { recursive: true, force: true });
+    }
+  }, 5 * 60_000);
 });
