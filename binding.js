@@ -721,19 +721,35 @@ if (!nativeBinding || forceWasi) {
   }
 }
 
+// audit-batcher: the error when no binary loads (written by scripts/binding-error.ts after napi build)
 if (!nativeBinding) {
-  if (loadErrors.length > 0) {
-    const error = new Error(
-      `Cannot find native binding. ` +
-        `npm has a bug related to optional dependencies (https://github.com/npm/cli/issues/4828). ` +
-        'Please try `npm i` again after removing both package-lock.json and node_modules directory.',
-    )
-    // assign instead of the `new Error(message, { cause })` options form,
-    // which Node < 16.9 silently ignores
-    error.cause = createLoadErrorChain(loadErrors)
-    throw error
-  }
-  throw new Error(`Failed to load native binding`)
+  const prebuilt = ["linux-x64-gnu","linux-x64-musl","linux-arm64-gnu","linux-arm64-musl","darwin-x64","darwin-arm64","win32-x64-msvc"]
+  const abi = process.platform === 'linux' ? (isMusl() ? '-musl' : '-gnu') : process.platform === 'win32' ? '-msvc' : ''
+  const platform = `${process.platform}-${process.arch}${abi}`
+  const runtime = process.versions.bun
+    ? `Bun ${process.versions.bun}`
+    : process.versions.deno
+      ? `Deno ${process.versions.deno}`
+      : `Node.js ${process.version}`
+  const pkg = 'audit-batcher-' + platform
+  const failures = loadErrors
+    .filter((e) => !(e && e.code === 'MODULE_NOT_FOUND'))
+    .map((e) => '  - ' + String((e && e.message) || e).split('\n')[0])
+  const error = new Error(
+    `audit-batcher: no native binary loaded for ${platform} (${runtime}).\n` +
+      (failures.length > 0 ? 'A binary was found but did not load:\n' + failures.join('\n') + '\n' : '') +
+      'Two ways to fix it:\n' +
+      (prebuilt.includes(platform)
+        ? `  1. Install the prebuilt package: npm install ${pkg}@0.1.0\n` +
+          '     (npm installs it with audit-batcher as an optional dependency, unless optional dependencies were\n' +
+          '     left out: --omit=optional, --no-optional, or a lock file written on another platform.)\n'
+        : `  1. There is no prebuilt package for ${platform} (prebuilt: ${prebuilt.join(', ')}).\n`) +
+      '  2. Build from source (needs Rust\'s cargo): in a clone of audit-batcher, run npm ci && npm run build (it writes\n' +
+      `     audit-batcher.${platform}.node beside binding.js), then install the clone: npm install <path to the clone>`,
+  )
+  error.code = 'ERR_AUDIT_NATIVE_BINDING'
+  if (loadErrors.length > 0) error.cause = createLoadErrorChain(loadErrors)
+  throw error
 }
 
 // A package can patch its own fallback in front of the load-failure check

