@@ -319,7 +319,8 @@ impl AuditBatcher {
             Err(e) => return settled(env, Err(Failure::invalid_option(&e)), None),
         };
         if let Some(hook) = self.exit.lock().take() {
-            hook.remove(env)?;
+            // A process object whose listener methods were replaced must not stop the close.
+            let _ = hook.remove(env);
         }
         // From this call on, log() and flush() refuse and the background writer stops.
         let ticket = self.core.begin_close(tokio::time::Instant::now() + timeout);
