@@ -589,6 +589,12 @@ function summarise(
     return r ? r.eluActiveMs / r.n : undefined;
   };
   const div = (a: number | undefined, b: number | undefined) => (a === undefined || b === undefined ? undefined : a / b);
+  /** What the database paid per entry in that run. */
+  const dbCost = (run: number, key: string, f: (r: WorkerResult) => number | undefined) => {
+    const r = byRun(run, key);
+    const v = r ? f(r) : undefined;
+    return r && v !== undefined ? v / r.n : undefined;
+  };
 
   target('Bulk rows/s: audit-batcher bulk ÷ (d) COPY', '>=', 1.2, (r) => div(rps(r, 'ab-bulk'), rps(r, 'pg-copy-10000')), 'rows/s, same run');
   target('Bulk rows/s: audit-batcher bulk ÷ Rust ceiling', '>=', 0.85, (r) => div(rps(r, 'ab-bulk'), rps(r, 'ceiling')), 'rows/s, same run');
@@ -613,6 +619,20 @@ function summarise(
     0.25,
     (r) => div(elu(r, 'ab-turn'), elu(r, 'pg-turn')),
     'same run',
+  );
+  target(
+    'Database CPU per entry, 64 turns in flight: audit-batcher ÷ (b)',
+    '<=',
+    0.35,
+    (r) => div(dbCost(r, 'ab-turn-64', (x) => x.serverCpuMs), dbCost(r, 'pg-turn-64', (x) => x.serverCpuMs)),
+    'all PostgreSQL processes, same run',
+  );
+  target(
+    'WAL per entry, 64 turns in flight: audit-batcher ÷ (b)',
+    '<=',
+    1,
+    (r) => div(dbCost(r, 'ab-turn-64', (x) => x.walBytes), dbCost(r, 'pg-turn-64', (x) => x.walBytes)),
+    'pg_current_wal_lsn() difference, same run',
   );
   target('Per turn, 64 in flight, rows/s: audit-batcher ÷ (b) 64 in flight', '>=', 5, (r) => div(rps(r, 'ab-turn-64'), rps(r, 'pg-turn-64')), 'rows/s, same run');
   target(
