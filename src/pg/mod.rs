@@ -79,6 +79,8 @@ pub struct PgSink {
 /// How batches are written to the verified table.
 struct Statements {
     insert_sql: String,
+    /// The same INSERT without `ON CONFLICT`, for small batches never sent before.
+    insert_new_sql: String,
     /// `None` when a column's type rules COPY out.
     copy: Option<CopyPlan>,
 }
@@ -86,9 +88,12 @@ struct Statements {
 /// Which statement writes a batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Path {
-    /// `INSERT ... ON CONFLICT DO NOTHING` only.
+    /// `INSERT ... ON CONFLICT DO NOTHING` only: a retry, or a part of a batch being bisected.
     Insert,
-    /// Binary COPY, with the INSERT as fallback on a server error.
+    /// A small new batch: the INSERT without `ON CONFLICT`, falling back to the idempotent one on a
+    /// duplicate id.
+    InsertNew,
+    /// A large new batch: binary COPY, with the idempotent INSERT as fallback on a server error.
     Copy,
 }
 
@@ -144,8 +149,9 @@ impl PgSink {
                     insert_sql: schema::insert_statement(
                         &self.table,
                         &self.columns,
-                        &shape.conflict_columns,
+                        Some(&shape.conflict_columns),
                     ),
+                    insert_new_sql: schema::insert_statement(&self.table, &self.columns, None),
                     copy: CopyPlan::for_table(&self.table, &self.columns, &shape),
                 })
             })
@@ -225,11 +231,16 @@ fn with_causes(e: &dyn std::error::Error) -> String {
 }
 
 impl PgSink {
-    /// Writes `batch` with the path [`Self::choose_path`] picks: COPY first, falling back to the INSERT
-    /// in the same call on a server error, or the INSERT alone.
+    /// Writes `batch` by `path`: COPY or the INSERT without `ON CONFLICT` first for a new batch, falling
+    /// back to the idempotent INSERT in the same call on a server error (COPY) or a duplicate id; the
+    /// idempotent INSERT alone for a retry.
     async fn write_batch(&self, batch: &[Entry], path: Path) -> Result<(), WriteError> {
         let mut client = self.pool.get().await.map_err(|e| self.pool_error(e))?;
         let statements = self.statements(&client).await?;
+        let path = match (path, &statements.copy) {
+            (Path::Copy, None) => Path::InsertNew,
+            (path, _) => path,
+        };
         if path == Path::Copy {
             if let Some(plan) = &statements.copy {
                 // Dropped by a failure, or with this future by a deadline, the lease closes the
@@ -262,18 +273,30 @@ impl PgSink {
                 client = self.pool.get().await.map_err(|e| self.pool_error(e))?;
             }
         }
+        if path == Path::InsertNew {
+            match insert_batch(&client, &statements.insert_new_sql, batch, self.prepared).await {
+                Ok(()) => return Ok(()),
+                // A duplicate id (a caller's id the table holds): the idempotent INSERT decides. Counted
+                // as a failed attempt, as a failed COPY is.
+                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                    self.recovered.lock().push(self.db_error(&e));
+                }
+                Err(e) => return Err(self.db_error(&e)),
+            }
+        }
         insert_batch(&client, &statements.insert_sql, batch, self.prepared)
             .await
             .map_err(|e| self.db_error(&e))
     }
 
     /// Which statement a new batch (none of its entries sent before) should be written with: COPY when it
-    /// is large, unless a COPY failed in a way that rules it out for this table.
+    /// is large, unless a COPY failed in a way that rules it out for this table; else the INSERT without
+    /// `ON CONFLICT`.
     fn choose_path(&self, batch: &[Entry]) -> Path {
         if batch.len() >= COPY_MIN_ROWS && !self.copy_disabled.load(Ordering::Relaxed) {
             Path::Copy
         } else {
-            Path::Insert
+            Path::InsertNew
         }
     }
 }

@@ -5,11 +5,18 @@ use super::encode::ColumnArray;
 use super::ident::{Ident, TableName};
 use crate::fields::Field;
 
-/// `INSERT INTO <table> (<columns>) SELECT * FROM unnest($1::uuid[], ...) ON CONFLICT (<id>) DO NOTHING`.
+/// `INSERT INTO <table> (<columns>) SELECT * FROM unnest($1::uuid[], ...)`, followed by
+/// `ON CONFLICT (<id>) DO NOTHING` when `conflict` names the conflict target.
 ///
-/// `ON CONFLICT DO NOTHING` on the id (with the partition key, for a partitioned table: `conflict`) makes a
-/// write idempotent: resending a batch whose commit was not acknowledged stores each entry once.
-pub fn insert_statement(table: &TableName, columns: &ColumnMap, conflict: &[Ident]) -> String {
+/// `ON CONFLICT DO NOTHING` on the id (with the partition key, for a partitioned table) makes a write
+/// idempotent: resending a batch whose commit was not acknowledged stores each entry once. Without it (for a
+/// batch never sent before) the server skips the speculative insertion `ON CONFLICT` costs, in WAL and CPU,
+/// and a duplicate id fails the statement instead.
+pub fn insert_statement(
+    table: &TableName,
+    columns: &ColumnMap,
+    conflict: Option<&[Ident]>,
+) -> String {
     let names: Vec<String> = Field::ALL
         .iter()
         .map(|c| columns.name(*c).to_string())
@@ -22,12 +29,17 @@ pub fn insert_statement(table: &TableName, columns: &ColumnMap, conflict: &[Iden
             format!("${}::{}", i + 1, sql_type_name(&ty))
         })
         .collect();
-    let conflict: Vec<String> = conflict.iter().map(Ident::to_string).collect();
+    let on_conflict = match conflict {
+        Some(columns) => {
+            let columns: Vec<String> = columns.iter().map(Ident::to_string).collect();
+            format!(" ON CONFLICT ({}) DO NOTHING", columns.join(", "))
+        }
+        None => String::new(),
+    };
     format!(
-        "INSERT INTO {table} ({}) SELECT * FROM unnest({}) ON CONFLICT ({}) DO NOTHING",
+        "INSERT INTO {table} ({}) SELECT * FROM unnest({}){on_conflict}",
         names.join(", "),
         params.join(", "),
-        conflict.join(", ")
     )
 }
 
@@ -96,7 +108,7 @@ mod tests {
     fn insert_names_every_column_quoted_and_is_idempotent() {
         let t = TableName::parse("audit.events").unwrap();
         let m = ColumnMap::with_renames([("actor", "userId")]).unwrap();
-        let sql = insert_statement(&t, &m, &[Ident::parse("id").unwrap()]);
+        let sql = insert_statement(&t, &m, Some(&[Ident::parse("id").unwrap()]));
         assert_eq!(
             sql,
             "INSERT INTO \"audit\".\"events\" (\"id\", \"occurred_at\", \"tenant_id\", \"userId\", \"action\", \
