@@ -199,6 +199,9 @@ pub struct Batcher<S> {
     high_water_mark: Option<usize>,
     /// Entries of dead processes' spools still to write, ahead of new ones (with a spool only).
     replay: Option<Arc<Mutex<Replay>>>,
+    /// Held by the spool's periodic work and by its end at `close()`, so that they never overlap (a sync
+    /// preparing a segment while the close removes the spool's files).
+    spool_work: Arc<Mutex<()>>,
 }
 
 impl<S: Sink> Batcher<S> {
@@ -239,6 +242,7 @@ impl<S: Sink> Batcher<S> {
             observer: None,
             high_water_mark: None,
             replay: None,
+            spool_work: Arc::new(Mutex::new(())),
         }
     }
 

@@ -183,6 +183,7 @@ impl<S: Sink> Batcher<S> {
     /// memory, waiting for the write under way to settle first. Returns `false` when there is no spool
     /// (none was given, or `close()` ended it): the caller stops.
     pub fn spool_maintain(&self) -> bool {
+        let _work = self.spool_work.lock();
         let (spool, settled) = {
             let st = self.state.lock();
             match &st.spool {
@@ -230,7 +231,10 @@ impl<S: Sink> Batcher<S> {
             replay.lock().recovery = None;
         }
         let closing = spool.clone();
+        let work = self.spool_work.clone();
         let closed = tokio::task::spawn_blocking(move || {
+            // After any periodic work under way: none starts again (the spool is out of the state).
+            let _work = work.lock();
             let _ = closing.release_through(settled);
             let _ = closing.close();
             closing.stats()
