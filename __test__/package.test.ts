@@ -51,7 +51,7 @@ it('npm pack gives a tarball that installs into a fresh TypeScript project, type
   const packed = await exec('npm', ['pack', '--ignore-scripts', '--json', '--pack-destination', dir], { cwd: root });
   const [info] = JSON.parse(packed.stdout) as Array<{ filename: string; files: Array<{ path: string }> }>;
   const files = info!.files.map((f) => f.path).sort();
-  expect(files).toEqual(['README.md', 'audit-batcher.linux-x64-gnu.node', 'binding.js', 'index.d.ts', 'index.js', 'package.json']);
+  expect(files).toEqual(['README.md', 'audit-batcher.linux-x64-gnu.node', 'bin/audit-batcher.js', 'binding.js', 'index.d.ts', 'index.js', 'package.json']);
 
   await writeFile(join(dir, 'package.json'), JSON.stringify({ name: 'consumer', private: true, type: 'module' }));
   await writeFile(
