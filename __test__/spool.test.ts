@@ -158,6 +158,9 @@ describe('a crash loses nothing', () => {
       // Killed as soon as it logs, while the replay (150+ statements) is under way.
       await killAtRandom(child, 1, 150);
     }
+    const backlog = lines(first).length;
+    const before = await withClient(url, async (c) => Number((await c.query<{ n: string }>(`SELECT count(*) AS n FROM ${table}`)).rows[0]?.n));
+    console.log(`killed during recovery: ${before} rows in the table before the final drain, for a backlog of ${backlog} entries plus the children's own`);
     const spool = await drain(table, path.join(dir, 'spool'));
     await expectAllOnce(table, files);
     expect(spool?.recovered).toBeGreaterThan(0);
@@ -238,6 +241,21 @@ describe('torn and damaged segments', () => {
     expect(spool).toMatchObject({ recovered: 199, replayed: 199, damaged: 1, tornTails: 0 });
     expect(fs.readdirSync(path.join(dir, 'spool', 'quarantine'))).toHaveLength(1);
     expect(spoolsIn(path.join(dir, 'spool'))).toEqual([]);
+  });
+});
+
+describe('process lifetime with a spool', () => {
+  it('a script that logs into a spool and never closes exits on its own; its entries are written later', async () => {
+    const table = await newTable();
+    const dir = tempDir('exit');
+    const ids = path.join(dir, 'ids.txt');
+    const child = startLogger(DOWN, table, path.join(dir, 'spool'), ids, { count: 30, exit: true });
+    const timer = setTimeout(() => child.proc.kill('SIGKILL'), 15_000);
+    const end = await child.exited;
+    clearTimeout(timer);
+    expect({ code: end.code, signal: end.signal }, end.stderr).toEqual({ code: 0, signal: null });
+    await drain(table, path.join(dir, 'spool'));
+    expect(await expectAllOnce(table, [ids])).toBe(30);
   });
 });
 

@@ -416,6 +416,12 @@ impl Spool {
         }
     }
 
+    /// Test hook: the next `n` fdatasyncs fail with EIO.
+    #[cfg(test)]
+    pub(crate) fn fail_next_syncs(&self, n: u32) {
+        self.fail_syncs.store(n, Ordering::Relaxed);
+    }
+
     fn sync_data(&self, file: &File) -> io::Result<()> {
         #[cfg(test)]
         if self
