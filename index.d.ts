@@ -215,6 +215,13 @@ export interface AuditBatcherOptions {
   onHighWater?: (event: HighWaterEvent) => void
   /** Buffered entries at which `onHighWater` is called. */
   highWaterMark?: number
+  /**
+   * A durable local spool: each entry `log()` or `write()` accepts is in a file (in the kernel's page
+   * cache) before the call returns, so that a process crash loses none; the next batcher that opens
+   * the same `dir` writes those entries, each once, with their original ids and times, ahead of its
+   * own. See the README's "Durability" section.
+   */
+  spool?: SpoolOptions
 }
 
 /**
@@ -317,6 +324,8 @@ export interface AuditStats {
   flushLatencyMs: AuditPercentiles
   /** Rows per INSERT statement over the last 1024. */
   batchSize: AuditPercentiles
+  /** The durable spool's figures, or null without the `spool` option. */
+  spool: SpoolStats | null
 }
 
 /** Options for `close()`. */
@@ -366,4 +375,101 @@ export interface FlushResult {
 export interface HighWaterEvent {
   buffered: number
   bufferedBytes: number
+}
+
+/**
+ * Reads every spool under `dir` without changing anything (no lock kept, no file written). Throws
+ * when `dir` cannot be read (the message starts with `ENOENT: ` when it does not exist).
+ */
+export declare function inspectSpool(dir: string): SpoolInspection
+
+/** What a spool directory holds. */
+export interface SpoolInspection {
+  /** Oldest spool first. */
+  spools: Array<SpoolInspectionEntry>
+  /** Segments set aside in `quarantine/` because damage was found in them. */
+  quarantined: Array<string>
+}
+
+/** One spool under a spool directory. */
+export interface SpoolInspectionEntry {
+  /** The spool's directory. */
+  path: string
+  /** Whether a live process holds it (its entries are that process's, not replayed by others). */
+  live: boolean
+  segments: number
+  /** Readable entries. */
+  entries: number
+  /** Bytes of its segment files (preallocated). */
+  bytes: number
+  /** Earliest and latest `occurredAt` among its entries, or null when it has none. */
+  oldest?: Date
+  newest?: Date
+  /** Damaged stretches a replay would skip. */
+  damaged: number
+  /** Torn last records a replay would cut off. */
+  tornTails: number
+}
+
+/** The `spool` option. Unknown keys are refused. */
+export interface SpoolOptions {
+  /**
+   * Directory of the spool, created with mode 0700 when missing. Each batcher takes a spool of its
+   * own under it (locked while the process lives), so several processes may share one `dir`; a
+   * starting batcher also writes the spools under it whose process is gone.
+   */
+  dir: string
+  /**
+   * `'interval'` (default): fdatasync the spool every `syncIntervalMs`, so that a machine crash
+   * (power loss, kernel panic) loses at most the entries of the last interval. `'never'`: no fsync;
+   * a process crash still loses nothing, a machine crash may lose what the kernel had not written.
+   */
+  sync?: 'interval' | 'never'
+  /** How often the spool is synced, in milliseconds. Default 200. */
+  syncIntervalMs?: number
+  /**
+   * Disk the spool may use, in bytes (segments are preallocated whole). Default 1073741824 (1 GiB).
+   * At the bound `onBufferFull` applies as it does to memory; critical entries are still taken.
+   */
+  maxBytes?: number
+}
+
+/** What the durable spool holds and did. */
+export interface SpoolStats {
+  /**
+   * Bytes of segments on disk, this process's and those of dead processes not yet written
+   * (segments are preallocated whole).
+   */
+  bytes: number
+  /** Segments on disk (the same). */
+  segments: number
+  /** Entries appended to the spool. */
+  appended: number
+  /** Entries read back, at start, from the spools of processes that are gone. */
+  recovered: number
+  /** Of those, entries written to the table (not counted in `logged`). */
+  replayed: number
+  /** Of those, entries the table refused, moved to the dead-letter table. */
+  replayDeadLettered: number
+  /**
+   * Damaged records skipped while reading those spools (their segments are kept in
+   * `<dir>/quarantine/`).
+   */
+  damaged: number
+  /** Torn last records (a process killed mid-append) cut off while reading those spools. */
+  tornTails: number
+  /** Appends refused at `spool.maxBytes` (`onBufferFull` applied). */
+  full: number
+  /** Spool operations that failed on disk trouble. */
+  errors: number
+  /** Entries accepted while the spool could not take them: held in memory only. */
+  unspooled: number
+  /** Successful syncs (fdatasync) of the spool. */
+  syncs: number
+  /** Failed syncs; their entries were appended again to a new segment. */
+  syncFailures: number
+  /** How long the last sync took, in milliseconds, or null before the first. */
+  lastSyncMs?: number
+  /** The last disk error, in words, or null. */
+  lastError?: string
 }

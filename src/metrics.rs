@@ -84,6 +84,68 @@ pub fn render(stats: &Stats, labels: &[(String, String)]) -> String {
         "Attempts made by the background writer or close() after a failure.",
         &[(vec![], stats.retries as f64)],
     );
+    if let Some(report) = &stats.spool {
+        let sp = &report.spool;
+        metric(
+            "audit_batcher_spool_bytes",
+            "gauge",
+            "Bytes of spool segments on disk (own and claimed; preallocated whole).",
+            &[(vec![], sp.bytes as f64)],
+        );
+        metric(
+            "audit_batcher_spool_segments",
+            "gauge",
+            "Spool segments on disk (own and claimed).",
+            &[(vec![], sp.segments as f64)],
+        );
+        metric(
+            "audit_batcher_spool_entries_total",
+            "counter",
+            "Spool entries by event: appended, recovered (read back from dead processes' spools), replayed (of those, written), unspooled (kept in memory only: disk trouble).",
+            &[
+                (state("appended"), sp.appended as f64),
+                (state("recovered"), sp.recovered as f64),
+                (state("replayed"), report.replayed as f64),
+                (state("unspooled"), report.unspooled as f64),
+            ],
+        );
+        metric(
+            "audit_batcher_spool_damaged_total",
+            "counter",
+            "Damaged records skipped and torn tails cut off while reading dead processes' spools.",
+            &[(vec![], (sp.damaged + sp.torn_tails) as f64)],
+        );
+        metric(
+            "audit_batcher_spool_full_total",
+            "counter",
+            "Appends refused at spool.maxBytes (onBufferFull applied).",
+            &[(vec![], sp.full as f64)],
+        );
+        metric(
+            "audit_batcher_spool_errors_total",
+            "counter",
+            "Spool operations that failed on disk trouble.",
+            &[(vec![], sp.errors as f64)],
+        );
+        metric(
+            "audit_batcher_spool_syncs_total",
+            "counter",
+            "Spool syncs (fdatasync) that succeeded.",
+            &[(vec![], sp.syncs as f64)],
+        );
+        metric(
+            "audit_batcher_spool_sync_failures_total",
+            "counter",
+            "Spool syncs that failed (their segments were abandoned and the entries appended again).",
+            &[(vec![], sp.sync_failures as f64)],
+        );
+        metric(
+            "audit_batcher_spool_last_sync_seconds",
+            "gauge",
+            "Duration of the last spool sync.",
+            &[(vec![], sp.last_sync.map_or(0.0, |d| d.as_secs_f64()))],
+        );
+    }
     let h = &stats.latency_histogram;
     let mut samples: Vec<(Vec<String>, f64)> = Vec::new();
     let mut cumulative = 0u64;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::batcher::{BackgroundConfig, BatcherConfig};
 use crate::sink::SinkConfig;
+use crate::spool::SpoolConfig;
 
 /// An option that was refused: which one (`poolSize`, `columns.actor`, ...) and why, in words a user
 /// can act on. Never holds a password.
@@ -149,6 +150,20 @@ pub mod limits {
         max: 600_000,
         default: Some(10_000),
     };
+    /// `spool.syncIntervalMs`: how often the spool is synced (and its next segment prepared).
+    pub const SPOOL_SYNC_INTERVAL_MS: Whole = Whole {
+        name: "spool.syncIntervalMs",
+        min: 1,
+        max: 60_000,
+        default: Some(200),
+    };
+    /// `spool.maxBytes`: disk the spool may use (segments are 16 MiB, at most a quarter of it).
+    pub const SPOOL_MAX_BYTES: Whole = Whole {
+        name: "spool.maxBytes",
+        min: 1 << 20,
+        max: 1 << 50,
+        default: Some(1 << 30),
+    };
 }
 
 /// The table written to when the `table` option is not given.
@@ -167,6 +182,15 @@ pub struct Config {
     pub close_timeout: Duration,
     /// Buffered entries at which the observer hears `on_high_water`.
     pub high_water_mark: Option<usize>,
+    /// The durable spool, when asked for.
+    pub spool: Option<SpoolSettings>,
+}
+
+/// Where and how the durable spool keeps accepted entries.
+#[derive(Clone, Debug)]
+pub struct SpoolSettings {
+    pub dir: std::path::PathBuf,
+    pub config: SpoolConfig,
 }
 
 impl Config {

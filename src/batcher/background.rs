@@ -113,3 +113,64 @@ pub async fn run_background<S: Sink>(batcher: Weak<Batcher<S>>, config: Backgrou
         last_flush = Instant::now();
     }
 }
+
+/// Runs the spool's periodic work ([`Batcher::spool_maintain`]: release, sync, next segment) every
+/// `interval`, off the event loop, until the batcher is closed or dropped. Holds the batcher weakly.
+pub async fn run_spool_sync<S: Sink>(batcher: Weak<Batcher<S>>, interval: Duration) {
+    let Some(shutdown) = batcher.upgrade().map(|b| b.shutdown.clone()) else {
+        return;
+    };
+    loop {
+        let closed = shutdown.notified();
+        tokio::pin!(closed);
+        closed.as_mut().enable();
+        match batcher.upgrade() {
+            Some(b) if !b.is_closing() => {}
+            _ => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = closed => return,
+        }
+        let Some(b) = batcher.upgrade() else { return };
+        if b.is_closing() {
+            return;
+        }
+        match tokio::task::spawn_blocking(move || b.spool_maintain()).await {
+            Ok(true) => {}
+            _ => return,
+        }
+    }
+}
+
+/// Writes the entries of dead processes' spools at start-up, without waiting for a first flush, retrying
+/// with backoff while the sink fails, until they are all written or the batcher is closed or dropped
+/// (then `close()`'s final flush, or the next start, writes the rest). Holds the batcher weakly.
+pub async fn run_replay<S: Sink>(batcher: Weak<Batcher<S>>) {
+    let Some(shutdown) = batcher.upgrade().map(|b| b.shutdown.clone()) else {
+        return;
+    };
+    let mut failures: u32 = 0;
+    loop {
+        let closed = shutdown.notified();
+        tokio::pin!(closed);
+        closed.as_mut().enable();
+        let delay = {
+            let Some(b) = batcher.upgrade() else { return };
+            if b.is_closing() || !b.replay_pending() {
+                return;
+            }
+            match b.replay_now().await {
+                Ok(()) => return,
+                Err(_) => {
+                    failures = failures.saturating_add(1);
+                    b.config.backoff.delay(failures)
+                }
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = closed => return,
+        }
+    }
+}

@@ -6,6 +6,7 @@
 
 mod background;
 mod policy;
+mod spooling;
 mod stats;
 #[cfg(test)]
 mod tests;
@@ -18,12 +19,14 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-pub use self::background::{run_background, BackgroundConfig};
+pub use self::background::{run_background, run_replay, run_spool_sync, BackgroundConfig};
 pub use self::policy::{Backoff, BatcherConfig, OverflowPolicy, Sampling};
+use self::spooling::Replay;
 use self::stats::Window;
-pub use self::stats::{Histogram, Percentiles, Stats};
+pub use self::stats::{Histogram, Percentiles, SpoolReport, Stats};
 use crate::entry::{Entry, EntryDraft, InvalidEntry, Timestamp};
 use crate::sink::{FailureKind, Sink, WriteError};
+use crate::spool::{Recovery, Spool, SpoolError, SpoolStats};
 use crate::uuid7::{Uuid, Uuid7Generator};
 
 /// Hears what the batcher does, for callbacks and logs. Called outside the batcher's lock, from whichever
@@ -152,6 +155,14 @@ struct State {
     critical_target: u64,
     stats: Stats,
     window: Window,
+    /// The durable spool every buffered entry is appended to, until `close()` ends it.
+    spool: Option<Arc<Spool>>,
+    /// The spool's figures when `close()` ended it.
+    spool_final: Option<SpoolStats>,
+    /// The last append failed on disk trouble (reported once per streak of failures).
+    spool_failing: bool,
+    /// Entries kept in memory only because the spool could not take them (disk trouble).
+    unspooled: u64,
 }
 
 impl State {
@@ -188,6 +199,11 @@ pub struct Batcher<S> {
     observer: Option<Box<dyn Observer>>,
     /// Entries buffered at which [`Observer::on_high_water`] is called.
     high_water_mark: Option<usize>,
+    /// Entries of dead processes' spools still to write, ahead of new ones (with a spool only).
+    replay: Option<Arc<Mutex<Replay>>>,
+    /// Held by the spool's periodic work and by its end at `close()`, so that they never overlap (a sync
+    /// preparing a segment while the close removes the spool's files).
+    spool_work: Arc<Mutex<()>>,
 }
 
 impl<S: Sink> Batcher<S> {
@@ -217,6 +233,10 @@ impl<S: Sink> Batcher<S> {
                 critical_target: 0,
                 stats: Stats::default(),
                 window: Window::default(),
+                spool: None,
+                spool_final: None,
+                spool_failing: false,
+                unspooled: 0,
             }),
             writer: tokio::sync::Mutex::new(()),
             wake: Arc::new(Notify::new()),
@@ -224,7 +244,19 @@ impl<S: Sink> Batcher<S> {
             abandon: Notify::new(),
             observer: None,
             high_water_mark: None,
+            replay: None,
+            spool_work: Arc::new(Mutex::new(())),
         }
+    }
+
+    /// Makes the batcher durable: every entry it buffers is appended to `spool` before `log()` returns,
+    /// and the entries `recovery` streams (those of dead processes' spools) are written before any entry
+    /// of this batcher, each once, with their original ids and times. See [`spooling`](self) for the
+    /// rest of the wiring (`spool_maintain`, `replay_now`, and `close()`).
+    pub fn with_spool(mut self, spool: Spool, recovery: Recovery) -> Self {
+        self.state.get_mut().spool = Some(Arc::new(spool));
+        self.replay = Some(Arc::new(Mutex::new(Replay::new(recovery))));
+        self
     }
 
     /// Reports what happens to `observer`; with `high_water_mark`, also each time the buffer reaches it.
@@ -265,12 +297,14 @@ impl<S: Sink> Batcher<S> {
         } else {
             self.config.sampling.rate_for(prepared.action())
         };
-        let mut st = self.state.lock();
+        let mut guard = self.state.lock();
+        // One exclusive borrow, so that the spool (a field) can be used while other fields change.
+        let st = &mut *guard;
         if st.closing {
             return Err(LogError::Closed);
         }
         let keep = rate >= 1.0 || st.rng.f64() < rate;
-        let full = !critical
+        let mut full = !critical
             && (st.buffered() >= self.config.max_buffered_entries
                 || st.buffered_bytes() + size > self.config.max_buffered_bytes);
         if keep && full && self.config.on_buffer_full == OverflowPolicy::Reject {
@@ -280,11 +314,44 @@ impl<S: Sink> Batcher<S> {
                 bytes: st.buffered_bytes(),
             });
         }
-        if prepared.sanitized {
-            st.stats.sanitized += 1;
-        }
+        let sanitized = prepared.sanitized;
         let entry = prepared.finish(&mut st.ids);
         let id = entry.id();
+        let mut spool_error = None;
+        if keep && !full {
+            if let Some(spool) = &st.spool {
+                // Under the state lock, so that the spool's order is acceptance order.
+                let seq = st.accepted + 1;
+                let appended = if critical {
+                    spool.append_critical(seq, &entry)
+                } else {
+                    spool.append(seq, &entry)
+                };
+                match appended {
+                    Ok(()) => st.spool_failing = false,
+                    Err(SpoolError::Full { .. }) => {
+                        if self.config.on_buffer_full == OverflowPolicy::Reject {
+                            st.stats.rejected += 1;
+                            return Err(LogError::BufferFull {
+                                entries: st.buffered(),
+                                bytes: st.buffered_bytes(),
+                            });
+                        }
+                        full = true;
+                    }
+                    // Disk trouble: the entry is kept in memory only, counted, reported once.
+                    Err(e) => {
+                        st.unspooled += 1;
+                        if !std::mem::replace(&mut st.spool_failing, true) {
+                            spool_error = Some(e);
+                        }
+                    }
+                }
+            }
+        }
+        if sanitized {
+            st.stats.sanitized += 1;
+        }
         st.stats.logged += 1;
         let disposition = if !keep {
             st.stats.sampled_out += 1;
@@ -309,7 +376,10 @@ impl<S: Sink> Batcher<S> {
         let crossed = matches!(disposition, Disposition::Buffered { .. })
             && self.high_water_mark == Some(st.buffered());
         let (buffered, bytes) = (st.buffered(), st.buffered_bytes());
-        drop(st);
+        drop(guard);
+        if let (Some(e), Some(o)) = (spool_error, &self.observer) {
+            o.on_error(&spooling::unspooled_error(&e), buffered);
+        }
         if crossed {
             if let Some(o) = &self.observer {
                 o.on_high_water(buffered, bytes);
@@ -457,18 +527,36 @@ impl<S: Sink> Batcher<S> {
     /// A snapshot of the counters.
     pub fn stats(&self) -> Stats {
         let st = self.state.lock();
-        Stats {
+        let mut stats = Stats {
             buffered: st.buffered(),
             buffered_bytes: st.buffered_bytes(),
             flush_latency_ms: st.window.latency(),
             batch_size: st.window.batch_size(),
             ..st.stats.clone()
-        }
+        };
+        let spool = st.spool.clone();
+        let unspooled = st.unspooled;
+        let last = st.spool_final.clone();
+        drop(st);
+        let figures = spool.map(|s| s.stats()).or(last);
+        stats.spool = figures.map(|spool| {
+            let (replayed, replay_dead_lettered) =
+                self.replay.as_ref().map_or((0, 0), |r| r.lock().counts());
+            SpoolReport {
+                spool,
+                replayed,
+                replay_dead_lettered,
+                unspooled,
+            }
+        });
+        stats
     }
 
     /// Writes batches until entries `1..=target` are settled (written or dead-lettered) or a write fails.
     async fn flush_to(&self, target: u64) -> Result<(), FlushError> {
         let _writer = self.writer.lock().await;
+        // Entries of dead processes go first.
+        self.replay_recovered().await?;
         loop {
             let batch = {
                 let mut st = self.state.lock();
@@ -494,7 +582,10 @@ impl<S: Sink> Batcher<S> {
                     batch.progress = Progress::all(batch.entries().len());
                 }
                 Err(cause) if cause.kind == FailureKind::Rejected => {
-                    self.isolate(&mut batch, cause).await
+                    let InFlight {
+                        entries, progress, ..
+                    } = &mut batch;
+                    self.isolate(entries, progress, cause).await
                 }
                 Err(cause) => batch.progress.error = Some(cause),
             }
@@ -511,10 +602,7 @@ impl<S: Sink> Batcher<S> {
     /// Writes `batch`, which the sink rejected, in order: halves are tried in turn, down to single entries;
     /// a single entry the sink rejects is dead-lettered. Stops at the first transient failure. Progress is
     /// recorded in the batch as it is made, so a flush abandoned half-way keeps what it settled.
-    async fn isolate(&self, batch: &mut InFlight<'_, S>, first: WriteError) {
-        let InFlight {
-            entries, progress, ..
-        } = batch;
+    async fn isolate(&self, entries: &[Entry], progress: &mut Progress, first: WriteError) {
         // Ranges still to write, the next one last; each is known or suspected to hold a rejected row.
         let mut todo = vec![(0, entries.len(), Some(first))];
         while let Some((a, b, known)) = todo.pop() {
@@ -686,6 +774,7 @@ impl CloseTicket {
                     first
                 };
                 if first {
+                    batcher.close_spool().await;
                     batcher.sink.close().await;
                 }
                 batcher.state.lock().closed.clone().flatten()

@@ -46,6 +46,21 @@ pub struct Stats {
     pub batch_size: Percentiles,
     /// Every statement's duration since the start, in fixed buckets.
     pub latency_histogram: Histogram,
+    /// The durable spool's figures; `None` without a spool.
+    pub spool: Option<SpoolReport>,
+}
+
+/// What the durable spool did: its own figures, and the batcher's side of the replay.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SpoolReport {
+    pub spool: crate::spool::SpoolStats,
+    /// Entries of dead processes' spools written to the sink (not counted in `logged`).
+    pub replayed: u64,
+    /// Of those read back from dead processes' spools, entries the sink refused and that were
+    /// dead-lettered (not counted in `logged` either).
+    pub replay_dead_lettered: u64,
+    /// Entries accepted while the spool could not take them (disk trouble): held in memory only.
+    pub unspooled: u64,
 }
 
 /// Statement durations since the batcher was made, counted in fixed buckets (Prometheus' cumulative

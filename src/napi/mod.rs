@@ -10,6 +10,7 @@ mod events;
 mod exit;
 mod options;
 mod settle;
+mod spool_tools;
 mod types;
 
 use std::future::Future;
@@ -31,10 +32,11 @@ use self::options::OptionError;
 pub use self::options::{AuditBatcherOptions, CloseOptions};
 use self::settle::{settled, Completion, Outcome, Settler, Value};
 pub use self::types::*;
-use crate::batcher::{run_background, Batcher, Disposition, Logged};
+use crate::batcher::{run_background, run_replay, run_spool_sync, Batcher, Disposition, Logged};
 use crate::entry::EntryDraft;
 use crate::options::{Config, InvalidOption};
 use crate::sink::AnySink;
+use crate::spool::Spool;
 
 /// Records audit entries cheaply on the hot path and writes them to PostgreSQL in batches.
 ///
@@ -95,6 +97,7 @@ impl AuditBatcher {
             flush_on_exit,
             close_timeout,
             high_water_mark,
+            spool,
             ..
         } = config;
         let sink = AnySink::new(sink).map_err(invalid)?;
@@ -103,9 +106,25 @@ impl AuditBatcher {
         if !observer.is_empty() || high_water_mark.is_some() {
             batcher = batcher.with_observer(Box::new(observer), high_water_mark);
         }
+        let spool_interval = spool.as_ref().map(|s| s.config.sync_interval);
+        if let Some(settings) = spool {
+            // Reads the directory's listing only: the entries of dead processes are read later, off the
+            // event loop, by the replay.
+            let (spool, recovery) = Spool::open(&settings.dir, settings.config).map_err(|e| {
+                invalid(InvalidOption::new(
+                    "spool.dir",
+                    format!("cannot be used: {e}"),
+                ))
+            })?;
+            batcher = batcher.with_spool(spool, recovery);
+        }
         let core = Arc::new(batcher);
         if let Some(background) = background {
             spawn(run_background(Arc::downgrade(&core), background));
+        }
+        if let Some(interval) = spool_interval {
+            spawn(run_spool_sync(Arc::downgrade(&core), interval));
+            spawn(run_replay(Arc::downgrade(&core)));
         }
         let exit = if flush_on_exit {
             Some(exit::install(&env, &core, close_timeout)?)

@@ -18,16 +18,22 @@ use napi_derive::napi;
 use super::convert::type_name;
 use super::errors::{describe_exception, take_exception};
 use crate::batcher::{BatcherConfig, OverflowPolicy, Sampling};
-use crate::options::{limits, Config, InvalidOption, DEFAULT_TABLE};
+use crate::options::{limits, Config, InvalidOption, SpoolSettings, DEFAULT_TABLE};
 use crate::pg::columns::ColumnMap;
 use crate::pg::ident::TableName;
 use crate::pg::PgSettings;
 use crate::sink::SinkConfig;
+use crate::spool::{SpoolConfig, SyncMode};
 
 /// An options object: what its keys may be, and the JavaScript type of each.
 pub trait OptionsObject {
     /// Each option's JavaScript name and the type its value must have.
     fn fields() -> &'static [(String, ValueType)];
+    /// Checks the value of option `key` when it is itself an options object (unknown keys, types,
+    /// required keys), naming a bad key `key.inner`.
+    fn check_nested(_env: &Env, _key: &str, _value: &Unknown) -> Result<(), OptionError> {
+        Ok(())
+    }
 }
 
 /// Implements [`OptionsObject`] for an options struct from the list of its fields. The list cannot drift
@@ -35,8 +41,13 @@ pub trait OptionsObject {
 /// not here (or listed here and not in the struct) fails to compile. Names and JavaScript types come from
 /// the struct's own fields.
 macro_rules! options_object {
-    ($name:ident { $($field:ident),* $(,)? }) => {
+    ($name:ident { $($field:ident),* $(,)? } $(nested: $check:path)?) => {
         impl OptionsObject for $name {
+            $(
+            fn check_nested(env: &Env, key: &str, value: &Unknown) -> Result<(), OptionError> {
+                $check(env, key, value)
+            }
+            )?
             fn fields() -> &'static [(String, ValueType)] {
                 #[allow(dead_code)]
                 fn every_field_is_listed(o: $name) {
@@ -170,6 +181,73 @@ pub struct AuditBatcherOptions {
     pub on_high_water: Option<FunctionRef<(), ()>>,
     /// Buffered entries at which `onHighWater` is called.
     pub high_water_mark: Option<f64>,
+    /// A durable local spool: each entry `log()` or `write()` accepts is in a file (in the kernel's page
+    /// cache) before the call returns, so that a process crash loses none; the next batcher that opens
+    /// the same `dir` writes those entries, each once, with their original ids and times, ahead of its
+    /// own. See the README's "Durability" section.
+    pub spool: Option<SpoolOptions>,
+}
+
+/// The `spool` option. Unknown keys are refused.
+#[napi(object, object_to_js = false)]
+pub struct SpoolOptions {
+    /// Directory of the spool, created with mode 0700 when missing. Each batcher takes a spool of its
+    /// own under it (locked while the process lives), so several processes may share one `dir`; a
+    /// starting batcher also writes the spools under it whose process is gone.
+    pub dir: String,
+    /// `'interval'` (default): fdatasync the spool every `syncIntervalMs`, so that a machine crash
+    /// (power loss, kernel panic) loses at most the entries of the last interval. `'never'`: no fsync;
+    /// a process crash still loses nothing, a machine crash may lose what the kernel had not written.
+    #[napi(ts_type = "'interval' | 'never'")]
+    pub sync: Option<String>,
+    /// How often the spool is synced, in milliseconds. Default 200.
+    pub sync_interval_ms: Option<f64>,
+    /// Disk the spool may use, in bytes (segments are preallocated whole). Default 1073741824 (1 GiB).
+    /// At the bound `onBufferFull` applies as it does to memory; critical entries are still taken.
+    pub max_bytes: Option<f64>,
+}
+
+options_object!(SpoolOptions {
+    dir,
+    sync,
+    sync_interval_ms,
+    max_bytes,
+});
+
+/// Checks the `spool` option's object: its keys, their types, and that `dir` is given.
+fn check_spool(env: &Env, key: &str, value: &Unknown) -> Result<(), OptionError> {
+    if key != "spool" {
+        return Ok(());
+    }
+    let nested = |mut e: OptionError| {
+        if e.invalid.option != key {
+            e.invalid.option = format!("{key}.{}", e.invalid.option);
+        }
+        e
+    };
+    if value.get_type().map_err(|_| OptionError::threw(env, key))? == ValueType::Object
+        && !value.is_array().map_err(|_| OptionError::threw(env, key))?
+    {
+        // SAFETY: the value was just checked to be an object.
+        let obj = unsafe { value.cast::<Object>() }.map_err(|_| OptionError::threw(env, key))?;
+        let dir: Unknown = obj
+            .get_named_property("dir")
+            .map_err(|_| OptionError::threw(env, "spool.dir"))?;
+        if matches!(
+            dir.get_type()
+                .map_err(|_| OptionError::threw(env, "spool.dir"))?,
+            ValueType::Undefined | ValueType::Null
+        ) {
+            return Err(InvalidOption::new(
+                "spool.dir",
+                "is required when `spool` is given (a directory path)",
+            )
+            .into());
+        }
+    }
+    read::<SpoolOptions>(env, value, key)
+        .map(|_| ())
+        .map_err(nested)
 }
 
 /// Options for `close()`.
@@ -207,7 +285,8 @@ options_object!(AuditBatcherOptions {
     on_dead_letter,
     on_high_water,
     high_water_mark,
-});
+    spool,
+} nested: check_spool);
 
 options_object!(CloseOptions { timeout_ms });
 
@@ -279,6 +358,7 @@ where
         if got != wanted {
             return Err(InvalidOption::new(key, format!("must be {wanted}, got {got}")).into());
         }
+        T::check_nested(env, &key, &v)?;
     }
     // SAFETY: `value` is a live object of `env`. Every key was checked above; what can still fail is a
     // getter that throws on this second read, or a nested value napi-rs cannot convert.
@@ -375,8 +455,40 @@ impl TryFrom<&AuditBatcherOptions> for Config {
             high_water_mark: limits::HIGH_WATER_MARK
                 .read(o.high_water_mark)?
                 .map(|n| n as usize),
+            spool: o.spool.as_ref().map(spool).transpose()?,
         })
     }
+}
+
+/// The `spool` option, checked, with the defaults of [`limits`].
+fn spool(o: &SpoolOptions) -> Result<SpoolSettings, InvalidOption> {
+    if o.dir.trim().is_empty() {
+        return Err(InvalidOption::new(
+            "spool.dir",
+            "must be a directory path, got an empty string",
+        ));
+    }
+    let sync = match o.sync.as_deref() {
+        None | Some("interval") => SyncMode::Interval,
+        Some("never") => SyncMode::Never,
+        Some(other) => {
+            return Err(InvalidOption::new(
+                "spool.sync",
+                format!("must be 'interval' or 'never', got {other:?}"),
+            ))
+        }
+    };
+    Ok(SpoolSettings {
+        dir: o.dir.clone().into(),
+        config: SpoolConfig {
+            sync,
+            sync_interval: Duration::from_millis(
+                limits::SPOOL_SYNC_INTERVAL_MS.value(o.sync_interval_ms)?,
+            ),
+            max_bytes: limits::SPOOL_MAX_BYTES.value(o.max_bytes)?,
+            ..SpoolConfig::default()
+        },
+    })
 }
 
 /// The sink. The PostgreSQL options are checked whichever sink is chosen, so that a test suite on the

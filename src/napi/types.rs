@@ -3,7 +3,7 @@
 use napi::bindgen_prelude::{Either, Null};
 use napi_derive::napi;
 
-use crate::batcher::{FlushOutcome, Percentiles, Stats};
+use crate::batcher::{FlushOutcome, Percentiles, SpoolReport, Stats};
 use crate::entry::{Entry, TextField, Timestamp};
 
 /// One audit entry, as given to `log()` or `write()`. `null` and `undefined` mean absent for every optional
@@ -126,6 +126,69 @@ pub struct AuditStats {
     pub flush_latency_ms: AuditPercentiles,
     /// Rows per INSERT statement over the last 1024.
     pub batch_size: AuditPercentiles,
+    /// The durable spool's figures, or null without the `spool` option.
+    #[napi(ts_type = "SpoolStats | null")]
+    pub spool: Either<SpoolStats, Null>,
+}
+
+/// What the durable spool holds and did.
+#[napi(object)]
+pub struct SpoolStats {
+    /// Bytes of segments on disk, this process's and those of dead processes not yet written
+    /// (segments are preallocated whole).
+    pub bytes: i64,
+    /// Segments on disk (the same).
+    pub segments: i64,
+    /// Entries appended to the spool.
+    pub appended: i64,
+    /// Entries read back, at start, from the spools of processes that are gone.
+    pub recovered: i64,
+    /// Of those, entries written to the table (not counted in `logged`).
+    pub replayed: i64,
+    /// Of those, entries the table refused, moved to the dead-letter table.
+    pub replay_dead_lettered: i64,
+    /// Damaged records skipped while reading those spools (their segments are kept in
+    /// `<dir>/quarantine/`).
+    pub damaged: i64,
+    /// Torn last records (a process killed mid-append) cut off while reading those spools.
+    pub torn_tails: i64,
+    /// Appends refused at `spool.maxBytes` (`onBufferFull` applied).
+    pub full: i64,
+    /// Spool operations that failed on disk trouble.
+    pub errors: i64,
+    /// Entries accepted while the spool could not take them: held in memory only.
+    pub unspooled: i64,
+    /// Successful syncs (fdatasync) of the spool.
+    pub syncs: i64,
+    /// Failed syncs; their entries were appended again to a new segment.
+    pub sync_failures: i64,
+    /// How long the last sync took, in milliseconds, or null before the first.
+    pub last_sync_ms: Option<f64>,
+    /// The last disk error, in words, or null.
+    pub last_error: Option<String>,
+}
+
+impl From<SpoolReport> for SpoolStats {
+    fn from(r: SpoolReport) -> Self {
+        let s = r.spool;
+        SpoolStats {
+            bytes: s.bytes as i64,
+            segments: s.segments as i64,
+            appended: s.appended as i64,
+            recovered: s.recovered as i64,
+            replayed: r.replayed as i64,
+            replay_dead_lettered: r.replay_dead_lettered as i64,
+            damaged: s.damaged as i64,
+            torn_tails: s.torn_tails as i64,
+            full: s.full as i64,
+            errors: s.errors as i64,
+            unspooled: r.unspooled as i64,
+            syncs: s.syncs as i64,
+            sync_failures: s.sync_failures as i64,
+            last_sync_ms: s.last_sync.map(|d| d.as_secs_f64() * 1000.0),
+            last_error: s.last_error,
+        }
+    }
 }
 
 pub fn utc(t: Timestamp) -> chrono::DateTime<chrono::Utc> {
@@ -158,6 +221,10 @@ impl From<Stats> for AuditStats {
             },
             flush_latency_ms: s.flush_latency_ms.into(),
             batch_size: s.batch_size.into(),
+            spool: match s.spool {
+                Some(r) => Either::A(r.into()),
+                None => Either::B(Null),
+            },
         }
     }
 }

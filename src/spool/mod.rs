@@ -223,6 +223,11 @@ impl Spool {
         ))
     }
 
+    /// How often [`Spool::sync`] should be called (its config's `sync_interval`).
+    pub fn sync_interval(&self) -> Duration {
+        self.own.lock().config.sync_interval
+    }
+
     /// This process's spool directory.
     pub fn dir(&self) -> PathBuf {
         self.own.lock().lock.path().to_path_buf()
@@ -424,6 +429,12 @@ impl Spool {
         }
     }
 
+    /// Test hook: the next `n` fdatasyncs fail with EIO.
+    #[cfg(test)]
+    pub(crate) fn fail_next_syncs(&self, n: u32) {
+        self.fail_syncs.store(n, Ordering::Relaxed);
+    }
+
     fn sync_data(&self, file: &File) -> io::Result<()> {
         #[cfg(test)]
         if self
@@ -536,8 +547,9 @@ impl Spool {
     /// Ends this process's use of the spool. When every own entry is released (`release_through` was
     /// given the highest seq appended), its files and directory are removed; otherwise it is synced (with
     /// [`SyncMode::Interval`]) and left for the next start to replay. Returns whether it was removed.
-    /// Claimed spools not yet released stay for the next start.
-    pub fn close(self) -> Result<bool, SpoolError> {
+    /// Claimed spools not yet released stay for the next start. Call it once, after the last append
+    /// (an append after a close that removed the spool fails with an I/O error).
+    pub fn close(&self) -> Result<bool, SpoolError> {
         let done = {
             let mut own = self.own.lock();
             if let Some((spare, writer)) = own.spare.take() {

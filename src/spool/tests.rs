@@ -381,6 +381,7 @@ fn close_with_unsettled_entries_leaves_them_for_the_next_start() {
     append_range(&spool, 1..=20, 100);
     spool.release_through(10).unwrap();
     assert!(!spool.close().unwrap());
+    drop(spool); // its lock goes with the handle
     let (_s, got) = recover(dir.path());
     assert_eq!(
         seqs(&got),
