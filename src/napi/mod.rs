@@ -41,8 +41,8 @@ use crate::spool::Spool;
 /// Records audit entries cheaply on the hot path and writes them to PostgreSQL in batches.
 ///
 /// - `log()` is synchronous, does no I/O, and checks the entry at once.
-/// - Entries are written in `log()` order, each batch in one `INSERT ... ON CONFLICT (id) DO NOTHING`,
-///   so a retry never stores an entry twice.
+/// - Entries are written in `log()` order, each batch in one statement; a retry carries
+///   `ON CONFLICT (id) DO NOTHING`, so it never stores an entry twice.
 /// - A failed flush keeps its entries buffered, ahead of newer ones, for the next flush.
 #[napi]
 pub struct AuditBatcher {

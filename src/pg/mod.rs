@@ -55,8 +55,10 @@ pub struct PgSettings {
     pub prepared_statements: bool,
 }
 
-/// Writes batches to a PostgreSQL table, each in one `INSERT ... ON CONFLICT (id) DO NOTHING` statement,
-/// or, when it is large and new, one binary `COPY` (see [`copy`]).
+/// Writes batches to a PostgreSQL table, each in one statement: a batch never sent before with an `INSERT`
+/// (no `ON CONFLICT`) or, when it is large, a binary `COPY` (see [`copy`]); a retry with the idempotent
+/// `INSERT ... ON CONFLICT (id) DO NOTHING`, as is a new batch whose first statement failed on a duplicate id
+/// or on a refused COPY.
 ///
 /// Connections are opened when first needed, and a connection found broken is replaced on the next write.
 pub struct PgSink {
