@@ -120,6 +120,8 @@ describe.runIf(binary)('Redis hand-off', () => {
     b.child.kill('SIGTERM');
     const stopped = await b.exit;
     expect(stopped.code).toBe(0);
+    // What the survivor took over from the killed worker (usually its batch in hand), for the log.
+    console.log(`surviving worker: ${stopped.stdout.trim().split('\n').pop()}`);
     expect(await count(table)).toEqual({ rows: 60_000, distinct: 60_000 });
     const perProducer = await withClient(url, async (c) =>
       (await c.query(`SELECT split_part(actor, ':', 1) AS p, count(DISTINCT actor)::int AS n FROM ${table} GROUP BY 1 ORDER BY 1`)).rows,

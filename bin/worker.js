@@ -132,7 +132,7 @@ async function run(argv) {
     const code = await stop()
     const s = worker.stats()
     process.stdout.write(
-      `audit-batcher worker: stopped (written ${s.entriesWritten}, acknowledged ${s.entriesAcked}, dead-lettered ${s.entriesDeadLettered})\n`,
+      `audit-batcher worker: stopped (written ${s.entriesWritten}, acknowledged ${s.entriesAcked}, claimed ${s.entriesClaimed}, dead-lettered ${s.entriesDeadLettered})\n`,
     )
     return (process.exitCode = code)
   } finally {
