@@ -852,4 +852,5 @@ function __napiStampBindingTarget(exportsObject, target) {
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
 module.exports.AuditBatcher = nativeBinding.AuditBatcher
+module.exports.AuditWorker = nativeBinding.AuditWorker
 module.exports.inspectSpool = nativeBinding.inspectSpool

@@ -13,8 +13,8 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
  * Records audit entries cheaply on the hot path and writes them to PostgreSQL in batches.
  *
  * - `log()` is synchronous, does no I/O, and checks the entry at once.
- * - Entries are written in `log()` order, each batch in one `INSERT ... ON CONFLICT (id) DO NOTHING`,
- *   so a retry never stores an entry twice.
+ * - Entries are written in `log()` order, each batch in one statement; a retry carries
+ *   `ON CONFLICT (id) DO NOTHING`, so it never stores an entry twice.
  * - A failed flush keeps its entries buffered, ahead of newer ones, for the next flush.
  */
 export declare class AuditBatcher {
@@ -92,6 +92,61 @@ export declare class AuditBatcher {
    * `code: 'ERR_AUDIT_NOT_MEMORY_SINK'` on a PostgreSQL batcher.
    */
   memoryEntries(): Array<AuditRecord>
+}
+
+/**
+ * A pool member that reads audit entries from a Redis stream in a consumer group and writes them to
+ * PostgreSQL, through the direct mode's path (COPY or INSERT ... ON CONFLICT (id) DO NOTHING, poison-row
+ * bisection, dead-letter table).
+ *
+ * - An entry is acknowledged (and removed from the stream) only after the statement that wrote it
+ *   committed, or after it was dead-lettered; entries held by a worker that died are claimed by another
+ *   after `redis.claimIdleMs`. So every entry in the stream reaches the table once.
+ * - A stream entry that cannot be decoded goes to the dead-letter table; it never blocks the stream.
+ * - PostgreSQL down: nothing is acknowledged, the batch in hand is retried with backoff; Redis down:
+ *   reads and acknowledgements are retried on connections that reopen by themselves.
+ * - It never keeps the Node process alive by itself, neither while running nor after `stop()`: its
+ *   reads run on the addon's threads and hold no handle of the event loop (only a promise of
+ *   `start()`/`stop()` does, until it settles). A process whose only work is the worker must hold the
+ *   event loop itself (a server, a timer: `bin/worker.js` keeps a timer until it stops).
+ */
+export declare class AuditWorker {
+  /**
+   * Checks the options (the same table options as `AuditBatcher`, plus `redis`); connects to nothing
+   * until `start()`. Throws a TypeError with `code: 'ERR_AUDIT_INVALID_OPTIONS'` naming the bad option
+   * (`redis.shards`, `connectionString`, ...); no message holds a password.
+   */
+  constructor(options: AuditWorkerOptions)
+  /**
+   * Connects to Redis, creates the consumer group on every shard's stream when missing, and starts
+   * reading. Resolves once it is reading. Rejects with `code: 'ERR_AUDIT_WORKER_FAILED'` when Redis
+   * cannot be reached or the group cannot be made (later outages are waited out, not reported here),
+   * or when called twice. PostgreSQL is first reached at the first batch.
+   */
+  start(): Promise<void>
+  /**
+   * Stops reading, lets the read under way finish, commits and acknowledges the batch in hand
+   * (retrying for up to `stopTimeoutMs`), closes the pool and leaves the group; then nothing of the
+   * worker remains. Rejects with `code: 'ERR_AUDIT_WORKER_FAILED'` saying how many entries were left
+   * unacknowledged (they stay pending in Redis, for another worker to claim). Waits for a `start()`
+   * under way. Later calls, and a call before `start()`, resolve at once.
+   */
+  stop(): Promise<void>
+  /** Whether the worker is reading: after `start()` resolved, until `stop()` is called. */
+  get running(): boolean
+  /** This worker's consumer name in the group, once started. */
+  get consumer(): string | null
+  /**
+   * The worker's counters (current), and the streams' state as Redis reported it at most a second ago
+   * (`streamLength`, `pending`, `oldestPendingAgeMs`, `consumers`, `lag`; absent when Redis did not
+   * answer). Synchronous; after `stop()`, the figures at the stop.
+   */
+  stats(): AuditWorkerStats
+  /**
+   * `stats()` in Prometheus text exposition format (version 0.0.4): `audit_batcher_worker_*` samples.
+   * `labels` are added to every sample; a bad label name throws `ERR_AUDIT_INVALID_OPTIONS`.
+   */
+  metricsText(labels?: Record<string, string>): string
 }
 
 /** Options for `new AuditBatcher(options)`. Unknown keys are refused, so a misspelt option fails loudly. */
@@ -222,6 +277,11 @@ export interface AuditBatcherOptions {
    * own. See the README's "Durability" section.
    */
   spool?: SpoolOptions
+  /**
+   * Hand-off through Redis Streams: batches go to a stream, and `AuditWorker`s write them to
+   * PostgreSQL. Not with `sink` nor `connectionString`.
+   */
+  redis?: RedisOptions
 }
 
 /**
@@ -328,6 +388,77 @@ export interface AuditStats {
   spool: SpoolStats | null
 }
 
+/**
+ * Options for `new AuditWorker(options)`: the Redis side under `redis`, and the direct mode's table
+ * options. Unknown keys are refused.
+ */
+export interface AuditWorkerOptions {
+  /** Where to read. Required. */
+  redis?: WorkerRedisOptions
+  /**
+   * PostgreSQL connection string, as for `AuditBatcher`. Required. The password never appears in
+   * errors.
+   */
+  connectionString?: string
+  /** As for `AuditBatcher`. */
+  sslRootCert?: string
+  /** As for `AuditBatcher`. Default `'audit_log'`. */
+  table?: string
+  /** As for `AuditBatcher`. */
+  columns?: Partial<Record<'id' | 'occurredAt' | 'tenantId' | 'actor' | 'action' | 'resource' | 'outcome' | 'payload', string>>
+  /** As for `AuditBatcher`; also where undecodable stream entries go. Default `<table>_dead_letter`. */
+  deadLetterTable?: string
+  /** The most entries one read takes, and one statement writes. Default 1000, at most 100000. */
+  maxBatchRows?: number
+  /** As for `AuditBatcher`. Default 2. */
+  poolSize?: number
+  /** As for `AuditBatcher`. Default 10000. */
+  connectTimeoutMs?: number
+  /** As for `AuditBatcher`. Default false. */
+  preparedStatements?: boolean
+  /**
+   * How long `stop()` keeps trying to commit and acknowledge the batch in hand (milliseconds).
+   * Default 10000.
+   */
+  stopTimeoutMs?: number
+}
+
+/** What `worker.stats()` returns. */
+export interface AuditWorkerStats {
+  /** Entries in the stream(s), all shards together. Absent when Redis did not answer. */
+  streamLength?: number
+  /** Entries delivered to the group and not yet acknowledged, all consumers together. */
+  pending?: number
+  /** Age of the oldest unacknowledged entry, in milliseconds (from the time it was added). */
+  oldestPendingAgeMs?: number
+  /** Consumers in the group. */
+  consumers?: number
+  /** Entries not yet delivered to the group. */
+  lag?: number
+  /** Stream entries delivered to this worker. */
+  entriesRead: number
+  /** Committed to the table by this worker (a duplicate `ON CONFLICT` skipped counts too). */
+  entriesWritten: number
+  /** Acknowledged (and removed from the stream) by this worker. */
+  entriesAcked: number
+  /** Moved to the dead-letter table by this worker: refused rows and undecodable stream entries. */
+  entriesDeadLettered: number
+  /** Taken over from other consumers (`XAUTOCLAIM`). */
+  entriesClaimed: number
+  /** Stream entries that could not be decoded (dead-lettered). */
+  entriesUndecodable: number
+  /** Read, not yet acknowledged. */
+  inHand: number
+  /** Reads made (`XREADGROUP`, `XAUTOCLAIM`). */
+  reads: number
+  /** Failed PostgreSQL writes (each retried). */
+  pgFailures: number
+  /** Failed Redis commands (each retried). */
+  redisFailures: number
+  /** The last failure, free of passwords. */
+  lastError?: string
+}
+
 /** Options for `close()`. */
 export interface CloseOptions {
   /**
@@ -382,6 +513,35 @@ export interface HighWaterEvent {
  * when `dir` cannot be read (the message starts with `ENOENT: ` when it does not exist).
  */
 export declare function inspectSpool(dir: string): SpoolInspection
+
+/** `redis` for `new AuditBatcher(...)`: batches go to a Redis stream instead of a table. */
+export interface RedisOptions {
+  /**
+   * `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS. Default
+   * `'redis://127.0.0.1:6379'`. The password never appears in errors.
+   */
+  url?: string
+  /**
+   * The stream key, or the prefix of the shards' keys (`audit:0` ...). Default `'audit'`. Workers must
+   * use the same.
+   */
+  stream?: string
+  /**
+   * How many streams entries are spread over by `tenantId` (1 to 1024). Default 1. Workers must use
+   * the same.
+   */
+  shards?: number
+  /**
+   * The bound on entries in the stream(s), all shards together. At it, `onBufferFull` applies to
+   * non-critical entries (`'reject'` throws `ERR_AUDIT_BUFFER_FULL`, `'drop'` counts them in
+   * `stats().dropped`); critical entries still go. Never used to trim the stream. Default: no bound.
+   */
+  maxLength?: number
+  /** For `rediss://`: a PEM file of the CA certificates the server's certificate must chain to. */
+  tlsRootCert?: string
+  /** Seed nodes of a Redis Cluster (URLs as `url`); when given, `url` is ignored. */
+  clusterNodes?: Array<string>
+}
 
 /** What a spool directory holds. */
 export interface SpoolInspection {
@@ -472,4 +632,45 @@ export interface SpoolStats {
   lastSyncMs?: number
   /** The last disk error, in words, or null. */
   lastError?: string
+}
+
+/** `redis` for `new AuditWorker(...)`: where to read, and how. */
+export interface WorkerRedisOptions {
+  /** As for `AuditBatcher`'s `redis.url`. */
+  url?: string
+  /** As for `AuditBatcher`'s `redis.stream`; producers and workers must agree. Default `'audit'`. */
+  stream?: string
+  /** As for `AuditBatcher`'s `redis.shards`; producers and workers must agree. Default 1. */
+  shards?: number
+  /**
+   * The consumer group, created from the start of the stream when missing. Default
+   * `'audit-writers'`. One group per stream (acknowledged entries are deleted from it).
+   */
+  group?: string
+  /**
+   * This worker's consumer name in the group. Default `<hostname>-<pid>-<random>`. Restarted under the
+   * same name, a worker first re-reads the entries it held.
+   */
+  consumer?: string
+  /**
+   * Entries held unacknowledged by a consumer for this long (milliseconds) are taken over by another
+   * worker (a worker that died). Default 30000; keep it well above a statement's duration.
+   */
+  claimIdleMs?: number
+  /** How often each shard's pending list is scanned for such entries (milliseconds). Default 5000. */
+  claimIntervalMs?: number
+  /**
+   * How long one read waits for new entries (milliseconds); also bounds how long `stop()` waits for
+   * the read under way. Default 1000.
+   */
+  blockMs?: number
+  /**
+   * Idle consumers holding nothing are removed from the group after this long (milliseconds); 0:
+   * never. Default 3600000.
+   */
+  consumerExpiryMs?: number
+  /** As for `AuditBatcher`'s `redis.tlsRootCert`. */
+  tlsRootCert?: string
+  /** As for `AuditBatcher`'s `redis.clusterNodes`. */
+  clusterNodes?: Array<string>
 }

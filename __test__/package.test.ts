@@ -51,7 +51,7 @@ it('npm pack gives a tarball that installs into a fresh TypeScript project, type
   const packed = await exec('npm', ['pack', '--ignore-scripts', '--json', '--pack-destination', dir], { cwd: root });
   const [info] = JSON.parse(packed.stdout) as Array<{ filename: string; files: Array<{ path: string }> }>;
   const files = info!.files.map((f) => f.path).sort();
-  expect(files).toEqual(['README.md', 'bin/audit-batcher.js', 'binding.js', 'index.d.ts', 'index.js', 'package.json']);
+  expect(files).toEqual(['README.md', 'bin/audit-batcher.js', 'bin/worker.js', 'binding.js', 'index.d.ts', 'index.js', 'package.json']);
   // The binary travels in its platform package (npm/linux-x64-gnu), here with the one `npm run build` made
   // (install.test.ts installs the published layout, from `npm run package`).
   const platformDir = join(dir, 'linux-x64-gnu');

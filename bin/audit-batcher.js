@@ -4,6 +4,7 @@
 //
 //   audit-batcher spool inspect <dir>
 //   audit-batcher spool drain <dir> --database <url> [--table <t>]
+//   audit-batcher worker --redis <url> --stream <s> --group <g> --database <url> [--table <t>]  (bin/worker.js)
 //
 // Exit codes: 0 done; 1 the drain did not write everything; 2 bad usage; 3 the directory is missing or
 // a spool in it is held by a live process.
@@ -13,7 +14,8 @@ const fs = require('node:fs')
 
 const USAGE = `usage:
   audit-batcher spool inspect <dir>
-  audit-batcher spool drain <dir> --database <url> [--table <table>]`
+  audit-batcher spool drain <dir> --database <url> [--table <table>]
+  audit-batcher worker --redis <url> --stream <stream> --group <group> --database <url> [--table <table>]`
 
 function fail(code, message) {
   process.stderr.write(`audit-batcher: ${message}\n`)
@@ -103,4 +105,13 @@ async function main() {
   }
 }
 
-main().catch((e) => fail(1, e && e.message ? e.message : String(e)))
+if (process.argv[2] === 'worker') {
+  require('./worker.js')
+    .run(process.argv.slice(3))
+    .catch((e) => {
+      process.stderr.write(`audit-batcher worker: ${e && e.message}\n`)
+      process.exitCode = 1
+    })
+} else {
+  main().catch((e) => fail(1, e && e.message ? e.message : String(e)))
+}

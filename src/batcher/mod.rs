@@ -280,6 +280,13 @@ impl<S: Sink> Batcher<S> {
     ///
     /// Does no I/O and never waits for a flush. Ids increase strictly in acceptance order.
     pub fn log(&self, draft: EntryDraft) -> Result<Logged, LogError> {
+        self.log_bounded(draft, false)
+    }
+
+    /// [`Batcher::log`], with `outer_full`: a bound outside the buffer (a Redis stream's `maxLength`) is
+    /// reached, so a non-critical entry meets `onBufferFull` as at the buffer's own bound (refused and
+    /// counted in `rejected`, or dropped and counted in `dropped`).
+    pub fn log_bounded(&self, draft: EntryDraft, outer_full: bool) -> Result<Logged, LogError> {
         if self.state.lock().closing {
             return Err(LogError::Closed);
         }
@@ -305,7 +312,8 @@ impl<S: Sink> Batcher<S> {
         }
         let keep = rate >= 1.0 || st.rng.f64() < rate;
         let mut full = !critical
-            && (st.buffered() >= self.config.max_buffered_entries
+            && (outer_full
+                || st.buffered() >= self.config.max_buffered_entries
                 || st.buffered_bytes() + size > self.config.max_buffered_bytes);
         if keep && full && self.config.on_buffer_full == OverflowPolicy::Reject {
             st.stats.rejected += 1;

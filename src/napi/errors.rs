@@ -24,6 +24,10 @@ pub const CLOSED: &str = "ERR_AUDIT_CLOSED";
 /// A method that needs `sink: 'memory'` was called on a PostgreSQL batcher.
 pub const NOT_MEMORY_SINK: &str = "ERR_AUDIT_NOT_MEMORY_SINK";
 
+/// An `AuditWorker` could not start (Redis or the group unreachable), or stopped with entries left
+/// unacknowledged.
+pub const WORKER_FAILED: &str = "ERR_AUDIT_WORKER_FAILED";
+
 /// The JavaScript class of an error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -133,6 +137,15 @@ impl Failure {
             Kind::Error,
             FLUSH_FAILED,
             format!("audit-batcher: internal error: {what}"),
+        )
+    }
+
+    /// `ERR_AUDIT_WORKER_FAILED`: `message` says what (it holds no password).
+    pub fn worker_failed(message: &str) -> Failure {
+        Failure::new(
+            Kind::Error,
+            WORKER_FAILED,
+            format!("audit-batcher: {message}"),
         )
     }
 

@@ -12,6 +12,8 @@ mod options;
 mod settle;
 mod spool_tools;
 mod types;
+mod worker;
+mod worker_options;
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -85,6 +87,8 @@ impl AuditBatcher {
         ts_args_type = "options: AuditBatcherOptions"
     )]
     pub fn new(env: Env, options: Unknown) -> napi::Result<Self> {
+        worker_options::check_nested::<worker_options::RedisOptions>(&env, &options, "redis")
+            .map_err(|e| throw_option_error(&env, e))?;
         let mut options: AuditBatcherOptions =
             options::read(&env, &options, "options").map_err(|e| throw_option_error(&env, e))?;
         let callbacks = options.take_callbacks();
@@ -295,7 +299,7 @@ impl AuditBatcher {
         run(completion, async move {
             let result = match core.sink() {
                 AnySink::Postgres(pg) => pg.ensure_schema().await,
-                AnySink::Memory(_) => Ok(()),
+                AnySink::Memory(_) | AnySink::Redis(_) => Ok(()),
             };
             result.map(|()| Value::Unit).map_err(|cause| {
                 Failure::write_failed(&cause, &format!("ensureSchema() failed: {cause}"), None)
@@ -417,9 +421,10 @@ impl AuditBatcher {
     fn accept(&self, env: &Env, draft: Result<EntryDraft, EntryError>) -> napi::Result<String> {
         let draft = draft.map_err(|e| entry_failure(&e).throw(env, e.cause))?;
         let critical = draft.critical;
+        let at_bound = !critical && self.stream_at_bound();
         let logged = self
             .core
-            .log(draft)
+            .log_bounded(draft, at_bound)
             .map_err(|e| Failure::log(&e, "log()").throw(env, None))?;
         if let (true, Disposition::Buffered { seq }) = (critical, logged.disposition) {
             // Failures are counted in stats(); the entries stay buffered for the next flush.
@@ -428,5 +433,27 @@ impl AuditBatcher {
             }
         }
         Ok(logged.id.to_string())
+    }
+
+    /// With `redis.maxLength`: whether the stream(s), with what is buffered here, reach the bound. While
+    /// they do, the length is asked again a few times a second, so that the producer learns when workers
+    /// drained the stream (a producer at its bound writes nothing, and learns the length only so).
+    fn stream_at_bound(&self) -> bool {
+        let AnySink::Redis(stream) = self.core.sink() else {
+            return false;
+        };
+        if !stream.at_bound(self.core.pending()) {
+            return false;
+        }
+        if stream.refresh_due(100) {
+            let core = self.core.clone();
+            spawn(async move {
+                if let AnySink::Redis(stream) = core.sink() {
+                    // A failure leaves the last known length; the next refresh asks again.
+                    let _ = stream.refresh_length().await;
+                }
+            });
+        }
+        true
     }
 }

@@ -61,13 +61,14 @@ macro_rules! options_object {
         }
     };
 }
+pub(super) use options_object;
 
 /// The JavaScript type a field of type `T` takes.
-fn value_type<S, T: TypeName>(_field: fn(&S) -> &T) -> ValueType {
+pub(super) fn value_type<S, T: TypeName>(_field: fn(&S) -> &T) -> ValueType {
     T::value_type()
 }
 
-fn camel_case(snake: &str) -> String {
+pub(super) fn camel_case(snake: &str) -> String {
     let mut out = String::with_capacity(snake.len());
     let mut upper = false;
     for c in snake.chars() {
@@ -186,6 +187,9 @@ pub struct AuditBatcherOptions {
     /// the same `dir` writes those entries, each once, with their original ids and times, ahead of its
     /// own. See the README's "Durability" section.
     pub spool: Option<SpoolOptions>,
+    /// Hand-off through Redis Streams: batches go to a stream, and `AuditWorker`s write them to
+    /// PostgreSQL. Not with `sink` nor `connectionString`.
+    pub redis: Option<super::worker_options::RedisOptions>,
 }
 
 /// The `spool` option. Unknown keys are refused.
@@ -286,6 +290,7 @@ options_object!(AuditBatcherOptions {
     on_high_water,
     high_water_mark,
     spool,
+    redis,
 } nested: check_spool);
 
 options_object!(CloseOptions { timeout_ms });
@@ -504,9 +509,56 @@ fn sink(o: &AuditBatcherOptions) -> Result<SinkConfig, InvalidOption> {
             ))
         }
     };
-    let table_text = o.table.as_deref().unwrap_or(DEFAULT_TABLE);
+    let mut settings = pg_settings(&PgFields {
+        ssl_root_cert: o.ssl_root_cert.as_ref(),
+        table: o.table.as_deref(),
+        dead_letter_table: o.dead_letter_table.as_deref(),
+        columns: o.columns.as_ref(),
+        pool_size: o.pool_size,
+        connect_timeout_ms: o.connect_timeout_ms,
+        prepared_statements: o.prepared_statements,
+    })?;
+    if let Some(redis) = &o.redis {
+        return super::worker_options::producer_sink(redis, o);
+    }
+    if memory {
+        return Ok(SinkConfig::Memory);
+    }
+    settings.connection_string = required_connection_string(
+        o.connection_string.as_ref(),
+        "is required (a postgres:// URL or key=value string) unless sink is 'memory'",
+    )?;
+    Ok(SinkConfig::Postgres(Box::new(settings)))
+}
+
+/// The direct mode's table options, shared by `AuditBatcher` and `AuditWorker`.
+pub struct PgFields<'a> {
+    pub ssl_root_cert: Option<&'a String>,
+    pub table: Option<&'a str>,
+    pub dead_letter_table: Option<&'a str>,
+    pub columns: Option<&'a HashMap<String, serde_json::Value>>,
+    pub pool_size: Option<f64>,
+    pub connect_timeout_ms: Option<f64>,
+    pub prepared_statements: Option<bool>,
+}
+
+/// `connectionString`, when given and not blank; else an error saying `why` it is needed.
+pub fn required_connection_string(
+    given: Option<&String>,
+    why: &str,
+) -> Result<String, InvalidOption> {
+    match given {
+        Some(s) if !s.trim().is_empty() => Ok(s.clone()),
+        _ => Err(InvalidOption::new("connectionString", why)),
+    }
+}
+
+/// Checks the table options and applies their defaults; the connection string is left empty, for the
+/// caller to set.
+pub fn pg_settings(o: &PgFields) -> Result<PgSettings, InvalidOption> {
+    let table_text = o.table.unwrap_or(DEFAULT_TABLE);
     let table = TableName::parse(table_text).map_err(|e| InvalidOption::new("table", e))?;
-    let dead_letter_table = match o.dead_letter_table.as_deref() {
+    let dead_letter_table = match o.dead_letter_table {
         Some(name) => {
             TableName::parse(name).map_err(|e| InvalidOption::new("deadLetterTable", e))?
         }
@@ -522,35 +574,23 @@ fn sink(o: &AuditBatcherOptions) -> Result<SinkConfig, InvalidOption> {
                 )
             })?,
     };
-    let columns = columns(o.columns.as_ref())?;
+    let columns = columns(o.columns)?;
     let pool_size = limits::POOL_SIZE.value(o.pool_size)? as usize;
     let connect_timeout =
         Duration::from_millis(limits::CONNECT_TIMEOUT_MS.value(o.connect_timeout_ms)?);
-    if memory {
-        return Ok(SinkConfig::Memory);
-    }
-    let connection_string = match &o.connection_string {
-        Some(s) if !s.trim().is_empty() => s.clone(),
-        _ => {
-            return Err(InvalidOption::new(
-                "connectionString",
-                "is required (a postgres:// URL or key=value string) unless sink is 'memory'",
-            ))
-        }
-    };
-    Ok(SinkConfig::Postgres(Box::new(PgSettings {
-        connection_string,
+    Ok(PgSettings {
+        connection_string: String::new(),
         table,
         dead_letter_table,
         columns,
         pool_size,
         connect_timeout,
-        ssl_root_cert: o.ssl_root_cert.clone(),
+        ssl_root_cert: o.ssl_root_cert.cloned(),
         prepared_statements: o.prepared_statements.unwrap_or(false),
-    })))
+    })
 }
 
-fn json_kind(v: &serde_json::Value) -> &'static str {
+pub(super) fn json_kind(v: &serde_json::Value) -> &'static str {
     match v {
         serde_json::Value::Null => "null",
         serde_json::Value::Bool(_) => "a boolean",

@@ -43,6 +43,8 @@ pub struct StreamSink {
     lengths: Vec<AtomicU64>,
     round_trips: AtomicU64,
     added: AtomicU64,
+    /// When the last [`StreamSink::refresh_due`] said yes, in milliseconds since the Unix epoch.
+    last_refresh_ms: AtomicU64,
 }
 
 impl StreamSink {
@@ -58,6 +60,7 @@ impl StreamSink {
             closed: AtomicBool::new(false),
             round_trips: AtomicU64::new(0),
             added: AtomicU64::new(0),
+            last_refresh_ms: AtomicU64::new(0),
         })
     }
 
@@ -107,6 +110,19 @@ impl StreamSink {
                 .await?;
         }
         Ok(self.last_known_length())
+    }
+
+    /// Whether a caller at the bound should call [`StreamSink::refresh_length`] now: yes at most once per
+    /// `every_ms` across all callers (the first to ask after that interval gets `true`), so a producer at
+    /// its bound asks Redis for the length a few times a second, not once per refused entry.
+    pub fn refresh_due(&self, every_ms: u64) -> bool {
+        let now = crate::entry::Timestamp::now().unix_millis();
+        let last = self.last_refresh_ms.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= every_ms
+            && self
+                .last_refresh_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// Round trips made by successful and failed writes so far (one per write; per touched shard on a

@@ -1108,3 +1108,44 @@ async fn measure_worker_phases() {
     println!("read+parse {read:?}, decode {decode:?}, postgres write {write:?}");
     table.drop_tables().await;
 }
+
+/// The producer's bound as `AuditBatcher` applies it: `log_bounded` at the bound refuses or drops
+/// non-critical entries (counted), takes critical ones; and the length refresh is rate-limited.
+#[test]
+fn at_the_stream_bound_non_critical_entries_meet_on_buffer_full_and_refreshes_are_spaced() {
+    use crate::batcher::{Disposition, LogError, OverflowPolicy};
+    let sink = StreamSink::new(StreamConfig {
+        redis: RedisConfig::default(),
+        max_length: Some(1),
+    })
+    .unwrap();
+    assert!(!sink.at_bound(0), "nothing known to be in the stream yet");
+    assert!(sink.at_bound(1));
+    assert!(sink.refresh_due(60_000));
+    assert!(
+        !sink.refresh_due(60_000),
+        "a second refresh within the interval"
+    );
+    for policy in [OverflowPolicy::Reject, OverflowPolicy::Drop] {
+        let b = Batcher::new(
+            crate::sink::MemorySink::new(),
+            BatcherConfig {
+                on_buffer_full: policy,
+                ..BatcherConfig::default()
+            },
+        );
+        let refused = b.log_bounded(EntryDraft::new("over"), true);
+        match policy {
+            OverflowPolicy::Reject => assert!(matches!(refused, Err(LogError::BufferFull { .. }))),
+            OverflowPolicy::Drop => {
+                assert_eq!(refused.unwrap().disposition, Disposition::Dropped)
+            }
+        }
+        let mut critical = EntryDraft::new("critical");
+        critical.critical = true;
+        let taken = b.log_bounded(critical, true).unwrap();
+        assert!(matches!(taken.disposition, Disposition::Buffered { .. }));
+        let s = b.stats();
+        assert_eq!((s.rejected + s.dropped, s.buffered), (1, 1));
+    }
+}

@@ -4,6 +4,7 @@ use super::{MemorySink, Sink, WriteError};
 use crate::entry::Entry;
 use crate::options::InvalidOption;
 use crate::pg::{PgSettings, PgSink};
+use crate::redis::{StreamConfig, StreamSink};
 
 /// Where the entries of a batcher go, as configured.
 #[derive(Clone, Debug)]
@@ -12,12 +13,15 @@ pub enum SinkConfig {
     Postgres(Box<PgSettings>),
     /// Memory, for users' own tests.
     Memory,
+    /// Redis streams, for workers to write to PostgreSQL (see [`crate::redis`]).
+    Redis(Box<StreamConfig>),
 }
 
 /// One of the sinks, chosen at construction; forwards every call of the [`Sink`] contract to it.
 pub enum AnySink {
     Postgres(Box<PgSink>),
     Memory(MemorySink),
+    Redis(Box<StreamSink>),
 }
 
 impl AnySink {
@@ -29,6 +33,11 @@ impl AnySink {
                 PgSink::new(*settings)
                     .map_err(|(option, reason)| InvalidOption::new(option, reason))?,
             )),
+            SinkConfig::Redis(config) => {
+                AnySink::Redis(Box::new(StreamSink::new(*config).map_err(
+                    |(option, reason)| InvalidOption::new(format!("redis.{option}"), reason),
+                )?))
+            }
         })
     }
 }
@@ -38,6 +47,7 @@ impl Sink for AnySink {
         match self {
             AnySink::Postgres(s) => s.write(batch).await,
             AnySink::Memory(s) => s.write(batch).await,
+            AnySink::Redis(s) => s.write(batch).await,
         }
     }
 
@@ -45,6 +55,7 @@ impl Sink for AnySink {
         match self {
             AnySink::Postgres(s) => s.write_new(batch).await,
             AnySink::Memory(s) => s.write_new(batch).await,
+            AnySink::Redis(s) => s.write_new(batch).await,
         }
     }
 
@@ -52,6 +63,7 @@ impl Sink for AnySink {
         match self {
             AnySink::Postgres(s) => s.dead_letter(entry, cause).await,
             AnySink::Memory(s) => s.dead_letter(entry, cause).await,
+            AnySink::Redis(s) => s.dead_letter(entry, cause).await,
         }
     }
 
@@ -59,6 +71,7 @@ impl Sink for AnySink {
         match self {
             AnySink::Postgres(s) => s.close().await,
             AnySink::Memory(s) => s.close().await,
+            AnySink::Redis(s) => s.close().await,
         }
     }
 
@@ -66,6 +79,7 @@ impl Sink for AnySink {
         match self {
             AnySink::Postgres(s) => s.take_recovered_failures(),
             AnySink::Memory(s) => s.take_recovered_failures(),
+            AnySink::Redis(s) => s.take_recovered_failures(),
         }
     }
 }
