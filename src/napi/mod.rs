@@ -68,6 +68,23 @@ fn run(completion: Completion, work: impl Future<Output = Outcome> + Send + 'sta
     });
 }
 
+/// The labels given to a `metricsText()`, sorted, each name checked (a bad one throws
+/// `ERR_AUDIT_INVALID_OPTIONS` naming it).
+fn metric_labels(
+    env: &Env,
+    labels: Option<std::collections::HashMap<String, String>>,
+) -> napi::Result<Vec<(String, String)>> {
+    let mut labels: Vec<(String, String)> = labels.unwrap_or_default().into_iter().collect();
+    labels.sort();
+    for (name, _) in &labels {
+        if let Err(reason) = crate::metrics::check_label_name(name) {
+            let e = InvalidOption::new(format!("labels.{name}"), reason);
+            return Err(Failure::invalid_option(&e).throw(env, None));
+        }
+    }
+    Ok(labels)
+}
+
 fn throw_option_error(env: &Env, e: OptionError) -> napi::Error {
     Failure::invalid_option(&e.invalid).throw(env, e.cause)
 }
@@ -374,14 +391,7 @@ impl AuditBatcher {
         env: Env,
         labels: Option<std::collections::HashMap<String, String>>,
     ) -> napi::Result<String> {
-        let mut labels: Vec<(String, String)> = labels.unwrap_or_default().into_iter().collect();
-        labels.sort();
-        for (name, _) in &labels {
-            if let Err(reason) = crate::metrics::check_label_name(name) {
-                let e = InvalidOption::new(format!("labels.{name}"), reason);
-                return Err(Failure::invalid_option(&e).throw(&env, None));
-            }
-        }
+        let labels = metric_labels(&env, labels)?;
         Ok(crate::metrics::render(&self.core.stats(), &labels))
     }
 

@@ -194,14 +194,7 @@ impl AuditWorker {
         env: Env,
         labels: Option<std::collections::HashMap<String, String>>,
     ) -> napi::Result<String> {
-        let mut labels: Vec<(String, String)> = labels.unwrap_or_default().into_iter().collect();
-        labels.sort();
-        for (name, _) in &labels {
-            if let Err(reason) = crate::metrics::check_label_name(name) {
-                let e = InvalidOption::new(format!("labels.{name}"), reason);
-                return Err(Failure::invalid_option(&e).throw(&env, None));
-            }
-        }
+        let labels = super::metric_labels(&env, labels)?;
         Ok(self.current().metrics_text(&labels))
     }
 }
