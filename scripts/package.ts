@@ -13,7 +13,7 @@
  * are built by .github/workflows/CI.yml on their own runners.
  */
 import { spawnSync, type SpawnSyncOptions } from 'node:child_process';
-import { copyFileSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, cpSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { glibcFloor } from './elf.ts';
@@ -70,7 +70,8 @@ export async function buildPackages(): Promise<{ main: string; platform: string;
   //    package at this version (what `napi prepublish` adds before `npm publish`).
   const main = join(work, 'main');
   mkdirSync(main);
-  for (const file of pkg.files) copyFileSync(join(root, file), join(main, file));
+  // An entry of `files` may be a directory (`bin/`).
+  for (const file of pkg.files) cpSync(join(root, file), join(main, file), { recursive: true });
   const optionalDependencies: Record<string, string> = {};
   for (const triple of pkg.napi.targets) {
     const platformPkg = JSON.parse(readFileSync(join(root, 'npm', platformDir(triple), 'package.json'), 'utf8')) as PackageJson;
