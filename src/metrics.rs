@@ -93,6 +93,12 @@ pub fn render(stats: &Stats, labels: &[(String, String)]) -> String {
             &[(vec![], sp.bytes as f64)],
         );
         metric(
+            "audit_batcher_spool_spilled_entries",
+            "gauge",
+            "Entries held in the spool only (beyond the memory bound), read back as the table takes the entries before them.",
+            &[(vec![], report.spilled as f64)],
+        );
+        metric(
             "audit_batcher_spool_segments",
             "gauge",
             "Spool segments on disk (own and claimed).",

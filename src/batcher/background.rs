@@ -61,8 +61,8 @@ pub async fn run_background<S: Sink>(batcher: Weak<Batcher<S>>, config: Backgrou
                 if st.closing {
                     return;
                 }
-                let size_reached = at_entries.is_some_and(|n| st.queue.len() >= n);
-                if failures == 0 && (size_reached || (draining && !st.queue.is_empty())) {
+                let size_reached = at_entries.is_some_and(|n| st.waiting() >= n);
+                if failures == 0 && (size_reached || (draining && st.waiting() > 0)) {
                     break;
                 }
             }
@@ -89,7 +89,7 @@ pub async fn run_background<S: Sink>(batcher: Weak<Batcher<S>>, config: Backgrou
                 if failures > 0 {
                     st.stats.retries += 1;
                 }
-                if st.queue.is_empty() {
+                if st.waiting() == 0 {
                     None
                 } else {
                     Some(st.accepted)

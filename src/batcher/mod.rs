@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 pub use self::background::{run_background, run_replay, run_spool_sync, BackgroundConfig};
 pub use self::policy::{Backoff, BatcherConfig, OverflowPolicy, Sampling};
-use self::spooling::Replay;
+use self::spooling::{Replay, SpillReader};
 use self::stats::Window;
 pub use self::stats::{Histogram, Percentiles, SpoolReport, Stats};
 use crate::entry::{Entry, EntryDraft, InvalidEntry, Timestamp};
@@ -163,15 +163,40 @@ struct State {
     spool_failing: bool,
     /// Entries kept in memory only because the spool could not take them (disk trouble).
     unspooled: u64,
+    /// With a spool, the entries after those in `queue`, numbered `queue`'s last + 1 onwards, that are
+    /// held in the spool only (they came while memory was at its bound). They are read back into `queue`,
+    /// in order, as it empties; entries accepted meanwhile are spilled too, so order holds.
+    spilled: usize,
+    /// Entries accepted after the spilled ones that the spool could not take (disk trouble): held in
+    /// memory, they join `queue` once every spilled entry is read back. Empty unless `spilled > 0`.
+    tail: VecDeque<Entry>,
+    tail_bytes: usize,
 }
 
 impl State {
+    /// Entries accepted and not yet settled, wherever they are held.
     fn buffered(&self) -> usize {
-        self.queue.len() + self.in_flight
+        self.waiting() + self.in_flight
     }
 
+    /// Entries accepted and not yet handed to a write.
+    fn waiting(&self) -> usize {
+        self.queue.len() + self.spilled + self.tail.len()
+    }
+
+    /// Entries held in memory (the spilled ones are on disk only).
+    fn in_memory(&self) -> usize {
+        self.queue.len() + self.in_flight + self.tail.len()
+    }
+
+    /// Bytes of the entries held in memory.
     fn buffered_bytes(&self) -> usize {
-        self.queue_bytes + self.in_flight_bytes
+        self.queue_bytes + self.in_flight_bytes + self.tail_bytes
+    }
+
+    /// The number of the first spilled entry (meaningful while `spilled > 0`).
+    fn first_spilled(&self) -> u64 {
+        self.accepted - (self.spilled + self.tail.len()) as u64 + 1
     }
 }
 
@@ -204,6 +229,8 @@ pub struct Batcher<S> {
     /// Held by the spool's periodic work and by its end at `close()`, so that they never overlap (a sync
     /// preparing a segment while the close removes the spool's files).
     spool_work: Arc<Mutex<()>>,
+    /// Reads spilled entries back from the spool, resuming where it stopped (used under `writer`).
+    spill_reader: Arc<Mutex<SpillReader>>,
 }
 
 impl<S: Sink> Batcher<S> {
@@ -237,6 +264,9 @@ impl<S: Sink> Batcher<S> {
                 spool_final: None,
                 spool_failing: false,
                 unspooled: 0,
+                spilled: 0,
+                tail: VecDeque::new(),
+                tail_bytes: 0,
             }),
             writer: tokio::sync::Mutex::new(()),
             wake: Arc::new(Notify::new()),
@@ -246,6 +276,7 @@ impl<S: Sink> Batcher<S> {
             high_water_mark: None,
             replay: None,
             spool_work: Arc::new(Mutex::new(())),
+            spill_reader: Arc::default(),
         }
     }
 
@@ -311,10 +342,13 @@ impl<S: Sink> Batcher<S> {
             return Err(LogError::Closed);
         }
         let keep = rate >= 1.0 || st.rng.f64() < rate;
-        let mut full = !critical
-            && (outer_full
-                || st.buffered() >= self.config.max_buffered_entries
-                || st.buffered_bytes() + size > self.config.max_buffered_bytes);
+        let memory_full = st.in_memory() >= self.config.max_buffered_entries
+            || st.buffered_bytes() + size > self.config.max_buffered_bytes;
+        // With a spool, the memory bound is where entries start to be held on disk only; only entries
+        // that have to stay in memory (after spilled ones the disk would not take) meet it.
+        let spooling = st.spool.is_some();
+        let mut full =
+            !critical && (outer_full || (memory_full && (!spooling || !st.tail.is_empty())));
         if keep && full && self.config.on_buffer_full == OverflowPolicy::Reject {
             st.stats.rejected += 1;
             return Err(LogError::BufferFull {
@@ -326,6 +360,7 @@ impl<S: Sink> Batcher<S> {
         let entry = prepared.finish(&mut st.ids);
         let id = entry.id();
         let mut spool_error = None;
+        let mut place = Place::Queue;
         if keep && !full {
             if let Some(spool) = &st.spool {
                 // Under the state lock, so that the spool's order is acceptance order.
@@ -335,8 +370,18 @@ impl<S: Sink> Batcher<S> {
                 } else {
                     spool.append(seq, &entry)
                 };
+                let spilling = st.spilled > 0;
                 match appended {
-                    Ok(()) => st.spool_failing = false,
+                    Ok(()) => {
+                        st.spool_failing = false;
+                        place = if !st.tail.is_empty() {
+                            Place::Tail
+                        } else if spilling || memory_full {
+                            Place::Spill
+                        } else {
+                            Place::Queue
+                        };
+                    }
                     Err(SpoolError::Full { .. }) => {
                         if self.config.on_buffer_full == OverflowPolicy::Reject {
                             st.stats.rejected += 1;
@@ -347,9 +392,22 @@ impl<S: Sink> Batcher<S> {
                         }
                         full = true;
                     }
-                    // Disk trouble: the entry is kept in memory only, counted, reported once.
+                    // Disk trouble: the entry is kept in memory only, counted, reported once; at the
+                    // memory bound `onBufferFull` applies, as without a spool.
                     Err(e) => {
-                        st.unspooled += 1;
+                        if memory_full && !critical {
+                            if self.config.on_buffer_full == OverflowPolicy::Reject {
+                                st.stats.rejected += 1;
+                                return Err(LogError::BufferFull {
+                                    entries: st.buffered(),
+                                    bytes: st.buffered_bytes(),
+                                });
+                            }
+                            full = true;
+                        } else {
+                            st.unspooled += 1;
+                            place = if spilling { Place::Tail } else { Place::Queue };
+                        }
                         if !std::mem::replace(&mut st.spool_failing, true) {
                             spool_error = Some(e);
                         }
@@ -371,13 +429,22 @@ impl<S: Sink> Batcher<S> {
             if critical {
                 st.stats.critical += 1;
             }
-            st.queue_bytes += entry.size_bytes();
-            st.queue.push_back(entry);
+            match place {
+                Place::Queue => {
+                    st.queue_bytes += entry.size_bytes();
+                    st.queue.push_back(entry);
+                }
+                Place::Spill => st.spilled += 1,
+                Place::Tail => {
+                    st.tail_bytes += entry.size_bytes();
+                    st.tail.push_back(entry);
+                }
+            }
             st.accepted += 1;
             Disposition::Buffered { seq: st.accepted }
         };
         if let Some(n) = self.config.flush_at_entries {
-            if st.queue.len() >= n {
+            if st.waiting() >= n {
                 self.wake.notify_one();
             }
         }
@@ -461,10 +528,13 @@ impl<S: Sink> Batcher<S> {
         self.state.lock().buffered()
     }
 
-    /// Copies of the entries waiting in the buffer, oldest first (not those being written at this
-    /// moment). After `close()` they are the entries it could not write.
+    /// Copies of the entries waiting in memory, oldest first (not those being written at this moment,
+    /// nor those a spool holds beyond the memory bound). After `close()` they are the entries it could
+    /// not write (with a spool, all of them are also in the spool, for the next start, but for those
+    /// counted as unspooled).
     pub fn buffered_entries(&self) -> Vec<Entry> {
-        self.state.lock().queue.iter().cloned().collect()
+        let st = self.state.lock();
+        st.queue.iter().chain(&st.tail).cloned().collect()
     }
 
     /// Writes everything buffered at the time of the call.
@@ -543,7 +613,7 @@ impl<S: Sink> Batcher<S> {
             ..st.stats.clone()
         };
         let spool = st.spool.clone();
-        let unspooled = st.unspooled;
+        let (unspooled, spilled) = (st.unspooled, st.spilled as u64);
         let last = st.spool_final.clone();
         drop(st);
         let figures = spool.map(|s| s.stats()).or(last);
@@ -555,6 +625,7 @@ impl<S: Sink> Batcher<S> {
                 replayed,
                 replay_dead_lettered,
                 unspooled,
+                spilled,
             }
         });
         stats
@@ -566,11 +637,19 @@ impl<S: Sink> Batcher<S> {
         // Entries of dead processes go first.
         self.replay_recovered().await?;
         loop {
-            let batch = {
-                let mut st = self.state.lock();
+            let read_back = {
+                let st = self.state.lock();
                 if st.settled >= target {
                     return Ok(());
                 }
+                st.queue.is_empty() && st.spilled > 0
+            };
+            if read_back {
+                self.read_back_spilled().await?;
+                continue;
+            }
+            let batch = {
+                let mut st = self.state.lock();
                 let n = (st.requested - st.settled)
                     .min(self.config.max_batch_rows as u64)
                     .min(st.queue.len() as u64) as usize;
@@ -794,6 +873,13 @@ impl CloseTicket {
             _ => Ok(()),
         }
     }
+}
+
+/// Where `log()` puts an entry it buffers (see the fields of `State`).
+enum Place {
+    Queue,
+    Spill,
+    Tail,
 }
 
 /// How far a batch got: its first `settled` entries are written or dead-lettered.

@@ -7,6 +7,10 @@
 //!   put in doubt;
 //! - the entries of dead processes' spools are written ahead of new ones by every flush (holding the
 //!   writer lock), read a batch at a time off the event loop: nothing loads a whole spool into memory;
+//! - at the memory bound (`max_buffered_bytes`, `max_buffered_entries`) entries are held in the spool
+//!   only ("spilled"), and every flush reads them back, a batch at a time, in order, off the event
+//!   loop, as the queue empties ([`SpillReader`]): memory stays bounded, the backlog is bounded by the
+//!   spool's `max_bytes`;
 //! - `close()` releases what the final flush settled and ends the spool ([`Spool::close`]): an empty
 //!   spool is removed, what could not be written stays for the next start.
 
@@ -15,8 +19,9 @@ use std::collections::VecDeque;
 use tokio::time::Instant;
 
 use super::{Batcher, FlushError, Progress};
+use crate::entry::{Entry, Timestamp};
 use crate::sink::{FailureKind, Sink, WriteError};
-use crate::spool::{Recovered, Recovery, SpoolError};
+use crate::spool::{Backlog, Record, Recovered, Recovery, Spool, SpoolError};
 
 /// The replay of dead processes' entries: the reader, and the batch read but not yet written.
 pub(super) struct Replay {
@@ -63,6 +68,80 @@ impl Replay {
             // The reader is exhausted: every claimed segment was read through (and its last entry
             // numbered), so releasing through the last number written frees them all.
             self.recovery = None;
+        }
+    }
+}
+
+/// Reads spilled entries back from this process's own segments, in acceptance order, resuming where the
+/// last read stopped (a new scan starts only when the last one reached what was appended when it began).
+#[derive(Default)]
+pub(super) struct SpillReader {
+    scan: Option<Backlog>,
+    /// A record read past a gap, returned first by the next read.
+    ahead: Option<Record>,
+}
+
+/// What one read-back found.
+struct ReadBack {
+    /// Entries numbered `first`, `first + 1`, … in order.
+    entries: Vec<Entry>,
+    /// When `entries` is empty: this many entries from `first` on could not be read (damaged on disk).
+    missing: u64,
+}
+
+impl SpillReader {
+    /// Reads spilled entries from `first` on: at most `rows`, and no more once `budget` bytes are read
+    /// (at least one, so a large entry does not stall), and none past `last`. Blocking file I/O.
+    fn read(
+        &mut self,
+        spool: &Spool,
+        first: u64,
+        last: u64,
+        rows: usize,
+        budget: usize,
+    ) -> ReadBack {
+        let mut entries = Vec::new();
+        let mut bytes = 0;
+        let mut rescanned = false;
+        loop {
+            let next = first + entries.len() as u64;
+            if next > last || entries.len() >= rows || (bytes >= budget && !entries.is_empty()) {
+                break;
+            }
+            let record = match self.ahead.take() {
+                Some(r) => Some(r),
+                None => {
+                    let scan = self.scan.get_or_insert_with(|| spool.backlog(next));
+                    scan.next()
+                }
+            };
+            match record {
+                // Read before (an entry appended again after a failed sync, or a scan restarted).
+                Some(r) if r.seq < next => {}
+                Some(r) if r.seq == next => {
+                    bytes += r.entry.size_bytes();
+                    entries.push(r.entry);
+                }
+                Some(r) => {
+                    let missing = r.seq - next;
+                    self.ahead = Some(r);
+                    return ReadBack {
+                        missing: if entries.is_empty() { missing } else { 0 },
+                        entries,
+                    };
+                }
+                None => {
+                    // The scan covered what was appended when it started: start another, once.
+                    self.scan = None;
+                    if std::mem::replace(&mut rescanned, true) {
+                        break;
+                    }
+                }
+            }
+        }
+        ReadBack {
+            entries,
+            missing: 0,
         }
     }
 }
@@ -168,6 +247,91 @@ impl<S: Sink> Batcher<S> {
         }
     }
 
+    /// Reads the oldest spilled entries back from the spool into the (empty) queue: a batch of at most
+    /// `max_batch_rows`, within the memory bound. The caller holds the writer lock, so nothing is in
+    /// flight. Entries the spool cannot give back (damaged on disk) are counted as dropped and reported
+    /// through the observer; a spool that gives nothing back fails the flush, keeping every entry.
+    pub(super) async fn read_back_spilled(&self) -> Result<(), FlushError> {
+        let (spool, first, last, budget) = {
+            let st = self.state.lock();
+            let first = st.first_spilled();
+            let last = first + st.spilled as u64 - 1;
+            let budget = self
+                .config
+                .max_buffered_bytes
+                .saturating_sub(st.buffered_bytes());
+            (st.spool.clone(), first, last, budget)
+        };
+        let rows = self.config.max_batch_rows;
+        let read = match spool {
+            Some(spool) => {
+                let reader = self.spill_reader.clone();
+                tokio::task::spawn_blocking(move || {
+                    reader.lock().read(&spool, first, last, rows, budget)
+                })
+                .await
+                .ok()
+            }
+            None => None,
+        };
+        let read = read.unwrap_or(ReadBack {
+            entries: Vec::new(),
+            missing: 0,
+        });
+        let (lost, cause, pending) = {
+            let mut st = self.state.lock();
+            debug_assert_eq!(
+                st.first_spilled(),
+                first,
+                "spilled entries moved under the writer"
+            );
+            let n = read.entries.len() + read.missing as usize;
+            st.spilled -= n.min(st.spilled);
+            for entry in read.entries {
+                st.queue_bytes += entry.size_bytes();
+                st.queue.push_back(entry);
+            }
+            if read.missing > 0 {
+                // Nothing is queued or in flight: these are the next entries to settle.
+                st.settled += read.missing;
+                st.stats.dropped += read.missing;
+            }
+            if st.spilled == 0 {
+                let tail = std::mem::take(&mut st.tail);
+                st.queue_bytes += std::mem::take(&mut st.tail_bytes);
+                st.queue.extend(tail);
+            }
+            let cause = if read.missing > 0 {
+                Some(WriteError::new(format!(
+                    "{} spooled entries (from number {first}) could not be read back from the spool \
+                     (damaged on disk); counted as dropped",
+                    read.missing
+                )))
+            } else if n == 0 {
+                Some(WriteError::new(format!(
+                    "spooled entries from number {first} could not be read back from the spool; \
+                     they stay there for the next flush or the next start"
+                )))
+            } else {
+                None
+            };
+            if let Some(cause) = &cause {
+                st.stats.failed_flushes += u64::from(n == 0);
+                st.stats.last_error = Some((cause.clone(), Timestamp::now()));
+            }
+            (read.missing, cause, st.buffered())
+        };
+        if let Some(cause) = cause {
+            if let Some(o) = &self.observer {
+                o.on_error(&cause, pending);
+            }
+            if lost == 0 {
+                return Err(FlushError::Failed { cause, pending });
+            }
+        }
+        Ok(())
+    }
+
     /// Removes the claimed segments whose entries are all written through replay number `through`
     /// (blocking: off the event loop). A failure is counted in the spool's stats and tried again later.
     async fn release_recovered(&self, through: u64) {
@@ -199,18 +363,51 @@ impl<S: Sink> Batcher<S> {
             ..
         }) = spool.sync()
         {
-            // With the writer held no batch is in flight: every unsettled entry is in the queue, the
-            // first numbered `settled + 1`.
+            // With the writer held no batch is in flight: the unsettled entries are the queue's (the
+            // first numbered `settled + 1`), then the spilled ones (on disk only: read back from the
+            // abandoned segments, which stay until their entries settle), then the tail's.
             let _writer = self.writer.blocking_lock();
+            let (spill_from, spilled) = {
+                let st = self.state.lock();
+                (st.first_spilled(), st.spilled as u64)
+            };
+            let spilled_again: Vec<Record> = if spilled > 0 && through_seq >= spill_from {
+                let last = through_seq.min(spill_from + spilled - 1);
+                let mut next = from_seq.max(spill_from);
+                let mut again = Vec::new();
+                for r in spool.backlog(next) {
+                    if r.seq > last {
+                        break;
+                    }
+                    if r.seq == next {
+                        next += 1;
+                        again.push(r);
+                    }
+                }
+                again
+            } else {
+                Vec::new()
+            };
             let st = self.state.lock();
             let first = st.settled + 1;
-            let entries = st
+            let tail_first = st.first_spilled() + st.spilled as u64;
+            let queued = st
                 .queue
                 .iter()
                 .enumerate()
-                .map(|(i, e)| (first + i as u64, e))
+                .map(|(i, e)| (first + i as u64, e));
+            let read = spilled_again.iter().map(|r| (r.seq, &r.entry));
+            let tail = st
+                .tail
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (tail_first + i as u64, e));
+            let entries = queued
+                .chain(read)
+                .chain(tail)
                 .filter(|(seq, _)| (from_seq..=through_seq).contains(seq));
-            // A failure is in the spool's stats; those entries are still in memory and written from there.
+            // A failure is in the spool's stats; those entries are still in memory (or in the abandoned
+            // segment) and written from there.
             let _ = spool.reappend(entries);
         }
         true

@@ -12,9 +12,10 @@ use crate::sink::WriteError;
 /// every snapshot.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Stats {
-    /// Entries held in memory, not yet known to be written (those being written included).
+    /// Entries accepted, not yet known to be written (those being written included), in memory or (past
+    /// the memory bound, with a spool) in the spool only.
     pub buffered: usize,
-    /// Bytes the buffered entries hold.
+    /// Bytes the entries held in memory take.
     pub buffered_bytes: usize,
     /// Entries `log()` or `write()` accepted.
     pub logged: u64,
@@ -61,6 +62,9 @@ pub struct SpoolReport {
     pub replay_dead_lettered: u64,
     /// Entries accepted while the spool could not take them (disk trouble): held in memory only.
     pub unspooled: u64,
+    /// Entries held in the spool only at this moment: they came while memory was at its bound, and are
+    /// read back as the sink takes the entries before them.
+    pub spilled: u64,
 }
 
 /// Statement durations since the batcher was made, counted in fixed buckets (Prometheus' cumulative

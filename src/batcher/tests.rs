@@ -1256,4 +1256,122 @@ mod spool {
         assert_eq!(unique, expected);
         assert!(spools_in(&dir.0).is_empty());
     }
+
+    // ---- Past the memory bound: entries held on disk only ----
+
+    /// A batcher whose memory bound is 64 KiB, with a spool of 64 KiB segments, its sink failing.
+    fn spilling(dir: &Path) -> (TestBatcher, Arc<TestSink>) {
+        let config = BatcherConfig {
+            max_buffered_bytes: 64 << 10,
+            max_batch_rows: 100,
+            ..Default::default()
+        };
+        let (b, sink) = spooled(dir, config, small());
+        sink.fail.store(true, Ordering::SeqCst);
+        (b, sink)
+    }
+
+    /// Logs `n` entries of about 1 KB.
+    fn log_kb(b: &TestBatcher, n: usize) -> Vec<Uuid> {
+        (0..n)
+            .map(|i| {
+                let draft = EntryDraft::new("act")
+                    .with(TextField::Actor, format!("{i}{}", "k".repeat(1000)));
+                b.log(draft).unwrap().id
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn past_the_memory_bound_entries_wait_on_disk_and_are_written_in_order() {
+        let dir = TempDir::new("spill");
+        let (b, sink) = spilling(&dir.0);
+        let mut ids = log_kb(&b, 3000);
+        let s = b.stats();
+        assert_eq!((s.buffered, s.rejected, s.dropped), (3000, 0, 0), "{s:?}");
+        assert!(s.buffered_bytes <= 64 << 10, "memory bound held: {s:?}");
+        let spilled = s.spool.as_ref().unwrap().spilled;
+        assert!(spilled > 2900, "{spilled}");
+        assert!(b.flush().await.is_err(), "the sink is down");
+        assert_eq!(b.pending(), 3000);
+        // A critical entry behind the spilled ones is taken and written after them.
+        ids.push(b.log(critical("alarm")).unwrap().id);
+        sink.fail.store(false, Ordering::SeqCst);
+        b.flush().await.unwrap();
+        assert_eq!(written_ids(&sink), ids);
+        assert!(batch_sizes(&sink).iter().all(|&n| n <= 100));
+        let s = b.stats();
+        assert_books_balance(&s);
+        assert_eq!(s.spool.as_ref().unwrap().spilled, 0);
+        assert_eq!(s.written, 3001);
+        b.close(soon()).await.unwrap();
+        assert!(spools_in(&dir.0).is_empty());
+    }
+
+    #[tokio::test]
+    async fn entries_held_on_disk_only_survive_a_crash() {
+        let dir = TempDir::new("spill-crash");
+        let (b, _) = spilling(&dir.0);
+        let ids = log_kb(&b, 2000);
+        assert!(b.stats().spool.unwrap().spilled > 1900);
+        drop(b); // no close(): as after SIGKILL
+
+        let (next, sink) = spooled(&dir.0, BatcherConfig::default(), small());
+        next.close(soon()).await.unwrap();
+        assert_eq!(written_ids(&sink), ids);
+        assert!(spools_in(&dir.0).is_empty());
+    }
+
+    #[tokio::test]
+    async fn disk_trouble_while_entries_wait_on_disk_keeps_later_ones_in_memory_in_order() {
+        let dir = TempDir::new("spill-tail");
+        let (b, sink) = spilling(&dir.0);
+        let mut ids = log_kb(&b, 500);
+        b.state.lock().spool.as_ref().unwrap().fail_next_appends(3);
+        // Small entries: they fit in memory, after the spilled ones.
+        ids.extend(log_n(&b, 10));
+        let s = b.stats();
+        assert_eq!(s.spool.as_ref().unwrap().unspooled, 3);
+        assert_eq!(
+            b.state.lock().tail.len(),
+            10,
+            "kept in memory behind the spilled entries"
+        );
+        sink.fail.store(false, Ordering::SeqCst);
+        b.close(soon()).await.unwrap();
+        assert_eq!(written_ids(&sink), ids);
+        assert_books_balance(&b.stats());
+    }
+
+    #[tokio::test]
+    async fn a_failed_sync_while_entries_wait_on_disk_appends_them_again_and_writes_each_once() {
+        let dir = TempDir::new("spill-syncfail");
+        let (b, sink) = spilling(&dir.0);
+        let ids = log_kb(&b, 300);
+        b.state.lock().spool.as_ref().unwrap().fail_next_syncs(1);
+        assert!(maintain(&b).await);
+        let s = b.stats().spool.unwrap();
+        assert_eq!(s.spool.sync_failures, 1);
+        // The first segment's fdatasync failed: its spilled entries went again to a new segment.
+        assert!(s.spool.appended > 300, "{s:?}");
+        sink.fail.store(false, Ordering::SeqCst);
+        b.flush().await.unwrap();
+        assert_eq!(written_ids(&sink), ids, "each once, in order");
+        drop(b); // a crash after the write: the next start finds nothing unwritten to lose
+
+        let dir2 = TempDir::new("spill-syncfail-crash");
+        let (b, _) = spilling(&dir2.0);
+        let ids = log_kb(&b, 300);
+        b.state.lock().spool.as_ref().unwrap().fail_next_syncs(1);
+        assert!(maintain(&b).await);
+        drop(b);
+        let (next, sink) = spooled(&dir2.0, BatcherConfig::default(), small());
+        next.close(soon()).await.unwrap();
+        let mut unique = written_ids(&sink);
+        unique.sort();
+        unique.dedup();
+        let mut expected = ids;
+        expected.sort();
+        assert_eq!(unique, expected);
+    }
 }

@@ -93,9 +93,10 @@ impl From<Percentiles> for AuditPercentiles {
 /// `logged === buffered + written + deadLettered + sampledOut + dropped`.
 #[napi(object)]
 pub struct AuditStats {
-    /// Entries held in memory, not yet written (those being written included).
+    /// Entries accepted, not yet written (those being written included): held in memory, and with a
+    /// spool past the memory bound also those held in the spool only (`spool.spilled`).
     pub buffered: i64,
-    /// Memory those entries hold, in bytes.
+    /// Memory the entries held in memory take, in bytes.
     pub buffered_bytes: i64,
     /// Entries `log()` and `write()` accepted.
     pub logged: i64,
@@ -158,6 +159,10 @@ pub struct SpoolStats {
     pub errors: i64,
     /// Entries accepted while the spool could not take them: held in memory only.
     pub unspooled: i64,
+    /// Entries held in the spool only, at this moment: they came while memory was at its bound
+    /// (`maxBufferedBytes` or `maxBufferedEntries`) and are read back, in order, as the table takes the
+    /// entries before them. Counted in `buffered`, not in `bufferedBytes`.
+    pub spilled: i64,
     /// Successful syncs (fdatasync) of the spool.
     pub syncs: i64,
     /// Failed syncs; their entries were appended again to a new segment.
@@ -183,6 +188,7 @@ impl From<SpoolReport> for SpoolStats {
             full: s.full as i64,
             errors: s.errors as i64,
             unspooled: r.unspooled as i64,
+            spilled: r.spilled as i64,
             syncs: s.syncs as i64,
             sync_failures: s.sync_failures as i64,
             last_sync_ms: s.last_sync.map(|d| d.as_secs_f64() * 1000.0),

@@ -166,6 +166,9 @@ pub struct Spool {
     /// Test hook: this many coming fdatasyncs fail with EIO.
     #[cfg(test)]
     fail_syncs: std::sync::atomic::AtomicU32,
+    /// Test hook: this many coming appends fail with EIO.
+    #[cfg(test)]
+    fail_appends: std::sync::atomic::AtomicU32,
 }
 
 impl Spool {
@@ -218,6 +221,8 @@ impl Spool {
                 shared,
                 #[cfg(test)]
                 fail_syncs: Default::default(),
+                #[cfg(test)]
+                fail_appends: Default::default(),
             },
             recovery,
         ))
@@ -239,6 +244,18 @@ impl Spool {
     /// [`SpoolError::Full`] at `max_bytes`; disk trouble as [`SpoolError::Io`] or
     /// [`SpoolError::Unavailable`]. On any error nothing was appended and the spool stays usable.
     pub fn append(&self, seq: u64, entry: &Entry) -> Result<(), SpoolError> {
+        #[cfg(test)]
+        if self
+            .fail_appends
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(SpoolError::io(
+                "append",
+                &self.dir(),
+                io::Error::from_raw_os_error(5),
+            ));
+        }
         let orphan_bytes = self.shared.counters.orphan_bytes.load(Ordering::Relaxed);
         self.own.lock().append(seq, entry, false, orphan_bytes)
     }
@@ -427,6 +444,12 @@ impl Spool {
                 Err(err)
             }
         }
+    }
+
+    /// Test hook: the next `n` appends (not critical ones) fail with EIO.
+    #[cfg(test)]
+    pub(crate) fn fail_next_appends(&self, n: u32) {
+        self.fail_appends.store(n, Ordering::Relaxed);
     }
 
     /// Test hook: the next `n` fdatasyncs fail with EIO.
