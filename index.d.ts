@@ -220,12 +220,12 @@ export interface AuditBatcherOptions {
   sampleRates?: Record<string, number>
   /**
    * The most entries held in memory (being written included). Default 100000. Critical entries are
-   * taken beyond it.
+   * taken beyond it. With a spool, entries past it wait in the spool instead of meeting `onBufferFull`.
    */
   maxBufferedEntries?: number
   /**
    * The most bytes of entries held in memory. Default 67108864 (64 MiB). Critical entries are taken
-   * beyond it.
+   * beyond it. With a spool, entries past it wait in the spool instead of meeting `onBufferFull`.
    */
   maxBufferedBytes?: number
   /**
@@ -352,9 +352,12 @@ export interface AuditRecord {
  * `logged === buffered + written + deadLettered + sampledOut + dropped`.
  */
 export interface AuditStats {
-  /** Entries held in memory, not yet written (those being written included). */
+  /**
+   * Entries accepted, not yet written (those being written included): held in memory, and with a
+   * spool past the memory bound also those held in the spool only (`spool.spilled`).
+   */
   buffered: number
-  /** Memory those entries hold, in bytes. */
+  /** Memory the entries held in memory take, in bytes. */
   bufferedBytes: number
   /** Entries `log()` and `write()` accepted. */
   logged: number
@@ -624,6 +627,12 @@ export interface SpoolStats {
   errors: number
   /** Entries accepted while the spool could not take them: held in memory only. */
   unspooled: number
+  /**
+   * Entries held in the spool only, at this moment: they came while memory was at its bound
+   * (`maxBufferedBytes` or `maxBufferedEntries`) and are read back, in order, as the table takes the
+   * entries before them. Counted in `buffered`, not in `bufferedBytes`.
+   */
+  spilled: number
   /** Successful syncs (fdatasync) of the spool. */
   syncs: number
   /** Failed syncs; their entries were appended again to a new segment. */

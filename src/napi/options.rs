@@ -140,10 +140,10 @@ pub struct AuditBatcherOptions {
     #[napi(ts_type = "Record<string, number>")]
     pub sample_rates: Option<HashMap<String, serde_json::Value>>,
     /// The most entries held in memory (being written included). Default 100000. Critical entries are
-    /// taken beyond it.
+    /// taken beyond it. With a spool, entries past it wait in the spool instead of meeting `onBufferFull`.
     pub max_buffered_entries: Option<f64>,
     /// The most bytes of entries held in memory. Default 67108864 (64 MiB). Critical entries are taken
-    /// beyond it.
+    /// beyond it. With a spool, entries past it wait in the spool instead of meeting `onBufferFull`.
     pub max_buffered_bytes: Option<f64>,
     /// The largest entry `log()` takes, in bytes (its text, payload JSON included, plus 72). Larger
     /// ones throw `ERR_AUDIT_INVALID_ENTRY`, before they are copied. Default 1048576 (1 MiB), at most
