@@ -146,6 +146,21 @@ impl SpillReader {
     }
 }
 
+/// The error reported when a sync of the spool failed.
+fn sync_failure_report(e: &SpoolError) -> WriteError {
+    match e {
+        SpoolError::SyncFailed {
+            from_seq,
+            through_seq,
+            source,
+        } => WriteError::new(format!(
+            "spool: fdatasync failed ({source}); its segment is abandoned, and entries \
+             {from_seq}..={through_seq} not yet written are appended again to a new one"
+        )),
+        other => WriteError::new(other.to_string()),
+    }
+}
+
 /// The error reported (once per streak) when the spool cannot take an entry.
 pub(super) fn unspooled_error(e: &SpoolError) -> WriteError {
     WriteError::new(format!(
@@ -357,11 +372,20 @@ impl<S: Sink> Batcher<S> {
         };
         // Its error is counted in the spool's stats; the segments are tried again next time.
         let _ = spool.release_through(settled);
+        let synced = spool.sync();
+        if let Err(e) = &synced {
+            // A failed sync weakens durability against a machine crash until the next one succeeds:
+            // reported each time, as the entries involved are known only now.
+            if let Some(o) = &self.observer {
+                let pending = self.state.lock().buffered();
+                o.on_error(&sync_failure_report(e), pending);
+            }
+        }
         if let Err(SpoolError::SyncFailed {
             from_seq,
             through_seq,
             ..
-        }) = spool.sync()
+        }) = synced
         {
             // With the writer held no batch is in flight: the unsettled entries are the queue's (the
             // first numbered `settled + 1`), then the spilled ones (on disk only: read back from the

@@ -749,14 +749,17 @@ async fn an_entry_whose_dead_letter_cannot_be_stored_stays_buffered() {
 #[derive(Default)]
 struct Recorder {
     events: Mutex<Vec<String>>,
+    /// The messages of the errors reported.
+    errors: Mutex<Vec<String>>,
 }
 
 impl Observer for Arc<Recorder> {
     fn on_flush(&self, rows: usize, _latency_ms: f64) {
         self.events.lock().push(format!("flush {rows}"));
     }
-    fn on_error(&self, _cause: &WriteError, pending: usize) {
+    fn on_error(&self, cause: &WriteError, pending: usize) {
         self.events.lock().push(format!("error {pending}"));
+        self.errors.lock().push(cause.message.clone());
     }
     fn on_dead_letter(&self, entry: &Entry, cause: &WriteError) {
         let actor = entry.text(TextField::Actor).unwrap_or_default().to_owned();
@@ -1226,6 +1229,29 @@ mod spool {
             .filter(|e| e.starts_with("error"))
             .count();
         assert_eq!(errors, 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_sync_is_reported_through_the_observer() {
+        let dir = TempDir::new("syncreport");
+        let recorder = Arc::new(Recorder::default());
+        let sink = Arc::new(TestSink::default());
+        let (s, recovery) = Spool::open(&dir.0, small()).unwrap();
+        let b = Arc::new(
+            Batcher::new(sink.clone(), BatcherConfig::default())
+                .with_spool(s, recovery)
+                .with_observer(Box::new(recorder.clone()), None),
+        );
+        log_n(&b, 10);
+        b.state.lock().spool.as_ref().unwrap().fail_next_syncs(1);
+        assert!(maintain(&b).await);
+        let events = recorder.events.lock().clone();
+        let errors: Vec<_> = events.iter().filter(|e| e.starts_with("error")).collect();
+        assert_eq!(errors.len(), 1, "{events:?}");
+        let message = recorder.errors.lock()[0].clone();
+        assert!(message.contains("fdatasync failed"), "{message}");
+        assert!(maintain(&b).await, "a later sync succeeds, unreported");
+        assert_eq!(recorder.events.lock().len(), events.len());
     }
 
     #[tokio::test]
