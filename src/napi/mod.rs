@@ -420,11 +420,7 @@ impl AuditBatcher {
 impl AuditBatcher {
     /// The batcher's promise settler, made at the first call that needs it. JavaScript thread only.
     fn settler(&self, env: &Env) -> napi::Result<&Settler> {
-        if let Some(settler) = self.settler.get() {
-            return Ok(settler);
-        }
-        let made = Settler::new(env)?;
-        Ok(self.settler.get_or_init(|| made))
+        Settler::get_or_make(&self.settler, env)
     }
 
     /// Buffers a converted entry (or throws its conversion error), and starts the flush of a critical one.
