@@ -222,6 +222,9 @@ pub const DEFAULT_TABLE: &str = "audit_log";
 #[derive(Clone, Debug)]
 pub struct Config {
     pub sink: SinkConfig,
+    /// A Redis producer given a `connectionString` too: the PostgreSQL table that critical entries and
+    /// `write()` go to directly, through a batcher of their own (not ordered with the stream's entries).
+    pub direct: Option<SinkConfig>,
     pub batcher: BatcherConfig,
     /// Write-behind: flush this often while anything is buffered.
     pub flush_interval: Option<Duration>,

@@ -34,7 +34,8 @@ pub struct RedisOptions {
     pub shards: Option<f64>,
     /// The bound on entries in the stream(s), all shards together. At it, `onBufferFull` applies to
     /// non-critical entries (`'reject'` throws `ERR_AUDIT_BUFFER_FULL`, `'drop'` counts them in
-    /// `stats().dropped`); critical entries still go. Never used to trim the stream. Default: no bound.
+    /// `stats().dropped`); critical entries still go (straight to PostgreSQL when `connectionString` is
+    /// given). Never used to trim the stream. Default: no bound.
     pub max_length: Option<f64>,
     /// For `rediss://`: a PEM file of the CA certificates the server's certificate must chain to.
     pub tls_root_cert: Option<String>,
@@ -219,12 +220,7 @@ pub fn producer_sink(
             "cannot be combined with redis (the stream is the sink)",
         ));
     }
-    if o.connection_string.is_some() {
-        return Err(InvalidOption::new(
-            "connectionString",
-            "cannot be combined with redis yet: a producer sends every entry, critical ones and write() included, to the stream",
-        ));
-    }
+    let max_length = limits::REDIS_MAX_LENGTH.read(redis.max_length)?;
     Ok(SinkConfig::Redis(Box::new(StreamConfig {
         redis: redis_config(
             redis.url.as_ref(),
@@ -233,7 +229,7 @@ pub fn producer_sink(
             redis.tls_root_cert.as_ref(),
             redis.cluster_nodes.as_ref(),
         )?,
-        max_length: limits::REDIS_MAX_LENGTH.read(redis.max_length)?,
+        max_length,
     })))
 }
 

@@ -37,6 +37,9 @@
 //!   workers retry reads and acknowledgements with backoff on connections that reconnect by themselves.
 //! - Visible: stream length, unacknowledged count, oldest unacknowledged age, consumers, lag, and the
 //!   worker's counters in [`Worker::stats`] / [`WorkerStats::metrics_text`].
+//! - Critical entries: a JavaScript producer given a `connectionString` too writes its critical entries
+//!   and `write()` straight to PostgreSQL, through a second batcher over the PostgreSQL sink; they are
+//!   ordered among themselves, not with the stream's entries.
 //!
 //! # Limits
 //! - Durability is Redis's: with AOF `appendfsync everysec` a Redis crash can lose about a second of
