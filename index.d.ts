@@ -278,9 +278,16 @@ export interface AuditBatcherOptions {
   onError?: (error: Error & { code: string; sqlstate?: string; pending: number }) => void
   /** Called for each entry the table refused, after it was stored in the dead-letter table. */
   onDeadLetter?: (event: DeadLetterEvent) => void
-  /** Called once each time the buffer reaches `highWaterMark` entries. */
+  /**
+   * Called once each time the buffer reaches `highWaterMark` entries, and for a Redis producer with
+   * `redis.highWaterLength`, once each time the stream length it learns reaches that mark (the event
+   * then has `streamLength`).
+   */
   onHighWater?: (event: HighWaterEvent) => void
-  /** Buffered entries at which `onHighWater` is called. */
+  /**
+   * Buffered entries at which `onHighWater` is called (for a Redis producer: entries in its own
+   * buffer; see `redis.highWaterLength` for the stream's length).
+   */
   highWaterMark?: number
   /**
    * A durable local spool: each entry `log()` or `write()` accepts is in a file (in the kernel's page
@@ -516,10 +523,20 @@ export interface FlushResult {
   pending: number
 }
 
-/** What `onHighWater` receives: the buffer reached `highWaterMark`. */
+/**
+ * What `onHighWater` receives: the buffer reached `highWaterMark`, or (with `streamLength`) a Redis
+ * producer learnt that the stream(s) reached `redis.highWaterLength`.
+ */
 export interface HighWaterEvent {
+  /** Entries buffered at that moment. */
   buffered: number
+  /** Bytes those entries hold. */
   bufferedBytes: number
+  /**
+   * For `redis.highWaterLength`: the stream length learnt (all shards together). Absent for
+   * `highWaterMark`.
+   */
+  streamLength?: number
 }
 
 /**
@@ -552,6 +569,12 @@ export interface RedisOptions {
    * given). Never used to trim the stream. Default: no bound.
    */
   maxLength?: number
+  /**
+   * The stream length (all shards together, as the producer learns it with each write) at which
+   * `onHighWater` is called, once per crossing: again only after the length was seen below it. The
+   * event then has `streamLength`. At most `maxLength`. Default: none (no stream event).
+   */
+  highWaterLength?: number
   /** For `rediss://`: a PEM file of the CA certificates the server's certificate must chain to. */
   tlsRootCert?: string
   /** Seed nodes of a Redis Cluster (URLs as `url`); when given, `url` is ignored. */

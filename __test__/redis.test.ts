@@ -293,6 +293,35 @@ describe.runIf(binary)('Redis hand-off', () => {
     await redis.command('DEL', stream);
   }, 30_000);
 
+  it('redis.highWaterLength: onHighWater once per crossing of the stream length the producer learns', async () => {
+    const stream = uniqueTable('s');
+    expect(thrownBy(() => new AuditBatcher({ redis: { url: redis.url, stream, maxLength: 5, highWaterLength: 6 } })).message).toContain('redis.highWaterLength');
+    const events: { buffered: number; bufferedBytes: number; streamLength?: number }[] = [];
+    const p = new AuditBatcher({ redis: { url: redis.url, stream, highWaterLength: 10 }, onHighWater: (e) => events.push(e) });
+    for (let i = 0; i < 9; i++) p.log({ action: 'hw' });
+    await p.flush();
+    p.log({ action: 'hw' });
+    p.log({ action: 'hw' });
+    await p.flush();
+    await waitFor(() => events.length === 1, 5000);
+    expect(events[0]?.streamLength).toBe(11);
+    // Still above: no new event.
+    p.log({ action: 'hw' });
+    await p.flush();
+    // Workers drained the stream (here: deleted); the producer learns it with its next write, then crosses again.
+    await redis.command('DEL', stream);
+    p.log({ action: 'hw' });
+    await p.flush();
+    for (let i = 0; i < 9; i++) p.log({ action: 'hw' });
+    await p.flush();
+    await waitFor(() => events.length === 2, 5000);
+    expect(events[1]?.streamLength).toBe(10);
+    await new Promise((r) => setTimeout(r, 100));
+    expect(events).toHaveLength(2);
+    await p.close();
+    await redis.command('DEL', stream);
+  }, 30_000);
+
   it('a poison row and an undecodable stream entry are dead-lettered; the rest written', async () => {
     const table = uniqueTable('rw');
     const stream = uniqueTable('s');

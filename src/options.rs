@@ -164,6 +164,14 @@ pub mod limits {
         max: 1 << 40,
         default: None,
     };
+    /// `redis.highWaterLength`: the stream length (all shards) at which a producer calls `onHighWater`;
+    /// none by default. At most `redis.maxLength` when that is given.
+    pub const REDIS_HIGH_WATER_LENGTH: Whole = Whole {
+        name: "redis.highWaterLength",
+        min: 1,
+        max: 1 << 40,
+        default: None,
+    };
     /// `redis.blockMs`: how long one worker read waits for new entries.
     pub const REDIS_BLOCK_MS: Whole = Whole {
         name: "redis.blockMs",

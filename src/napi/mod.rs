@@ -210,6 +210,17 @@ impl AuditBatcher {
             batcher = batcher.with_spool(spool, recovery);
         }
         let core = Arc::new(batcher);
+        if let AnySink::Redis(stream) = core.sink() {
+            if observed {
+                let weak = Arc::downgrade(&core);
+                stream.on_high_water(Box::new(move |length| {
+                    if let Some(core) = weak.upgrade() {
+                        let stats = core.stats();
+                        observer.on_stream_high_water(length, stats.buffered, stats.buffered_bytes);
+                    }
+                }));
+            }
+        }
         if let Some(background) = background {
             spawn(run_background(Arc::downgrade(&core), background));
             if let Some(direct) = &direct {

@@ -177,10 +177,13 @@ pub struct AuditBatcherOptions {
     /// Called for each entry the table refused, after it was stored in the dead-letter table.
     #[napi(ts_type = "(event: DeadLetterEvent) => void")]
     pub on_dead_letter: Option<FunctionRef<(), ()>>,
-    /// Called once each time the buffer reaches `highWaterMark` entries.
+    /// Called once each time the buffer reaches `highWaterMark` entries, and for a Redis producer with
+    /// `redis.highWaterLength`, once each time the stream length it learns reaches that mark (the event
+    /// then has `streamLength`).
     #[napi(ts_type = "(event: HighWaterEvent) => void")]
     pub on_high_water: Option<FunctionRef<(), ()>>,
-    /// Buffered entries at which `onHighWater` is called.
+    /// Buffered entries at which `onHighWater` is called (for a Redis producer: entries in its own
+    /// buffer; see `redis.highWaterLength` for the stream's length).
     pub high_water_mark: Option<f64>,
     /// A durable local spool: each entry `log()` or `write()` accepts is in a file (in the kernel's page
     /// cache) before the call returns, so that a process crash loses none; the next batcher that opens

@@ -37,6 +37,10 @@ pub struct RedisOptions {
     /// `stats().dropped`); critical entries still go (straight to PostgreSQL when `connectionString` is
     /// given). Never used to trim the stream. Default: no bound.
     pub max_length: Option<f64>,
+    /// The stream length (all shards together, as the producer learns it with each write) at which
+    /// `onHighWater` is called, once per crossing: again only after the length was seen below it. The
+    /// event then has `streamLength`. At most `maxLength`. Default: none (no stream event).
+    pub high_water_length: Option<f64>,
     /// For `rediss://`: a PEM file of the CA certificates the server's certificate must chain to.
     pub tls_root_cert: Option<String>,
     /// Seed nodes of a Redis Cluster (URLs as `url`); when given, `url` is ignored.
@@ -48,6 +52,7 @@ options_object!(RedisOptions {
     stream,
     shards,
     max_length,
+    high_water_length,
     tls_root_cert,
     cluster_nodes,
 });
@@ -221,6 +226,15 @@ pub fn producer_sink(
         ));
     }
     let max_length = limits::REDIS_MAX_LENGTH.read(redis.max_length)?;
+    let high_water_length = limits::REDIS_HIGH_WATER_LENGTH.read(redis.high_water_length)?;
+    if let (Some(mark), Some(max)) = (high_water_length, max_length) {
+        if mark > max {
+            return Err(InvalidOption::new(
+                limits::REDIS_HIGH_WATER_LENGTH.name,
+                format!("must not exceed redis.maxLength ({max}), got {mark}"),
+            ));
+        }
+    }
     Ok(SinkConfig::Redis(Box::new(StreamConfig {
         redis: redis_config(
             redis.url.as_ref(),
@@ -230,6 +244,7 @@ pub fn producer_sink(
             redis.cluster_nodes.as_ref(),
         )?,
         max_length,
+        high_water_length,
     })))
 }
 
