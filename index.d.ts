@@ -16,6 +16,9 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
  * - Entries are written in `log()` order, each batch in one statement; a retry carries
  *   `ON CONFLICT (id) DO NOTHING`, so it never stores an entry twice.
  * - A failed flush keeps its entries buffered, ahead of newer ones, for the next flush.
+ * - With `redis` and `connectionString` both, critical entries and `write()` go straight to the table
+ *   (their own buffer, in their own order) while the others go to the stream: the two paths are not
+ *   ordered with each other. `flush()`, `close()`, `pending`, `stats()` and `metricsText()` cover both.
  */
 export declare class AuditBatcher {
   /**
@@ -39,7 +42,9 @@ export declare class AuditBatcher {
   log(entry: AuditEntry): string
   /**
    * Writes one entry, together with everything buffered before it, and resolves with its id once it is
-   * committed. The entry is treated as critical: never sampled away nor dropped.
+   * committed. The entry is treated as critical: never sampled away nor dropped. With `redis` and
+   * `connectionString`, it is committed to the table directly, with the critical entries before it (not
+   * with the entries bound for the stream); with `redis` only, it is in the stream when this resolves.
    *
    * Rejects with a TypeError `ERR_AUDIT_INVALID_ENTRY` for an invalid entry, `ERR_AUDIT_CLOSED` after
    * `close()`, and `ERR_AUDIT_FLUSH_FAILED` when the write fails (the entry stays buffered and a later
@@ -59,7 +64,8 @@ export declare class AuditBatcher {
   flush(): Promise<FlushResult>
   /**
    * Creates the default table, its schema and its `(tenant_id, occurred_at)` index when missing.
-   * Idempotent, and safe to call from several processes at once. Does nothing with the memory sink.
+   * Idempotent, and safe to call from several processes at once. Does nothing with the memory sink, nor
+   * for a Redis producer without `connectionString` (its workers write the table).
    */
   ensureSchema(): Promise<void>
   /**
@@ -73,7 +79,11 @@ export declare class AuditBatcher {
    * `write()` settles too. Later calls report the same outcome.
    */
   close(options?: CloseOptions): Promise<void>
-  /** A snapshot of the counters and recent write figures. */
+  /**
+   * A snapshot of the counters and recent write figures. With `redis` and `connectionString`, the
+   * counters, `buffered` and `lastError` cover both paths (the stream's and the direct writes to the
+   * table); `flushLatencyMs` and `batchSize` are the stream path's.
+   */
   stats(): AuditStats
   /**
    * The counters in Prometheus text exposition format (version 0.0.4), for a `/metrics` route:
@@ -85,6 +95,8 @@ export declare class AuditBatcher {
   /**
    * Copies of the entries waiting in the buffer, oldest first (not those being written at this very
    * moment). After a `close()` that could not write everything, these are the entries left unwritten.
+   * With `redis` and `connectionString`, the stream's entries, then the critical entries bound for
+   * the table.
    */
   bufferedEntries(): Array<AuditRecord>
   /**
@@ -266,9 +278,16 @@ export interface AuditBatcherOptions {
   onError?: (error: Error & { code: string; sqlstate?: string; pending: number }) => void
   /** Called for each entry the table refused, after it was stored in the dead-letter table. */
   onDeadLetter?: (event: DeadLetterEvent) => void
-  /** Called once each time the buffer reaches `highWaterMark` entries. */
+  /**
+   * Called once each time the buffer reaches `highWaterMark` entries, and for a Redis producer with
+   * `redis.highWaterLength`, once each time the stream length it learns reaches that mark (the event
+   * then has `streamLength`).
+   */
   onHighWater?: (event: HighWaterEvent) => void
-  /** Buffered entries at which `onHighWater` is called. */
+  /**
+   * Buffered entries at which `onHighWater` is called (for a Redis producer: entries in its own
+   * buffer; see `redis.highWaterLength` for the stream's length).
+   */
   highWaterMark?: number
   /**
    * A durable local spool: each entry `log()` or `write()` accepts is in a file (in the kernel's page
@@ -279,7 +298,9 @@ export interface AuditBatcherOptions {
   spool?: SpoolOptions
   /**
    * Hand-off through Redis Streams: batches go to a stream, and `AuditWorker`s write them to
-   * PostgreSQL. Not with `sink` nor `connectionString`.
+   * PostgreSQL. Not with `sink`. With `connectionString` too (and the table options), critical entries
+   * and `write()` go straight to that table instead, committed when `write()` resolves; they are not
+   * ordered with the stream's entries (see the README's "Redis hand-off"). Not with `spool` then.
    */
   redis?: RedisOptions
 }
@@ -505,10 +526,20 @@ export interface FlushResult {
   pending: number
 }
 
-/** What `onHighWater` receives: the buffer reached `highWaterMark`. */
+/**
+ * What `onHighWater` receives: the buffer reached `highWaterMark`, or (with `streamLength`) a Redis
+ * producer learnt that the stream(s) reached `redis.highWaterLength`.
+ */
 export interface HighWaterEvent {
+  /** Entries buffered at that moment. */
   buffered: number
+  /** Bytes those entries hold. */
   bufferedBytes: number
+  /**
+   * For `redis.highWaterLength`: the stream length learnt (all shards together). Absent for
+   * `highWaterMark`.
+   */
+  streamLength?: number
 }
 
 /**
@@ -537,9 +568,16 @@ export interface RedisOptions {
   /**
    * The bound on entries in the stream(s), all shards together. At it, `onBufferFull` applies to
    * non-critical entries (`'reject'` throws `ERR_AUDIT_BUFFER_FULL`, `'drop'` counts them in
-   * `stats().dropped`); critical entries still go. Never used to trim the stream. Default: no bound.
+   * `stats().dropped`); critical entries still go (straight to PostgreSQL when `connectionString` is
+   * given). Never used to trim the stream. Default: no bound.
    */
   maxLength?: number
+  /**
+   * The stream length (all shards together, as the producer learns it with each write) at which
+   * `onHighWater` is called, once per crossing: again only after the length was seen below it. The
+   * event then has `streamLength`. At most `maxLength`. Default: none (no stream event).
+   */
+  highWaterLength?: number
   /** For `rediss://`: a PEM file of the CA certificates the server's certificate must chain to. */
   tlsRootCert?: string
   /** Seed nodes of a Redis Cluster (URLs as `url`); when given, `url` is ignored. */

@@ -210,6 +210,118 @@ describe.runIf(binary)('Redis hand-off', () => {
     await w.stop();
   }, 30_000);
 
+  it('with connectionString too: critical entries and write() are committed to the table directly, the rest only through a worker', async () => {
+    const table = uniqueTable('rw');
+    const stream = uniqueTable('s');
+    await makeTable(table);
+    const ids = async (where: string): Promise<string[]> =>
+      withClient(url, async (c) => (await c.query(`SELECT id::text FROM ${table} WHERE ${where} ORDER BY 1`)).rows.map((r) => r.id));
+    // The options the direct mode checks are checked here too, by the same code, and no message holds a password.
+    expect(thrownBy(() => new AuditBatcher({ redis: { url: redis.url, stream }, connectionString: '   ' }))).toMatchObject({ code: 'ERR_AUDIT_INVALID_OPTIONS' });
+    const leaky = thrownBy(() => new AuditBatcher({ redis: { url: redis.url, stream }, connectionString: 'postgres://u:hunter2@h:notaport/db' }));
+    expect(leaky.message).toContain('connectionString');
+    expect(leaky.message).not.toContain('hunter2');
+    expect(thrownBy(() => new AuditBatcher({ redis: { url: redis.url, stream }, connectionString: url, table: 'bad name' })).message).toContain('table');
+    expect(thrownBy(() => new AuditBatcher({ redis: { url: redis.url, stream }, connectionString: url, spool: { dir: '/tmp/x' } })).message).toContain('spool');
+
+    const p = new AuditBatcher({ redis: { url: redis.url, stream }, connectionString: url, table });
+    const plain = p.log({ action: 'plain' });
+    const critical = p.log({ action: 'critical.log', critical: true });
+    const written = await p.write({ action: 'critical.write' });
+    // No worker runs: what is in the table came straight from the producer, committed when write() resolved.
+    expect(await ids("action LIKE 'critical.%'")).toEqual([critical, written].sort());
+    expect(await ids("action = 'plain'")).toEqual([]);
+    expect(p.pending).toBe(1);
+    expect(await p.flush()).toEqual({ written: 1, pending: 0 });
+    expect(await redis.command('XLEN', stream)).toBe(1);
+    expect(p.stats()).toMatchObject({ logged: 3, written: 3, critical: 2, buffered: 0 });
+    expect(p.metricsText()).toMatch(/audit_batcher_entries_total\{state="written"\} 3/);
+    await p.close();
+    expect(thrownBy(() => p.log({ action: 'late', critical: true }))).toMatchObject({ code: 'ERR_AUDIT_CLOSED' });
+    expect(await ids("action = 'plain'")).toEqual([]);
+    const w = worker({ stream, table });
+    await w.start();
+    await waitFor(() => w.stats().entriesAcked === 1, 15_000, { intervalMs: 20 });
+    expect(await ids("action = 'plain'")).toEqual([plain]);
+    expect(await count(table)).toEqual({ rows: 3, distinct: 3 });
+    await w.stop();
+  }, 30_000);
+
+  it('with connectionString too, at maxLength: non-critical entries rejected or dropped and counted, critical ones written to the table', async () => {
+    const table = uniqueTable('rw');
+    const stream = uniqueTable('s');
+    await makeTable(table);
+    const reject = new AuditBatcher({ redis: { url: redis.url, stream, maxLength: 5 }, connectionString: url, table });
+    const drop = new AuditBatcher({ redis: { url: redis.url, stream, maxLength: 5 }, connectionString: url, table, onBufferFull: 'drop' });
+    for (let i = 0; i < 5; i++) reject.log({ action: 'fill', payload: { i } });
+    await reject.flush();
+    expect(thrownBy(() => reject.log({ action: 'over' }))).toMatchObject({ code: 'ERR_AUDIT_BUFFER_FULL' });
+    expect(reject.stats().rejected).toBe(1);
+    drop.log({ action: 'first' });
+    await drop.flush();
+    for (let i = 0; i < 3; i++) drop.log({ action: 'over' });
+    expect(drop.stats().dropped).toBe(3);
+    const critical = reject.log({ action: 'critical.one', critical: true });
+    const written = await reject.write({ action: 'critical.two' });
+    const dropWritten = await drop.write({ action: 'critical.three' });
+    await Promise.all([reject.flush(), drop.flush()]);
+    // The critical entries went to the table, not to the stream; no worker runs.
+    expect(await redis.command('XLEN', stream)).toBe(6);
+    const ids = await withClient(url, async (c) => (await c.query(`SELECT id::text FROM ${table} ORDER BY 1`)).rows.map((r) => r.id));
+    expect(ids).toEqual([critical, written, dropWritten].sort());
+    expect(reject.stats()).toMatchObject({ rejected: 1, critical: 2, written: 7 });
+    expect(drop.stats()).toMatchObject({ dropped: 3, critical: 1, written: 2 });
+    await reject.close();
+    await drop.close();
+  }, 30_000);
+
+  it('with connectionString too and PostgreSQL unreachable: write() rejects typed without the password, close() reports what is left', async () => {
+    const stream = uniqueTable('s');
+    const p = new AuditBatcher({ redis: { url: redis.url, stream }, connectionString: 'postgres://u:hunter2@127.0.0.1:1/db', connectTimeoutMs: 500 });
+    p.log({ action: 'plain' });
+    const e = await rejectionOf(p.write({ action: 'critical.write' }));
+    expect(e).toMatchObject({ code: 'ERR_AUDIT_FLUSH_FAILED' });
+    expect(e.message).not.toContain('hunter2');
+    expect(p.stats().failedFlushes).toBeGreaterThan(0);
+    expect(p.stats().lastError?.message).not.toContain('hunter2');
+    const closed = await rejectionOf(p.close({ timeoutMs: 300 }));
+    expect(closed).toMatchObject({ code: 'ERR_AUDIT_FLUSH_FAILED', pending: 1 });
+    expect(closed.message).not.toContain('hunter2');
+    // The stream's entry went; the critical one is kept, readable, not dropped.
+    expect(await redis.command('XLEN', stream)).toBe(1);
+    expect(p.bufferedEntries().map((r) => r.action)).toEqual(['critical.write']);
+    await redis.command('DEL', stream);
+  }, 30_000);
+
+  it('redis.highWaterLength: onHighWater once per crossing of the stream length the producer learns', async () => {
+    const stream = uniqueTable('s');
+    expect(thrownBy(() => new AuditBatcher({ redis: { url: redis.url, stream, maxLength: 5, highWaterLength: 6 } })).message).toContain('redis.highWaterLength');
+    const events: { buffered: number; bufferedBytes: number; streamLength?: number }[] = [];
+    const p = new AuditBatcher({ redis: { url: redis.url, stream, highWaterLength: 10 }, onHighWater: (e) => events.push(e) });
+    for (let i = 0; i < 9; i++) p.log({ action: 'hw' });
+    await p.flush();
+    p.log({ action: 'hw' });
+    p.log({ action: 'hw' });
+    await p.flush();
+    await waitFor(() => events.length === 1, 5000);
+    expect(events[0]?.streamLength).toBe(11);
+    // Still above: no new event.
+    p.log({ action: 'hw' });
+    await p.flush();
+    // Workers drained the stream (here: deleted); the producer learns it with its next write, then crosses again.
+    await redis.command('DEL', stream);
+    p.log({ action: 'hw' });
+    await p.flush();
+    for (let i = 0; i < 9; i++) p.log({ action: 'hw' });
+    await p.flush();
+    await waitFor(() => events.length === 2, 5000);
+    expect(events[1]?.streamLength).toBe(10);
+    await new Promise((r) => setTimeout(r, 100));
+    expect(events).toHaveLength(2);
+    await p.close();
+    await redis.command('DEL', stream);
+  }, 30_000);
+
   it('a poison row and an undecodable stream entry are dead-lettered; the rest written', async () => {
     const table = uniqueTable('rw');
     const stream = uniqueTable('s');

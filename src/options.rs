@@ -150,6 +150,63 @@ pub mod limits {
         max: 600_000,
         default: Some(10_000),
     };
+    /// `redis.shards`: how many streams entries are spread over (1 to 1024, as `RedisConfig` checks).
+    pub const REDIS_SHARDS: Whole = Whole {
+        name: "redis.shards",
+        min: 1,
+        max: 1024,
+        default: Some(1),
+    };
+    /// `redis.maxLength`: a producer's bound on entries in the stream(s); none by default.
+    pub const REDIS_MAX_LENGTH: Whole = Whole {
+        name: "redis.maxLength",
+        min: 1,
+        max: 1 << 40,
+        default: None,
+    };
+    /// `redis.highWaterLength`: the stream length (all shards) at which a producer calls `onHighWater`;
+    /// none by default. At most `redis.maxLength` when that is given.
+    pub const REDIS_HIGH_WATER_LENGTH: Whole = Whole {
+        name: "redis.highWaterLength",
+        min: 1,
+        max: 1 << 40,
+        default: None,
+    };
+    /// `redis.blockMs`: how long one worker read waits for new entries.
+    pub const REDIS_BLOCK_MS: Whole = Whole {
+        name: "redis.blockMs",
+        min: 1,
+        max: 60_000,
+        default: Some(1000),
+    };
+    /// `redis.claimIdleMs`: entries held this long by a consumer are taken over by another worker.
+    pub const REDIS_CLAIM_IDLE_MS: Whole = Whole {
+        name: "redis.claimIdleMs",
+        min: 1,
+        max: DAY_MS,
+        default: Some(30_000),
+    };
+    /// `redis.claimIntervalMs`: how often a worker scans each shard's pending list.
+    pub const REDIS_CLAIM_INTERVAL_MS: Whole = Whole {
+        name: "redis.claimIntervalMs",
+        min: 1,
+        max: DAY_MS,
+        default: Some(5000),
+    };
+    /// `redis.consumerExpiryMs`: idle consumers holding nothing are removed after this long; 0 means never.
+    pub const REDIS_CONSUMER_EXPIRY_MS: Whole = Whole {
+        name: "redis.consumerExpiryMs",
+        min: 0,
+        max: 30 * DAY_MS,
+        default: Some(3_600_000),
+    };
+    /// A worker's `stopTimeoutMs`: how long `stop()` keeps trying to commit the batch in hand.
+    pub const STOP_TIMEOUT_MS: Whole = Whole {
+        name: "stopTimeoutMs",
+        min: 0,
+        max: DAY_MS,
+        default: Some(10_000),
+    };
     /// `spool.syncIntervalMs`: how often the spool is synced (and its next segment prepared).
     pub const SPOOL_SYNC_INTERVAL_MS: Whole = Whole {
         name: "spool.syncIntervalMs",
@@ -173,6 +230,9 @@ pub const DEFAULT_TABLE: &str = "audit_log";
 #[derive(Clone, Debug)]
 pub struct Config {
     pub sink: SinkConfig,
+    /// A Redis producer given a `connectionString` too: the PostgreSQL table that critical entries and
+    /// `write()` go to directly, through a batcher of their own (not ordered with the stream's entries).
+    pub direct: Option<SinkConfig>,
     pub batcher: BatcherConfig,
     /// Write-behind: flush this often while anything is buffered.
     pub flush_interval: Option<Duration>,

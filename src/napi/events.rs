@@ -25,11 +25,17 @@ pub struct FlushEvent {
     pub latency_ms: f64,
 }
 
-/// What `onHighWater` receives: the buffer reached `highWaterMark`.
+/// What `onHighWater` receives: the buffer reached `highWaterMark`, or (with `streamLength`) a Redis
+/// producer learnt that the stream(s) reached `redis.highWaterLength`.
 #[napi(object)]
 pub struct HighWaterEvent {
+    /// Entries buffered at that moment.
     pub buffered: i64,
+    /// Bytes those entries hold.
     pub buffered_bytes: i64,
+    /// For `redis.highWaterLength`: the stream length learnt (all shards together). Absent for
+    /// `highWaterMark`.
+    pub stream_length: Option<i64>,
 }
 
 /// What `onDeadLetter` receives: an entry the table refused, now in the dead-letter table.
@@ -187,6 +193,40 @@ impl Observer for JsObserver {
         send(&self.on_high_water, || HighWaterEvent {
             buffered: buffered as i64,
             buffered_bytes: buffered_bytes as i64,
+            stream_length: None,
         });
+    }
+}
+
+impl JsObserver {
+    /// A Redis producer learnt that the stream(s) reached `redis.highWaterLength`.
+    pub fn on_stream_high_water(&self, length: u64, buffered: usize, buffered_bytes: usize) {
+        send(&self.on_high_water, || HighWaterEvent {
+            buffered: buffered as i64,
+            buffered_bytes: buffered_bytes as i64,
+            stream_length: Some(length as i64),
+        });
+    }
+}
+
+/// One [`JsObserver`] heard by several batchers (a Redis producer's stream batcher and its direct
+/// PostgreSQL batcher), so that every callback is made once.
+pub struct SharedObserver(pub std::sync::Arc<JsObserver>);
+
+impl Observer for SharedObserver {
+    fn on_flush(&self, rows: usize, latency_ms: f64) {
+        self.0.on_flush(rows, latency_ms)
+    }
+
+    fn on_error(&self, cause: &WriteError, pending: usize) {
+        self.0.on_error(cause, pending)
+    }
+
+    fn on_dead_letter(&self, entry: &Entry, cause: &WriteError) {
+        self.0.on_dead_letter(entry, cause)
+    }
+
+    fn on_high_water(&self, buffered: usize, buffered_bytes: usize) {
+        self.0.on_high_water(buffered, buffered_bytes)
     }
 }

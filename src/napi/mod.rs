@@ -28,13 +28,16 @@ use parking_lot::Mutex;
 
 use self::convert::EntryError;
 use self::errors::Failure;
-use self::events::JsObserver;
+use self::events::{JsObserver, SharedObserver};
 use self::exit::ExitHook;
 use self::options::OptionError;
 pub use self::options::{AuditBatcherOptions, CloseOptions};
 use self::settle::{settled, Completion, Outcome, Settler, Value};
 pub use self::types::*;
-use crate::batcher::{run_background, run_replay, run_spool_sync, Batcher, Disposition, Logged};
+use crate::batcher::{
+    run_background, run_replay, run_spool_sync, Batcher, Disposition, FlushError, FlushOutcome,
+    Logged, Stats,
+};
 use crate::entry::EntryDraft;
 use crate::options::{Config, InvalidOption};
 use crate::sink::AnySink;
@@ -46,14 +49,33 @@ use crate::spool::Spool;
 /// - Entries are written in `log()` order, each batch in one statement; a retry carries
 ///   `ON CONFLICT (id) DO NOTHING`, so it never stores an entry twice.
 /// - A failed flush keeps its entries buffered, ahead of newer ones, for the next flush.
+/// - With `redis` and `connectionString` both, critical entries and `write()` go straight to the table
+///   (their own buffer, in their own order) while the others go to the stream: the two paths are not
+///   ordered with each other. `flush()`, `close()`, `pending`, `stats()` and `metricsText()` cover both.
 #[napi]
 pub struct AuditBatcher {
     core: Arc<Batcher<AnySink>>,
+    /// A Redis producer given a `connectionString` too: the batcher over the PostgreSQL table that
+    /// critical entries and `write()` go to directly.
+    direct: Option<Arc<Batcher<AnySink>>>,
     close_timeout: Duration,
     /// Settles the promises of `flush()`, `write()`, `close()` and `ensureSchema()`; made at the first.
     settler: OnceLock<Settler>,
-    /// The batcher's place on the `flushOnExit` list, until `close()`.
-    exit: Mutex<Option<ExitHook>>,
+    /// The batchers' places on the `flushOnExit` list, until `close()`.
+    exit: Mutex<Vec<ExitHook>>,
+}
+
+type Core = Arc<Batcher<AnySink>>;
+
+/// Adds the pending entries of another batcher to a flush failure's count.
+fn with_pending(e: FlushError, more: usize) -> FlushError {
+    match e {
+        FlushError::Failed { cause, pending } => FlushError::Failed {
+            cause,
+            pending: pending + more,
+        },
+        closed => closed,
+    }
 }
 
 /// Spawns `work` on the addon's runtime and reports its outcome to `completion`; a panic in it is
@@ -85,6 +107,40 @@ fn metric_labels(
     Ok(labels)
 }
 
+/// The outcomes of several batchers' flushes, added up.
+fn sum_outcomes(outcomes: &[FlushOutcome]) -> FlushOutcome {
+    FlushOutcome {
+        written: outcomes.iter().map(|o| o.written).sum(),
+        pending: outcomes.iter().map(|o| o.pending).sum(),
+    }
+}
+
+/// The results of the same operation on several batchers: all their values (merged by `merge`), or the
+/// first failure, its `pending` counting the entries every batcher still holds.
+fn combine<T>(
+    results: Vec<(Result<T, FlushError>, Core)>,
+    merge: impl FnOnce(&[T]) -> T,
+) -> Result<T, FlushError> {
+    let mut values = Vec::with_capacity(results.len());
+    let mut failure = None;
+    let mut others_pending = 0;
+    for (result, core) in results {
+        match result {
+            Ok(v) => {
+                values.push(v);
+                others_pending += core.pending();
+            }
+            Err(e) if failure.is_none() => failure = Some(e),
+            Err(_) => others_pending += core.pending(),
+        }
+    }
+    match failure {
+        Some(e) => Err(with_pending(e, others_pending)),
+        None if values.len() == 1 => Ok(values.pop().expect("one value")),
+        None => Ok(merge(&values)),
+    }
+}
+
 fn throw_option_error(env: &Env, e: OptionError) -> napi::Error {
     Failure::invalid_option(&e.invalid).throw(env, e.cause)
 }
@@ -114,6 +170,7 @@ impl AuditBatcher {
         let background = config.background();
         let Config {
             sink,
+            direct,
             batcher,
             flush_on_exit,
             close_timeout,
@@ -122,10 +179,23 @@ impl AuditBatcher {
             ..
         } = config;
         let sink = AnySink::new(sink).map_err(invalid)?;
-        let observer = JsObserver::new(&env, callbacks)?;
+        let direct_sink = direct.map(AnySink::new).transpose().map_err(invalid)?;
+        let observer = Arc::new(JsObserver::new(&env, callbacks)?);
+        let observed = !observer.is_empty();
+        // The direct batcher takes the same buffer settings; its entries are all critical, so its bounds
+        // never refuse one.
+        let direct = direct_sink.map(|sink| {
+            let direct = Batcher::new(sink, batcher.clone());
+            Arc::new(if observed {
+                direct.with_observer(Box::new(SharedObserver(observer.clone())), None)
+            } else {
+                direct
+            })
+        });
         let mut batcher = Batcher::new(sink, batcher);
-        if !observer.is_empty() || high_water_mark.is_some() {
-            batcher = batcher.with_observer(Box::new(observer), high_water_mark);
+        if observed || high_water_mark.is_some() {
+            batcher =
+                batcher.with_observer(Box::new(SharedObserver(observer.clone())), high_water_mark);
         }
         let spool_interval = spool.as_ref().map(|s| s.config.sync_interval);
         if let Some(settings) = spool {
@@ -140,20 +210,37 @@ impl AuditBatcher {
             batcher = batcher.with_spool(spool, recovery);
         }
         let core = Arc::new(batcher);
+        if let AnySink::Redis(stream) = core.sink() {
+            if observed {
+                let weak = Arc::downgrade(&core);
+                stream.on_high_water(Box::new(move |length| {
+                    if let Some(core) = weak.upgrade() {
+                        let stats = core.stats();
+                        observer.on_stream_high_water(length, stats.buffered, stats.buffered_bytes);
+                    }
+                }));
+            }
+        }
         if let Some(background) = background {
             spawn(run_background(Arc::downgrade(&core), background));
+            if let Some(direct) = &direct {
+                // The direct batcher's entries are critical, each flushed at once; this retries failures.
+                spawn(run_background(Arc::downgrade(direct), background));
+            }
         }
         if let Some(interval) = spool_interval {
             spawn(run_spool_sync(Arc::downgrade(&core), interval));
             spawn(run_replay(Arc::downgrade(&core)));
         }
-        let exit = if flush_on_exit {
-            Some(exit::install(&env, &core, close_timeout)?)
-        } else {
-            None
-        };
+        let mut exit = Vec::new();
+        if flush_on_exit {
+            for core in std::iter::once(&core).chain(&direct) {
+                exit.push(exit::install(&env, core, close_timeout)?);
+            }
+        }
         Ok(AuditBatcher {
             core,
+            direct,
             close_timeout,
             settler: OnceLock::new(),
             exit: Mutex::new(exit),
@@ -229,7 +316,9 @@ impl AuditBatcher {
     }
 
     /// Writes one entry, together with everything buffered before it, and resolves with its id once it is
-    /// committed. The entry is treated as critical: never sampled away nor dropped.
+    /// committed. The entry is treated as critical: never sampled away nor dropped. With `redis` and
+    /// `connectionString`, it is committed to the table directly, with the critical entries before it (not
+    /// with the entries bound for the stream); with `redis` only, it is in the stream when this resolves.
     ///
     /// Rejects with a TypeError `ERR_AUDIT_INVALID_ENTRY` for an invalid entry, `ERR_AUDIT_CLOSED` after
     /// `close()`, and `ERR_AUDIT_FLUSH_FAILED` when the write fails (the entry stays buffered and a later
@@ -250,7 +339,8 @@ impl AuditBatcher {
                 Err(e) => return settled(env, Err(entry_failure(&e)), e.cause),
             };
         draft.critical = true;
-        let (id, seq) = match self.core.log(draft) {
+        let critical = self.critical_core();
+        let (id, seq) = match critical.log(draft) {
             Ok(Logged {
                 id,
                 disposition: Disposition::Buffered { seq },
@@ -262,9 +352,9 @@ impl AuditBatcher {
             }
             Err(e) => return settled(env, Err(Failure::log(&e, "write()")), None),
         };
-        let ticket = self.core.ticket_through(seq);
+        let ticket = critical.ticket_through(seq);
         let (promise, completion) = self.settler(env)?.promise(env)?;
-        let core = self.core.clone();
+        let core = critical.clone();
         run(completion, async move {
             match ticket.run(&core).await {
                 Ok(_) => Ok(Value::Id(id)),
@@ -277,7 +367,7 @@ impl AuditBatcher {
     /// Entries accepted and not yet written (those being written included).
     #[napi(getter, catch_unwind)]
     pub fn pending(&self) -> i64 {
-        self.core.pending() as i64
+        self.cores().map(|c| c.pending()).sum::<usize>() as i64
     }
 
     /// Writes everything buffered at the time of the call, in one INSERT statement (more only past
@@ -289,30 +379,40 @@ impl AuditBatcher {
     #[napi(catch_unwind, ts_return_type = "Promise<FlushResult>")]
     pub fn flush<'env>(&self, env: &'env Env) -> napi::Result<PromiseRaw<'env, FlushResult>> {
         // The flush's extent is fixed here, synchronously: entries logged after this call wait for the next.
-        let ticket = match self.core.begin_flush() {
-            Ok(ticket) => ticket,
-            Err(e) => return settled(env, Err(Failure::flush(&e, "flush()")), None),
-        };
-        if let Some(outcome) = self.core.outcome_if_settled(&ticket) {
-            return settled(env, Ok(Value::Flush(outcome)), None);
+        let mut tickets = Vec::with_capacity(2);
+        for core in self.cores() {
+            match core.begin_flush() {
+                Ok(ticket) => tickets.push((core.clone(), ticket)),
+                Err(e) => return settled(env, Err(Failure::flush(&e, "flush()")), None),
+            }
+        }
+        let known: Option<Vec<FlushOutcome>> = tickets
+            .iter()
+            .map(|(core, ticket)| core.outcome_if_settled(ticket))
+            .collect();
+        if let Some(outcomes) = known {
+            return settled(env, Ok(Value::Flush(sum_outcomes(&outcomes))), None);
         }
         let (promise, completion) = self.settler(env)?.promise(env)?;
-        let core = self.core.clone();
         run(completion, async move {
-            match ticket.run(&core).await {
-                Ok(outcome) => Ok(Value::Flush(outcome)),
-                Err(e) => Err(Failure::flush(&e, "flush()")),
-            }
+            let runs = tickets
+                .into_iter()
+                .map(|(core, ticket)| async move { (ticket.run(&core).await, core) });
+            let results = futures_util::future::join_all(runs).await;
+            combine(results, sum_outcomes)
+                .map(Value::Flush)
+                .map_err(|e| Failure::flush(&e, "flush()"))
         });
         Ok(promise)
     }
 
     /// Creates the default table, its schema and its `(tenant_id, occurred_at)` index when missing.
-    /// Idempotent, and safe to call from several processes at once. Does nothing with the memory sink.
+    /// Idempotent, and safe to call from several processes at once. Does nothing with the memory sink, nor
+    /// for a Redis producer without `connectionString` (its workers write the table).
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
     pub fn ensure_schema<'env>(&self, env: &'env Env) -> napi::Result<PromiseRaw<'env, ()>> {
         let (promise, completion) = self.settler(env)?.promise(env)?;
-        let core = self.core.clone();
+        let core = self.critical_core().clone();
         run(completion, async move {
             let result = match core.sink() {
                 AnySink::Postgres(pg) => pg.ensure_schema().await,
@@ -358,27 +458,35 @@ impl AuditBatcher {
             Ok(t) => t,
             Err(e) => return settled(env, Err(Failure::invalid_option(&e)), None),
         };
-        if let Some(hook) = self.exit.lock().take() {
+        for hook in std::mem::take(&mut *self.exit.lock()) {
             // A process object whose listener methods were replaced must not stop the close.
             let _ = hook.remove(env);
         }
         // From this call on, log() and flush() refuse and the background writer stops.
-        let ticket = self.core.begin_close(tokio::time::Instant::now() + timeout);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let tickets: Vec<_> = self
+            .cores()
+            .map(|core| (core.clone(), core.begin_close(deadline)))
+            .collect();
         let (promise, completion) = self.settler(env)?.promise(env)?;
-        let core = self.core.clone();
         run(completion, async move {
-            match ticket.run(&core).await {
-                Ok(()) => Ok(Value::Unit),
-                Err(e) => Err(Failure::flush(&e, "close()")),
-            }
+            let runs = tickets
+                .into_iter()
+                .map(|(core, ticket)| async move { (ticket.run(&core).await, core) });
+            let results = futures_util::future::join_all(runs).await;
+            combine(results, |_| ())
+                .map(|()| Value::Unit)
+                .map_err(|e| Failure::flush(&e, "close()"))
         });
         Ok(promise)
     }
 
-    /// A snapshot of the counters and recent write figures.
+    /// A snapshot of the counters and recent write figures. With `redis` and `connectionString`, the
+    /// counters, `buffered` and `lastError` cover both paths (the stream's and the direct writes to the
+    /// table); `flushLatencyMs` and `batchSize` are the stream path's.
     #[napi(catch_unwind)]
     pub fn stats(&self) -> AuditStats {
-        self.core.stats().into()
+        self.combined_stats().into()
     }
 
     /// The counters in Prometheus text exposition format (version 0.0.4), for a `/metrics` route:
@@ -392,17 +500,18 @@ impl AuditBatcher {
         labels: Option<std::collections::HashMap<String, String>>,
     ) -> napi::Result<String> {
         let labels = metric_labels(&env, labels)?;
-        Ok(crate::metrics::render(&self.core.stats(), &labels))
+        Ok(crate::metrics::render(&self.combined_stats(), &labels))
     }
 
     /// Copies of the entries waiting in the buffer, oldest first (not those being written at this very
     /// moment). After a `close()` that could not write everything, these are the entries left unwritten.
+    /// With `redis` and `connectionString`, the stream's entries, then the critical entries bound for
+    /// the table.
     #[napi(catch_unwind)]
     pub fn buffered_entries(&self) -> Vec<AuditRecord> {
-        self.core
-            .buffered_entries()
-            .iter()
-            .map(AuditRecord::from)
+        self.cores()
+            .flat_map(|core| core.buffered_entries())
+            .map(|e| AuditRecord::from(&e))
             .collect()
     }
 
@@ -420,25 +529,95 @@ impl AuditBatcher {
 impl AuditBatcher {
     /// The batcher's promise settler, made at the first call that needs it. JavaScript thread only.
     fn settler(&self, env: &Env) -> napi::Result<&Settler> {
-        if let Some(settler) = self.settler.get() {
-            return Ok(settler);
-        }
-        let made = Settler::new(env)?;
-        Ok(self.settler.get_or_init(|| made))
+        Settler::get_or_make(&self.settler, env)
     }
 
-    /// Buffers a converted entry (or throws its conversion error), and starts the flush of a critical one.
+    /// The batcher (one, or the stream's then the direct one).
+    fn cores(&self) -> impl Iterator<Item = &Core> {
+        std::iter::once(&self.core).chain(&self.direct)
+    }
+
+    /// Where critical entries and `write()` go: the direct batcher when there is one.
+    fn critical_core(&self) -> &Core {
+        self.direct.as_ref().unwrap_or(&self.core)
+    }
+
+    /// The stats of both batchers together: counters added up, the histogram merged, the later last
+    /// error; the percentiles are the main (stream) batcher's, and so are the spool figures (the direct
+    /// batcher has no spool: `spool` is refused with `redis` and `connectionString`).
+    fn combined_stats(&self) -> Stats {
+        let mut s = self.core.stats();
+        let Some(direct) = &self.direct else {
+            return s;
+        };
+        // Destructured without `..`: a counter added to `Stats` fails to compile here until it is merged.
+        let Stats {
+            buffered,
+            buffered_bytes,
+            logged,
+            written,
+            dead_lettered,
+            sampled_out,
+            dropped,
+            rejected,
+            sanitized,
+            critical,
+            batches,
+            failed_flushes,
+            retries,
+            last_error,
+            flush_latency_ms: _,
+            batch_size: _,
+            latency_histogram,
+            spool: _,
+        } = direct.stats();
+        s.buffered += buffered;
+        s.buffered_bytes += buffered_bytes;
+        s.logged += logged;
+        s.written += written;
+        s.dead_lettered += dead_lettered;
+        s.sampled_out += sampled_out;
+        s.dropped += dropped;
+        s.rejected += rejected;
+        s.sanitized += sanitized;
+        s.critical += critical;
+        s.batches += batches;
+        s.failed_flushes += failed_flushes;
+        s.retries += retries;
+        for (count, more) in s
+            .latency_histogram
+            .counts
+            .iter_mut()
+            .zip(latency_histogram.counts)
+        {
+            *count += more;
+        }
+        s.latency_histogram.count += latency_histogram.count;
+        s.latency_histogram.sum_seconds += latency_histogram.sum_seconds;
+        s.last_error = match (s.last_error.take(), last_error) {
+            (Some(a), Some(b)) => Some(if b.1 > a.1 { b } else { a }),
+            (a, b) => a.or(b),
+        };
+        s
+    }
+
+    /// Buffers a converted entry (or throws its conversion error), and starts the flush of a critical one
+    /// (in the direct batcher when there is one).
     fn accept(&self, env: &Env, draft: Result<EntryDraft, EntryError>) -> napi::Result<String> {
         let draft = draft.map_err(|e| entry_failure(&e).throw(env, e.cause))?;
         let critical = draft.critical;
         let at_bound = !critical && self.stream_at_bound();
-        let logged = self
-            .core
+        let core = if critical {
+            self.critical_core()
+        } else {
+            &self.core
+        };
+        let logged = core
             .log_bounded(draft, at_bound)
             .map_err(|e| Failure::log(&e, "log()").throw(env, None))?;
         if let (true, Disposition::Buffered { seq }) = (critical, logged.disposition) {
             // Failures are counted in stats(); the entries stay buffered for the next flush.
-            if let Some(flush) = self.core.critical_flush(seq) {
+            if let Some(flush) = core.critical_flush(seq) {
                 spawn(flush);
             }
         }

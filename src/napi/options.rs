@@ -177,10 +177,13 @@ pub struct AuditBatcherOptions {
     /// Called for each entry the table refused, after it was stored in the dead-letter table.
     #[napi(ts_type = "(event: DeadLetterEvent) => void")]
     pub on_dead_letter: Option<FunctionRef<(), ()>>,
-    /// Called once each time the buffer reaches `highWaterMark` entries.
+    /// Called once each time the buffer reaches `highWaterMark` entries, and for a Redis producer with
+    /// `redis.highWaterLength`, once each time the stream length it learns reaches that mark (the event
+    /// then has `streamLength`).
     #[napi(ts_type = "(event: HighWaterEvent) => void")]
     pub on_high_water: Option<FunctionRef<(), ()>>,
-    /// Buffered entries at which `onHighWater` is called.
+    /// Buffered entries at which `onHighWater` is called (for a Redis producer: entries in its own
+    /// buffer; see `redis.highWaterLength` for the stream's length).
     pub high_water_mark: Option<f64>,
     /// A durable local spool: each entry `log()` or `write()` accepts is in a file (in the kernel's page
     /// cache) before the call returns, so that a process crash loses none; the next batcher that opens
@@ -188,7 +191,9 @@ pub struct AuditBatcherOptions {
     /// own. See the README's "Durability" section.
     pub spool: Option<SpoolOptions>,
     /// Hand-off through Redis Streams: batches go to a stream, and `AuditWorker`s write them to
-    /// PostgreSQL. Not with `sink` nor `connectionString`.
+    /// PostgreSQL. Not with `sink`. With `connectionString` too (and the table options), critical entries
+    /// and `write()` go straight to that table instead, committed when `write()` resolves; they are not
+    /// ordered with the stream's entries (see the README's "Redis hand-off"). Not with `spool` then.
     pub redis: Option<super::worker_options::RedisOptions>,
 }
 
@@ -447,8 +452,10 @@ impl TryFrom<&AuditBatcherOptions> for Config {
             flush_at_entries,
             ..BatcherConfig::default()
         };
+        let (sink, direct) = sinks(o)?;
         Ok(Config {
-            sink: sink(o)?,
+            sink,
+            direct,
             batcher,
             flush_interval: limits::FLUSH_INTERVAL_MS
                 .read(o.flush_interval_ms)?
@@ -496,9 +503,11 @@ fn spool(o: &SpoolOptions) -> Result<SpoolSettings, InvalidOption> {
     })
 }
 
-/// The sink. The PostgreSQL options are checked whichever sink is chosen, so that a test suite on the
-/// memory sink refuses the options production would refuse.
-fn sink(o: &AuditBatcherOptions) -> Result<SinkConfig, InvalidOption> {
+/// The sink, and with `redis` and `connectionString` both, the PostgreSQL sink that critical entries and
+/// `write()` go to directly (the same table options, checked by the same code, as the direct mode's). The
+/// PostgreSQL options are checked whichever sink is chosen, so that a test suite on the memory sink refuses
+/// the options production would refuse.
+fn sinks(o: &AuditBatcherOptions) -> Result<(SinkConfig, Option<SinkConfig>), InvalidOption> {
     let memory = match o.sink.as_deref() {
         Some("memory") => true,
         None | Some("postgres") => false,
@@ -519,16 +528,30 @@ fn sink(o: &AuditBatcherOptions) -> Result<SinkConfig, InvalidOption> {
         prepared_statements: o.prepared_statements,
     })?;
     if let Some(redis) = &o.redis {
-        return super::worker_options::producer_sink(redis, o);
+        let stream = super::worker_options::producer_sink(redis, o)?;
+        if o.connection_string.is_none() {
+            return Ok((stream, None));
+        }
+        if o.spool.is_some() {
+            return Err(InvalidOption::new(
+                "spool",
+                "cannot be combined with redis and connectionString yet: the critical entries written straight to PostgreSQL would not be spooled",
+            ));
+        }
+        settings.connection_string = required_connection_string(
+            o.connection_string.as_ref(),
+            "must be a postgres:// URL or key=value string: with redis, critical entries and write() go to it directly",
+        )?;
+        return Ok((stream, Some(SinkConfig::Postgres(Box::new(settings)))));
     }
     if memory {
-        return Ok(SinkConfig::Memory);
+        return Ok((SinkConfig::Memory, None));
     }
     settings.connection_string = required_connection_string(
         o.connection_string.as_ref(),
         "is required (a postgres:// URL or key=value string) unless sink is 'memory'",
     )?;
-    Ok(SinkConfig::Postgres(Box::new(settings)))
+    Ok((SinkConfig::Postgres(Box::new(settings)), None))
 }
 
 /// The direct mode's table options, shared by `AuditBatcher` and `AuditWorker`.

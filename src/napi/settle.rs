@@ -24,7 +24,7 @@
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::ptr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use napi::bindgen_prelude::{JsValue, PromiseRaw, ToNapiValue};
 use napi::{sys, Env};
@@ -140,6 +140,16 @@ impl Settler {
         Ok(Settler {
             inner: Arc::new(Inner { shared }),
         })
+    }
+
+    /// The settler in `slot`, made there at the first call: how an object (`AuditBatcher`, `AuditWorker`)
+    /// gets its one settler lazily, at the first method that returns a promise. JavaScript thread only.
+    pub fn get_or_make<'s>(slot: &'s OnceLock<Settler>, env: &Env) -> napi::Result<&'s Settler> {
+        if let Some(settler) = slot.get() {
+            return Ok(settler);
+        }
+        let made = Settler::new(env)?;
+        Ok(slot.get_or_init(|| made))
     }
 
     /// A new pending promise, and the completion that settles it. JavaScript thread only.

@@ -202,11 +202,7 @@ impl AuditWorker {
 impl AuditWorker {
     /// The worker's promise settler, made at the first call that needs it. JavaScript thread only.
     fn settler(&self, env: &Env) -> napi::Result<&Settler> {
-        if let Some(settler) = self.settler.get() {
-            return Ok(settler);
-        }
-        let made = Settler::new(env)?;
-        Ok(self.settler.get_or_init(|| made))
+        Settler::get_or_make(&self.settler, env)
     }
 
     /// Fresh counters over the last Redis-side snapshot.

@@ -15,58 +15,10 @@ use super::options::{
     camel_case, options_object, pg_settings, required_connection_string, value_type,
     AuditBatcherOptions, OptionError, OptionsObject, PgFields,
 };
-use crate::options::{limits, InvalidOption, Whole};
+use crate::options::{limits, InvalidOption};
 use crate::pg::PgSettings;
 use crate::redis::{RedisConfig, StreamConfig, WorkerConfig};
 use crate::sink::SinkConfig;
-
-const DAY_MS: u64 = 86_400_000;
-
-/// `redis.shards`: how many streams entries are spread over (1 to 1024, as `RedisConfig` checks).
-const SHARDS: Whole = Whole {
-    name: "redis.shards",
-    min: 1,
-    max: 1024,
-    default: Some(1),
-};
-/// `redis.maxLength`: the bound on entries in the stream(s); none by default.
-const MAX_LENGTH: Whole = Whole {
-    name: "redis.maxLength",
-    min: 1,
-    max: 1 << 40,
-    default: None,
-};
-const BLOCK_MS: Whole = Whole {
-    name: "redis.blockMs",
-    min: 1,
-    max: 60_000,
-    default: Some(1000),
-};
-const CLAIM_IDLE_MS: Whole = Whole {
-    name: "redis.claimIdleMs",
-    min: 1,
-    max: DAY_MS,
-    default: Some(30_000),
-};
-const CLAIM_INTERVAL_MS: Whole = Whole {
-    name: "redis.claimIntervalMs",
-    min: 1,
-    max: DAY_MS,
-    default: Some(5000),
-};
-/// `redis.consumerExpiryMs`; 0 means never.
-const CONSUMER_EXPIRY_MS: Whole = Whole {
-    name: "redis.consumerExpiryMs",
-    min: 0,
-    max: 30 * DAY_MS,
-    default: Some(3_600_000),
-};
-const STOP_TIMEOUT_MS: Whole = Whole {
-    name: "stopTimeoutMs",
-    min: 0,
-    max: DAY_MS,
-    default: Some(10_000),
-};
 
 /// `redis` for `new AuditBatcher(...)`: batches go to a Redis stream instead of a table.
 #[napi(object, object_to_js = false)]
@@ -82,8 +34,13 @@ pub struct RedisOptions {
     pub shards: Option<f64>,
     /// The bound on entries in the stream(s), all shards together. At it, `onBufferFull` applies to
     /// non-critical entries (`'reject'` throws `ERR_AUDIT_BUFFER_FULL`, `'drop'` counts them in
-    /// `stats().dropped`); critical entries still go. Never used to trim the stream. Default: no bound.
+    /// `stats().dropped`); critical entries still go (straight to PostgreSQL when `connectionString` is
+    /// given). Never used to trim the stream. Default: no bound.
     pub max_length: Option<f64>,
+    /// The stream length (all shards together, as the producer learns it with each write) at which
+    /// `onHighWater` is called, once per crossing: again only after the length was seen below it. The
+    /// event then has `streamLength`. At most `maxLength`. Default: none (no stream event).
+    pub high_water_length: Option<f64>,
     /// For `rediss://`: a PEM file of the CA certificates the server's certificate must chain to.
     pub tls_root_cert: Option<String>,
     /// Seed nodes of a Redis Cluster (URLs as `url`); when given, `url` is ignored.
@@ -95,6 +52,7 @@ options_object!(RedisOptions {
     stream,
     shards,
     max_length,
+    high_water_length,
     tls_root_cert,
     cluster_nodes,
 });
@@ -245,7 +203,7 @@ fn redis_config(
     let config = RedisConfig {
         url: non_empty("redis.url", url, &default.url)?,
         stream: non_empty("redis.stream", stream, &default.stream)?,
-        shards: SHARDS.value(shards)? as u32,
+        shards: limits::REDIS_SHARDS.value(shards)? as u32,
         tls_root_cert: tls_root_cert.cloned(),
         cluster_nodes: cluster_nodes.cloned().unwrap_or_default(),
         ..default
@@ -267,11 +225,15 @@ pub fn producer_sink(
             "cannot be combined with redis (the stream is the sink)",
         ));
     }
-    if o.connection_string.is_some() {
-        return Err(InvalidOption::new(
-            "connectionString",
-            "cannot be combined with redis yet: a producer sends every entry, critical ones and write() included, to the stream",
-        ));
+    let max_length = limits::REDIS_MAX_LENGTH.read(redis.max_length)?;
+    let high_water_length = limits::REDIS_HIGH_WATER_LENGTH.read(redis.high_water_length)?;
+    if let (Some(mark), Some(max)) = (high_water_length, max_length) {
+        if mark > max {
+            return Err(InvalidOption::new(
+                limits::REDIS_HIGH_WATER_LENGTH.name,
+                format!("must not exceed redis.maxLength ({max}), got {mark}"),
+            ));
+        }
     }
     Ok(SinkConfig::Redis(Box::new(StreamConfig {
         redis: redis_config(
@@ -281,7 +243,8 @@ pub fn producer_sink(
             redis.tls_root_cert.as_ref(),
             redis.cluster_nodes.as_ref(),
         )?,
-        max_length: MAX_LENGTH.read(redis.max_length)?,
+        max_length,
+        high_water_length,
     })))
 }
 
@@ -316,7 +279,7 @@ impl TryFrom<&AuditWorkerOptions> for WorkerSettings {
             "is required (a postgres:// URL or key=value string): the worker writes to PostgreSQL",
         )?;
         let default = WorkerConfig::default();
-        let expiry = CONSUMER_EXPIRY_MS.value(r.consumer_expiry_ms)?;
+        let expiry = limits::REDIS_CONSUMER_EXPIRY_MS.value(r.consumer_expiry_ms)?;
         let worker = WorkerConfig {
             redis: redis_config(
                 r.url.as_ref(),
@@ -336,11 +299,13 @@ impl TryFrom<&AuditWorkerOptions> for WorkerSettings {
                 c => c.clone(),
             },
             max_batch_rows: limits::MAX_BATCH_ROWS.value(o.max_batch_rows)? as usize,
-            block: Duration::from_millis(BLOCK_MS.value(r.block_ms)?),
-            claim_idle: Duration::from_millis(CLAIM_IDLE_MS.value(r.claim_idle_ms)?),
-            claim_interval: Duration::from_millis(CLAIM_INTERVAL_MS.value(r.claim_interval_ms)?),
+            block: Duration::from_millis(limits::REDIS_BLOCK_MS.value(r.block_ms)?),
+            claim_idle: Duration::from_millis(limits::REDIS_CLAIM_IDLE_MS.value(r.claim_idle_ms)?),
+            claim_interval: Duration::from_millis(
+                limits::REDIS_CLAIM_INTERVAL_MS.value(r.claim_interval_ms)?,
+            ),
             consumer_expiry: (expiry > 0).then(|| Duration::from_millis(expiry)),
-            stop_timeout: Duration::from_millis(STOP_TIMEOUT_MS.value(o.stop_timeout_ms)?),
+            stop_timeout: Duration::from_millis(limits::STOP_TIMEOUT_MS.value(o.stop_timeout_ms)?),
             ..default
         };
         worker.validate().map_err(|(option, reason)| {

@@ -38,7 +38,7 @@ impl Default for RedisConfig {
             url: "redis://127.0.0.1:6379".into(),
             cluster_nodes: Vec::new(),
             stream: "audit".into(),
-            shards: 1,
+            shards: crate::options::limits::REDIS_SHARDS.default_value() as u32,
             tls_root_cert: None,
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(5),
@@ -58,8 +58,12 @@ impl RedisConfig {
         if self.stream.is_empty() {
             return Err(("stream", "must be a non-empty string".into()));
         }
-        if self.shards == 0 || self.shards > 1024 {
-            return Err(("shards", "must be an integer from 1 to 1024".into()));
+        let range = crate::options::limits::REDIS_SHARDS;
+        if u64::from(self.shards) < range.min || u64::from(self.shards) > range.max {
+            return Err((
+                "shards",
+                format!("must be an integer from {} to {}", range.min, range.max),
+            ));
         }
         if let Some(path) = &self.tls_root_cert {
             let pem = std::fs::read(path)

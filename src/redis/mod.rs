@@ -36,7 +36,12 @@
 //!   (within the producers' `maxLength`). Redis down: producers keep their entries buffered and retry;
 //!   workers retry reads and acknowledgements with backoff on connections that reconnect by themselves.
 //! - Visible: stream length, unacknowledged count, oldest unacknowledged age, consumers, lag, and the
-//!   worker's counters in [`Worker::stats`] / [`WorkerStats::metrics_text`].
+//!   worker's counters in [`Worker::stats`] / [`WorkerStats::metrics_text`]; on the producer's side, the
+//!   length learnt with each write, and a listener called once per crossing of
+//!   [`StreamConfig::high_water_length`] ([`StreamSink::on_high_water`]).
+//! - Critical entries: a JavaScript producer given a `connectionString` too writes its critical entries
+//!   and `write()` straight to PostgreSQL, through a second batcher over the PostgreSQL sink; they are
+//!   ordered among themselves, not with the stream's entries.
 //!
 //! # Limits
 //! - Durability is Redis's: with AOF `appendfsync everysec` a Redis crash can lose about a second of

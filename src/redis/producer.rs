@@ -1,6 +1,7 @@
 //! The producer side: [`StreamSink`], a [`Sink`] that adds each batch to the stream(s) in one round trip.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 use futures_util::future::join_all;
 use redis::{Pipeline, Value};
@@ -19,7 +20,14 @@ pub struct StreamConfig {
     /// [`StreamSink::at_bound`]; `None` (the default): no bound. Never used to trim: entries leave a
     /// stream only once a worker acknowledged them.
     pub max_length: Option<u64>,
+    /// The length (all shards together) at which the listener given to [`StreamSink::on_high_water`] is
+    /// called, once per crossing; `None` (the default): never.
+    pub high_water_length: Option<u64>,
 }
+
+/// Hears that the stream(s) reached the high-water length: called with the length learnt, from the
+/// thread of the write (or length refresh) that learnt it; it must not block.
+pub type HighWaterListener = Box<dyn Fn(u64) + Send + Sync>;
 
 /// Adds batches of entries to Redis streams (see [`super::codec`] for the format, [`super::shard`] for
 /// which stream).
@@ -45,6 +53,10 @@ pub struct StreamSink {
     added: AtomicU64,
     /// When the last [`StreamSink::refresh_due`] said yes, in milliseconds since the Unix epoch.
     last_refresh_ms: AtomicU64,
+    /// Whether the length last learnt was at or above `high_water_length` (the listener was called for
+    /// this crossing).
+    above_high_water: AtomicBool,
+    high_water_listener: OnceLock<HighWaterListener>,
 }
 
 impl StreamSink {
@@ -61,7 +73,31 @@ impl StreamSink {
             round_trips: AtomicU64::new(0),
             added: AtomicU64::new(0),
             last_refresh_ms: AtomicU64::new(0),
+            above_high_water: AtomicBool::new(false),
+            high_water_listener: OnceLock::new(),
         })
+    }
+
+    /// Calls `listener` each time the length learnt with a write (or a [`StreamSink::refresh_length`])
+    /// reaches `high_water_length` after having been below it (or unknown): once per crossing. Only the
+    /// first listener given is kept; without `high_water_length` it is never called.
+    pub fn on_high_water(&self, listener: HighWaterListener) {
+        let _ = self.high_water_listener.set(listener);
+    }
+
+    /// Notes the length just learnt; calls the listener when it crossed the high-water length.
+    fn note_length(&self) {
+        let Some(mark) = self.config.high_water_length else {
+            return;
+        };
+        let length = self.last_known_length();
+        let above = length >= mark;
+        let was = self.above_high_water.swap(above, Ordering::Relaxed);
+        if above && !was {
+            if let Some(listener) = self.high_water_listener.get() {
+                listener(length);
+            }
+        }
     }
 
     /// The stream keys, shard by shard.
@@ -199,6 +235,7 @@ impl StreamSink {
                 self.lengths[shard].store((*n).max(0) as u64, Ordering::Relaxed);
             }
         }
+        self.note_length();
         Ok(())
     }
 }

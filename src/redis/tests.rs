@@ -118,6 +118,7 @@ fn producer(server: &RedisServer, shards: u32, max_length: Option<u64>) -> Batch
     let sink = StreamSink::new(StreamConfig {
         redis: redis_config(server, shards),
         max_length,
+        high_water_length: None,
     })
     .unwrap();
     Batcher::new(
@@ -238,6 +239,41 @@ async fn a_flush_is_one_round_trip_and_entries_decode_back() {
     assert_eq!(b.sink().refresh_length().await.unwrap(), 100);
     assert!(!b.sink().at_bound(899));
     assert!(b.sink().at_bound(900));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_high_water_listener_hears_each_crossing_of_the_learnt_length_once() {
+    let Some(server) = RedisServer::start(false) else {
+        return;
+    };
+    let sink = StreamSink::new(StreamConfig {
+        redis: redis_config(&server, 2),
+        max_length: None,
+        high_water_length: Some(10),
+    })
+    .unwrap();
+    let heard = Arc::new(Mutex::new(Vec::new()));
+    let to = heard.clone();
+    sink.on_high_water(Box::new(move |length| to.lock().push(length)));
+    let b = Batcher::new(sink, BatcherConfig::default());
+    log_entries(&b, 9, 3, "p");
+    b.flush().await.unwrap();
+    assert!(heard.lock().is_empty(), "9 < 10");
+    log_entries(&b, 2, 3, "p");
+    b.flush().await.unwrap();
+    assert_eq!(*heard.lock(), vec![11], "both shards counted");
+    log_entries(&b, 1, 1, "p");
+    b.flush().await.unwrap();
+    assert_eq!(*heard.lock(), vec![11], "still above: no second call");
+    // Drained below the mark, learnt by a refresh; then crossing again is heard again.
+    let mut conn = server.client();
+    for key in b.sink().keys() {
+        let _: u64 = ::redis::cmd("DEL").arg(key).query(&mut conn).unwrap();
+    }
+    assert_eq!(b.sink().refresh_length().await.unwrap(), 0);
+    log_entries(&b, 10, 3, "q");
+    b.flush().await.unwrap();
+    assert_eq!(*heard.lock(), vec![11, 10]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -884,6 +920,7 @@ async fn a_three_node_cluster_with_four_shards_gets_every_entry_once() {
         StreamSink::new(StreamConfig {
             redis: redis.clone(),
             max_length: None,
+            high_water_length: None,
         })
         .unwrap(),
         BatcherConfig::default(),
@@ -977,6 +1014,7 @@ async fn producer_and_worker_over_tls_with_a_private_ca() {
             ..redis.clone()
         },
         max_length: None,
+        high_water_length: None,
     })
     .unwrap();
     let b = Batcher::new(untrusted, BatcherConfig::default());
@@ -986,6 +1024,7 @@ async fn producer_and_worker_over_tls_with_a_private_ca() {
         StreamSink::new(StreamConfig {
             redis: redis.clone(),
             max_length: None,
+            high_water_length: None,
         })
         .unwrap(),
         BatcherConfig::default(),
@@ -1023,6 +1062,7 @@ async fn bad_settings_are_refused_naming_the_option() {
             ..RedisConfig::default()
         },
         max_length: None,
+        high_water_length: None,
     })
     .err()
     .unwrap();
@@ -1034,6 +1074,7 @@ async fn bad_settings_are_refused_naming_the_option() {
             ..RedisConfig::default()
         },
         max_length: None,
+        high_water_length: None,
     })
     .err()
     .unwrap();
@@ -1044,6 +1085,7 @@ async fn bad_settings_are_refused_naming_the_option() {
             ..RedisConfig::default()
         },
         max_length: None,
+        high_water_length: None,
     })
     .err()
     .unwrap();
@@ -1117,6 +1159,7 @@ fn at_the_stream_bound_non_critical_entries_meet_on_buffer_full_and_refreshes_ar
     let sink = StreamSink::new(StreamConfig {
         redis: RedisConfig::default(),
         max_length: Some(1),
+        high_water_length: None,
     })
     .unwrap();
     assert!(!sink.at_bound(0), "nothing known to be in the stream yet");

@@ -18,6 +18,7 @@ use super::shard_loop::ShardLoop;
 use super::stats::{Counters, WorkerStats};
 use crate::batcher::{Backoff, Batcher, BatcherConfig};
 use crate::entry::Entry;
+use crate::options::limits;
 use crate::pg::PgSink;
 use crate::sink::{Sink, WriteError};
 
@@ -58,16 +59,19 @@ impl Default for WorkerConfig {
             redis: RedisConfig::default(),
             group: "audit-writers".into(),
             consumer: None,
-            max_batch_rows: 1000,
-            block: Duration::from_secs(1),
-            claim_idle: Duration::from_secs(30),
-            claim_interval: Duration::from_secs(5),
-            consumer_expiry: Some(Duration::from_secs(3600)),
+            max_batch_rows: limits::MAX_BATCH_ROWS.default_value() as usize,
+            block: Duration::from_millis(limits::REDIS_BLOCK_MS.default_value()),
+            claim_idle: Duration::from_millis(limits::REDIS_CLAIM_IDLE_MS.default_value()),
+            claim_interval: Duration::from_millis(limits::REDIS_CLAIM_INTERVAL_MS.default_value()),
+            consumer_expiry: match limits::REDIS_CONSUMER_EXPIRY_MS.default_value() {
+                0 => None,
+                ms => Some(Duration::from_millis(ms)),
+            },
             backoff: Backoff {
                 initial: Duration::from_millis(100),
                 max: Duration::from_secs(5),
             },
-            stop_timeout: Duration::from_secs(10),
+            stop_timeout: Duration::from_millis(limits::STOP_TIMEOUT_MS.default_value()),
         }
     }
 }
