@@ -114,7 +114,8 @@ export interface BenchResults {
 }
 
 const int = (v: number) => Math.round(v).toLocaleString('en-US');
-const fix = (v: number | null, d = 2) => (v === null ? '—' : v.toFixed(d));
+/** Results files older than a figure lack it (undefined): shown as missing, like null. */
+const fix = (v: number | null | undefined, d = 2) => (v == null ? '—' : v.toFixed(d));
 
 /**
  * A ratio rounded towards the unfavourable side, never in our favour: down when the target is a
@@ -188,7 +189,7 @@ export function renderMarkdown(r: BenchResults): string {
     );
   }
   lines.push('');
-  if (r.methods.some((m) => m.serverCpuMsPer1k !== null)) {
+  if (r.methods.some((m) => m.serverCpuMsPer1k != null)) {
     lines.push(
       '### What the database pays',
       '',
@@ -239,7 +240,11 @@ export function renderMarkdown(r: BenchResults): string {
           ? `its floor, \`JSON.stringify\` of the payload plus an empty native method (\`_logFloor\`) called with the same nine ` +
             `arguments as log()'s native call, **${us('floorUsPerCall')} µs** (median ${us('floorP50Us')} µs); `
           : 'no floor (this addon build has no `_logFloor`); ') +
-        `**log() with a spool ${us('logSpoolUsPerCall')} µs** (median ${us('logSpoolP50Us')} µs).`,
+        `**log() with a spool ${us('logSpoolUsPerCall')} µs** (median ${us('logSpoolP50Us')} µs). ` +
+        'The floor target uses the means (the per-call timer would add the same cost to both sides of the ratio); the ' +
+        `spool target the per-call medians (the timer's cost cancels in the difference): with a spool minus without, ` +
+        `median ${fix((lc['logSpoolP50Us'] ?? NaN) - (lc['logP50Us'] ?? NaN), 2)} µs, mean ` +
+        `${fix((lc['logSpoolUsPerCall'] ?? NaN) - (lc['logUsPerCall'] ?? NaN), 2)} µs.`,
       '',
     );
   }

@@ -750,16 +750,18 @@ function summarise(
       'rows/s, same run',
     );
   }
+  // The issue asks for the median per call here: the per-call medians (each call timed, the timer's cost
+  // alike in both, so it cancels in the difference). The difference of the means is reported beside it.
   target(
-    'Spool cost, log(): µs per call with a spool minus without',
+    'Spool cost, log(): median µs per call with a spool minus without',
     '<=',
     0.5,
     (r) => {
-      const a = cost(r, 'logSpoolUsPerCall');
-      const b = cost(r, 'logUsPerCall');
+      const a = cost(r, 'logSpoolP50Us');
+      const b = cost(r, 'logP50Us');
       return a === undefined || b === undefined ? undefined : a - b;
     },
-    'a difference in µs, not a ratio: mean µs per call, both measured in the same process (ab-log)',
+    'a difference in µs, not a ratio: per-call medians, both measured in the same process (ab-log)',
   );
 
   const memSummary = memory.length
