@@ -619,9 +619,12 @@ async function main(): Promise<void> {
           { maxBufferedEntries: 10 * n, maxBufferedBytes: 2 ** 32 },
         ).batcher;
       /** One pass: µs per call, mean (untimed calls) or median (each call timed). */
-      const pass = (v: Variant, es: BenchEntry[], perCall: boolean): number => {
-        let a: AuditBatcher | undefined = make(v);
+      const pass = async (v: Variant, es: BenchEntry[], perCall: boolean): Promise<number> => {
+        // The previous pass's batcher is garbage: collect it, and let its finalizer run (free its entries).
         gc();
+        await new Promise((resolve) => setImmediate(resolve));
+        gc();
+        let a: AuditBatcher | undefined = make(v);
         let us: number;
         if (!perCall) {
           const t0 = performance.now();
@@ -659,7 +662,7 @@ async function main(): Promise<void> {
       const rounds = n >= 20_000 ? 3 : 2;
       work = async (es, tbl) => {
         if (tbl !== table) {
-          for (const v of variants) for (const perCall of [false, true]) pass(v, es, perCall);
+          for (const v of variants) for (const perCall of [false, true]) await pass(v, es, perCall);
           return;
         }
         const mean: Record<string, number[]> = {};
@@ -667,8 +670,8 @@ async function main(): Promise<void> {
         for (let r = 0; r < rounds; r++) {
           const order = variants.map((_, i) => variants[(i + r) % variants.length]!);
           for (const v of order) {
-            (mean[v] ??= []).push(pass(v, es, false));
-            (p50[v] ??= []).push(pass(v, es, true));
+            (mean[v] ??= []).push(await pass(v, es, false));
+            (p50[v] ??= []).push(await pass(v, es, true));
           }
         }
         const med = (xs: number[]) => {
