@@ -349,7 +349,7 @@ const CHART_LABELS: Record<string, (m: MethodResults) => string> = {
   'ab-bulk-own-ids': () => "audit-batcher bulk, defaults, batcher's own ids",
   'ab-turn-spool': () => 'audit-batcher per turn, 1 at a time, spool',
   'ab-turn-64-spool': () => 'audit-batcher per turn, 64 in flight, spool',
-  'ab-bulk-spool': () => 'audit-batcher bulk (as above), spool',
+  'ab-bulk-spool': (m) => (m.variant?.startsWith('flushAtEntries') ? 'audit-batcher bulk (flushAtEntries), spool' : 'audit-batcher bulk, spool'),
   ceiling: () => 'ceiling: Rust binary COPY, one connection',
 };
 
