@@ -160,12 +160,22 @@ export function headerLines(r: BenchResults): string[] {
       `${a.olderThanSource ? ' — WARNING: older than src/, not rebuilt' : ''}.`,
     `${r.meta.runs} run${r.meta.runs === 1 ? '' : 's'}, every method once per run in a fresh process, order rotated each run; ` +
       `table TRUNCATEd and CHECKPOINT before each timed run; after each, a server-side md5 of the rows proved ` +
-      `every method wrote identical rows (first ${Object.keys(r.meta.checksums).join(' / ')} rows: ` +
-      `${Object.values(r.meta.checksums).map((m) => m.slice(0, 8)).join(' / ')}` +
-      (r.meta.checksumsNoId && r.methods.some((m) => (m.ids ?? 'fixed') !== 'fixed')
-        ? `; the methods with other ids on every column but id: ${Object.values(r.meta.checksumsNoId).map((m) => m.slice(0, 8)).join(' / ')}, ` +
-          'and their ids checked: the UUIDv4 ids logged, or UUIDv7 made during the run, increasing in log() order'
-        : '') +
+      `every method wrote identical rows (` +
+      [
+        ...(Object.keys(r.meta.checksums).length
+          ? [
+              `first ${Object.keys(r.meta.checksums).join(' / ')} rows: ` +
+                `${Object.values(r.meta.checksums).map((m) => m.slice(0, 8)).join(' / ')}`,
+            ]
+          : []),
+        ...(r.meta.checksumsNoId && r.methods.some((m) => (m.ids ?? 'fixed') !== 'fixed')
+          ? [
+              `with the methods that write other ids, on every column but id, first ${Object.keys(r.meta.checksumsNoId).join(' / ')} rows: ` +
+                `${Object.values(r.meta.checksumsNoId).map((m) => m.slice(0, 8)).join(' / ')}; ` +
+                'their ids checked: the UUIDv4 ids logged, or UUIDv7 made during the run, increasing in log() order',
+            ]
+          : []),
+      ].join('; ') +
       `). Command: \`${r.meta.command}\`, ${r.meta.durationS} s.`,
   ];
 }
