@@ -6,6 +6,14 @@ export interface MethodSpec {
   group: 'pg' | 'ab' | 'ceiling';
   size: 'naive' | 'turn' | 'bulk';
   label: string;
+  /**
+   * Which ids the method writes: 'fixed' (default: the entries' own, the same as every other method's),
+   * 'uuid4' (random UUIDv4 ids the caller passes) or 'own' (none passed: the batcher's UUIDv7). Rows of
+   * 'uuid4' and 'own' methods are compared with the others on every column but id.
+   */
+  ids?: 'fixed' | 'uuid4' | 'own';
+  /** For a spool method: the key of the same method without a spool. */
+  twin?: string;
 }
 
 export interface RunRecord {
@@ -95,14 +103,19 @@ export interface BenchResults {
       olderThanSource: boolean;
     };
     checksums: Record<string, string>;
+    /** md5 of the first k rows on every column but id (ORDER BY occurred_at), per k: all methods. */
+    checksumsNoId?: Record<string, string>;
   };
   methods: MethodResults[];
   memory: { n: number; median: Record<string, number>; runs: Record<string, unknown>[] };
+  /** log() per call (ab-log): its floor, log() without and with a spool, µs; medians over the runs. */
+  logCost?: { n: number; median: Record<string, number>; runs: Record<string, unknown>[] };
   targets: TargetResult[];
 }
 
 const int = (v: number) => Math.round(v).toLocaleString('en-US');
-const fix = (v: number | null, d = 2) => (v === null ? '—' : v.toFixed(d));
+/** Results files older than a figure lack it (undefined): shown as missing, like null. */
+const fix = (v: number | null | undefined, d = 2) => (v == null ? '—' : v.toFixed(d));
 
 /**
  * A ratio rounded towards the unfavourable side, never in our favour: down when the target is a
@@ -147,8 +160,23 @@ export function headerLines(r: BenchResults): string[] {
       `${a.olderThanSource ? ' — WARNING: older than src/, not rebuilt' : ''}.`,
     `${r.meta.runs} run${r.meta.runs === 1 ? '' : 's'}, every method once per run in a fresh process, order rotated each run; ` +
       `table TRUNCATEd and CHECKPOINT before each timed run; after each, a server-side md5 of the rows proved ` +
-      `every method wrote identical rows (first ${Object.keys(r.meta.checksums).join(' / ')} rows: ` +
-      `${Object.values(r.meta.checksums).map((m) => m.slice(0, 8)).join(' / ')}). Command: \`${r.meta.command}\`, ${r.meta.durationS} s.`,
+      `every method wrote identical rows (` +
+      [
+        ...(Object.keys(r.meta.checksums).length
+          ? [
+              `first ${Object.keys(r.meta.checksums).join(' / ')} rows: ` +
+                `${Object.values(r.meta.checksums).map((m) => m.slice(0, 8)).join(' / ')}`,
+            ]
+          : []),
+        ...(r.meta.checksumsNoId && r.methods.some((m) => (m.ids ?? 'fixed') !== 'fixed')
+          ? [
+              `with the methods that write other ids, on every column but id, first ${Object.keys(r.meta.checksumsNoId).join(' / ')} rows: ` +
+                `${Object.values(r.meta.checksumsNoId).map((m) => m.slice(0, 8)).join(' / ')}; ` +
+                'their ids checked: the UUIDv4 ids logged, or UUIDv7 made during the run, increasing in log() order',
+            ]
+          : []),
+      ].join('; ') +
+      `). Command: \`${r.meta.command}\`, ${r.meta.durationS} s.`,
   ];
 }
 
@@ -171,7 +199,7 @@ export function renderMarkdown(r: BenchResults): string {
     );
   }
   lines.push('');
-  if (r.methods.some((m) => m.serverCpuMsPer1k !== null)) {
+  if (r.methods.some((m) => m.serverCpuMsPer1k != null)) {
     lines.push(
       '### What the database pays',
       '',
@@ -187,11 +215,11 @@ export function renderMarkdown(r: BenchResults): string {
     }
     lines.push('');
   }
-  const bulk = r.methods.find((m) => m.key === 'ab-bulk');
-  if (bulk?.variant) {
+  for (const bulk of r.methods.filter((m) => m.key.startsWith('ab-bulk') && m.variant)) {
     const x = bulk.extraMedian;
     lines.push(
-      `audit-batcher bulk ran as: **${bulk.variant}** (other options at their defaults). Its ${int(bulk.n)} log() calls took ` +
+      `${bulk.key === 'ab-bulk' ? 'audit-batcher bulk' : `\`${bulk.key}\``} ran as: **${bulk.variant}**` +
+        `${bulk.variant === 'default options' ? '' : ' (other options at their defaults)'}. Its ${int(bulk.n)} log() calls took ` +
         `${fix(x['logLoopMs'] ?? null, 0)} ms (${fix(((x['logLoopMs'] ?? NaN) / bulk.n) * 1000, 2)} µs per call, flushing included); ` +
         `${int(x['writtenWhenLogLoopEnded'] ?? NaN)} entries were already written when the loop ended; ${int(x['statements'] ?? NaN)} statements in all (medians).`,
       '',
@@ -210,6 +238,61 @@ export function renderMarkdown(r: BenchResults): string {
         `That loop, log() alone with no flushing, cost ${fix(mem['logUsPerCall'] ?? null, 2)} µs per call.`,
       '',
     );
+  }
+  const lc = r.logCost?.median;
+  if (lc && lc['logUsPerCall'] !== undefined) {
+    const us = (k: string) => fix(lc[k] ?? null, 2);
+    lines.push(
+      `log() per call (ab-log: ${int(r.logCost!.n)} entries per loop, batchers that cannot write, so nothing is flushed; ` +
+        `in one process, each variant on a fresh batcher, ${lc['rounds'] ?? '?'} rounds, the order rotated; medians of the runs): ` +
+        `**log() ${us('logUsPerCall')} µs** per call (mean; each call timed: median ${us('logP50Us')} µs); ` +
+        (lc['floorUsPerCall'] !== undefined
+          ? `its floor, \`JSON.stringify\` of the payload plus an empty native method (\`_logFloor\`) called with the same nine ` +
+            `arguments as log()'s native call, **${us('floorUsPerCall')} µs** (median ${us('floorP50Us')} µs); `
+          : 'no floor (this addon build has no `_logFloor`); ') +
+        `**log() with a spool ${us('logSpoolUsPerCall')} µs** (median ${us('logSpoolP50Us')} µs). ` +
+        'The floor target uses the means (the per-call timer would add the same cost to both sides of the ratio); the ' +
+        `spool target the per-call medians (the timer's cost cancels in the difference): with a spool minus without, ` +
+        `median ${fix((lc['logSpoolP50Us'] ?? NaN) - (lc['logP50Us'] ?? NaN), 2)} µs, mean ` +
+        `${fix((lc['logSpoolUsPerCall'] ?? NaN) - (lc['logUsPerCall'] ?? NaN), 2)} µs.`,
+      '',
+    );
+  }
+  const spooled = r.methods.filter((m) => m.twin !== undefined);
+  if (spooled.length) {
+    lines.push(
+      '### Spool cost',
+      '',
+      'Each spool method is its twin plus `spool: { dir }` (a fresh directory under the OS temp dir, default sync: ' +
+        "'interval', fdatasync every 200 ms). fsyncs/s: `stats().spool.syncs` over the timed window ÷ its seconds. " +
+        'Disk bytes per entry: what the process dirtied in the page cache over the timed window (`write_bytes` of ' +
+        '/proc/self/io) ÷ entries, i.e. what the kernel has to write to disk, counted per 4 KiB page each time a page is ' +
+        'dirtied again after a sync; the addon does not expose the bytes it appends (`stats().spool.bytes` is the ' +
+        "segments' preallocated size, shown too). Medians of the runs.",
+      '',
+      '| method | rows/s | without spool | ÷ | fsyncs/s | disk bytes / entry (without spool) | spool segments, bytes at the end |',
+      '| --- | ---: | ---: | ---: | ---: | ---: | ---: |',
+    );
+    const diskPerEntry = (m: MethodResults | undefined) => {
+      const v = m?.runs.map((x) => (x.diskWriteBytes == null ? NaN : x.diskWriteBytes / x.n)).filter((x) => !Number.isNaN(x)) ?? [];
+      return v.length ? [...v].sort((a, b) => a - b)[v.length >> 1]! : null;
+    };
+    for (const m of spooled) {
+      const twin = r.methods.find((x) => x.key === m.twin);
+      const x = m.extraMedian;
+      const ratio = twin ? fmtRatio(m.rowsPerSec.median / twin.rowsPerSec.median, '>=') : '—';
+      const seg =
+        x['spoolSegmentsWhenLogLoopEnded'] !== undefined
+          ? `${fix(x['spoolSegmentsWhenLogLoopEnded']!, 0)}, ${int(x['spoolBytesWhenLogLoopEnded']!)} (when the log() loop ended)`
+          : x['spoolSegments'] !== undefined
+            ? `${fix(x['spoolSegments']!, 0)}, ${int(x['spoolBytes']!)}`
+            : '—';
+      lines.push(
+        `| ${m.label} | ${int(m.rowsPerSec.median)} | ${twin ? int(twin.rowsPerSec.median) : '—'} | ${ratio} | ` +
+          `${fix(x['spoolSyncsPerSec'] ?? null, 1)} | ${fix(diskPerEntry(m), 0)} (${fix(diskPerEntry(twin), 0)}) | ${seg} |`,
+      );
+    }
+    lines.push('', '(÷: ratio of the medians; the target below is the median of the per-run ratios.)', '');
   }
   lines.push('### Targets', '');
   lines.push('| target | ratio, median of per-run ratios (min–max) | needed | met |', '| --- | ---: | ---: | --- |');
@@ -272,6 +355,11 @@ const CHART_LABELS: Record<string, (m: MethodResults) => string> = {
   'ab-turn-default': () => 'audit-batcher per turn, 1 at a time, default options',
   'ab-turn-64': () => 'audit-batcher per turn, 64 in flight',
   'ab-bulk': (m) => (m.variant?.startsWith('flushAtEntries') ? `audit-batcher bulk (${m.variant})` : 'audit-batcher bulk (log all, then close)'),
+  'ab-bulk-uuid4': () => 'audit-batcher bulk, defaults, caller UUIDv4 ids',
+  'ab-bulk-own-ids': () => "audit-batcher bulk, defaults, batcher's own ids",
+  'ab-turn-spool': () => 'audit-batcher per turn, 1 at a time, spool',
+  'ab-turn-64-spool': () => 'audit-batcher per turn, 64 in flight, spool',
+  'ab-bulk-spool': (m) => (m.variant?.startsWith('flushAtEntries') ? 'audit-batcher bulk (flushAtEntries), spool' : 'audit-batcher bulk, spool'),
   ceiling: () => 'ceiling: Rust binary COPY, one connection',
 };
 

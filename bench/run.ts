@@ -27,7 +27,7 @@ import {
   startDatabase,
   withClient,
 } from '../scripts/database.ts';
-import { WARMUP_TABLE, ceilingLine, makeEntry } from './entries.ts';
+import { COLUMNS, WARMUP_TABLE, ceilingLine, makeEntry } from './entries.ts';
 import { renderMarkdown, renderResultsMd, renderSvg } from './report.ts';
 import type { BenchResults, MethodResults, MethodSpec, RunRecord, TargetResult } from './report.ts';
 import type { NodeMethod, WorkerConfig, WorkerResult } from './worker.ts';
@@ -76,6 +76,23 @@ const METHODS: MethodSpec[] = [
   { key: 'ab-turn-default', group: 'ab', size: 'turn', label: 'audit-batcher per turn, 1 turn at a time, default options (INSERT sent unnamed)' },
   { key: 'ab-turn-64', group: 'ab', size: 'bulk', label: 'audit-batcher per turn, 64 turns in flight (preparedStatements)' },
   { key: 'ab-bulk', group: 'ab', size: 'bulk', label: 'audit-batcher bulk: log() × N, then await close()' },
+  {
+    key: 'ab-bulk-uuid4',
+    group: 'ab',
+    size: 'bulk',
+    ids: 'uuid4',
+    label: 'audit-batcher bulk, default options, caller-supplied random UUIDv4 ids (as Prisma uuid()): log() × N, then await close()',
+  },
+  {
+    key: 'ab-bulk-own-ids',
+    group: 'ab',
+    size: 'bulk',
+    ids: 'own',
+    label: "audit-batcher bulk, default options, the batcher's own ids (UUIDv7): log() × N, then await close()",
+  },
+  { key: 'ab-turn-spool', group: 'ab', size: 'turn', twin: 'ab-turn', label: 'audit-batcher per turn, 1 turn at a time, with a spool (as ab-turn, plus spool)' },
+  { key: 'ab-turn-64-spool', group: 'ab', size: 'bulk', twin: 'ab-turn-64', label: 'audit-batcher per turn, 64 turns in flight, with a spool (as ab-turn-64, plus spool)' },
+  { key: 'ab-bulk-spool', group: 'ab', size: 'bulk', twin: 'ab-bulk', label: 'audit-batcher bulk with a spool (as ab-bulk, plus spool)' },
   { key: 'ceiling', group: 'ceiling', size: 'bulk', label: 'ceiling: Rust tokio-postgres binary COPY, 10000 rows per COPY' },
 ];
 
@@ -335,6 +352,9 @@ async function main(): Promise<void> {
 
     const prefixes = [...new Set(methods.map((m) => SIZES[m.size]))].sort((a, b) => a - b);
     const reference = new Map<number, { md5: string; who: string }>();
+    /** The same on every column but id (ORDER BY occurred_at), for all methods, theirs with other ids included. */
+    const referenceNoId = new Map<number, { md5: string; who: string }>();
+    const noIdRow = `ROW(${COLUMNS.filter((c) => c !== 'id').map((c) => `t.${c}`).join(', ')})::text`;
     const control = new pg.Client({ connectionString: url });
     control.on('error', () => {});
     await control.connect();
@@ -346,6 +366,7 @@ async function main(): Promise<void> {
 
     const records: RunRecord[] = [];
     const memory: Record<string, unknown>[] = [];
+    const logCost: Record<string, unknown>[] = [];
     try {
       for (let run = 1; run <= runs; run++) {
         // Interleaved: every method once per run, the order rotated by one each run.
@@ -355,9 +376,11 @@ async function main(): Promise<void> {
           let result: WorkerResult;
           const cpuBefore = cpuSnapshot();
           let dbBefore: DbSnapshot | undefined;
+          let resetAtMs = 0;
           const resetAndMark = async () => {
             await resetTables();
             dbBefore = await dbSnapshot(control);
+            resetAtMs = Date.now();
           };
           if (m.key === 'ceiling') {
             await resetAndMark();
@@ -374,22 +397,58 @@ async function main(): Promise<void> {
             result.otherCpuShare = Number(other.other.toFixed(3));
             result.stealShare = Number(other.steal.toFixed(3));
           }
-          // Prove the rows: count, and the checksum of every prefix that other methods also wrote.
+          // Prove the rows: count, and the checksum of every prefix that other methods also wrote: of whole
+          // rows (ORDER BY id) for the methods that write the entries' own ids, and of every column but id
+          // (ORDER BY occurred_at, which increases with the entry number as the ids do) for all.
           const checksums: Record<string, string> = {};
+          const ids = m.ids ?? 'fixed';
           for (const k of prefixes.filter((p) => p <= n)) {
-            const r = await control.query<{ n: number; md5: string }>(
-              `SELECT count(*)::int AS n, md5(string_agg(t::text, E'\\n' ORDER BY t.id)) AS md5
-                 FROM (SELECT * FROM ${TABLE} ORDER BY id LIMIT ${k}) t`,
+            const r = await control.query<{ n: number; md5: string; md5_no_id: string }>(
+              `SELECT count(*)::int AS n, md5(string_agg(t::text, E'\\n' ORDER BY t.id)) AS md5,
+                      md5(string_agg(${noIdRow}, E'\\n' ORDER BY t.occurred_at)) AS md5_no_id
+                 FROM (SELECT * FROM ${TABLE} ORDER BY ${ids === 'fixed' ? 'id' : 'occurred_at'} LIMIT ${k}) t`,
             );
             const row = r.rows[0]!;
             if (row.n !== k) throw new Error(`ROW COUNT: ${m.key} (run ${run}) left ${row.n} rows where ${k} were expected`);
-            checksums[k] = row.md5;
-            const ref = reference.get(k);
-            if (!ref) reference.set(k, { md5: row.md5, who: `${m.key} (run ${run})` });
-            else if (ref.md5 !== row.md5) {
+            const compare = (refs: Map<number, { md5: string; who: string }>, md5: string, what: string) => {
+              const ref = refs.get(k);
+              if (!ref) refs.set(k, { md5, who: `${m.key} (run ${run})` });
+              else if (ref.md5 !== md5) {
+                throw new Error(
+                  `CHECKSUM MISMATCH: the first ${k} rows written by ${m.key} (run ${run}) have md5 ${md5}${what}, ` +
+                    `but ${ref.who} wrote ${ref.md5}: the methods did not write identical rows`,
+                );
+              }
+            };
+            if (ids === 'fixed') {
+              checksums[k] = row.md5;
+              compare(reference, row.md5, '');
+            }
+            checksums[`${k} without id`] = row.md5_no_id;
+            compare(referenceNoId, row.md5_no_id, ' (every column but id)');
+          }
+          // The ids of methods that do not write the entries' own.
+          if (ids === 'uuid4') {
+            // Exactly the ids the worker passed, each with its entry.
+            const r = await control.query<{ md5: string }>(`SELECT md5(string_agg(id::text, E'\\n' ORDER BY occurred_at)) AS md5 FROM ${TABLE}`);
+            const expected = result.extra?.['idsMd5'];
+            if (r.rows[0]!.md5 !== expected) {
+              throw new Error(`ID MISMATCH: ${m.key} (run ${run}): the table's ids (md5 ${r.rows[0]!.md5}) are not the ids logged (md5 ${String(expected)})`);
+            }
+          } else if (ids === 'own') {
+            // UUIDv7 made during the run, increasing in log() order (occurred_at order).
+            const r = await control.query<{ not_v7: number; out_of_order: number; min_ms: string; max_ms: string }>(
+              `SELECT count(*) FILTER (WHERE substr(id::text, 15, 1) <> '7' OR substr(id::text, 20, 1) NOT IN ('8', '9', 'a', 'b'))::int AS not_v7,
+                      count(*) FILTER (WHERE prev >= id)::int AS out_of_order,
+                      min(left(replace(id::text, '-', ''), 12)) AS min_ms, max(left(replace(id::text, '-', ''), 12)) AS max_ms
+                 FROM (SELECT id, lag(id) OVER (ORDER BY occurred_at) AS prev FROM ${TABLE}) s`,
+            );
+            const row = r.rows[0]!;
+            const [lo, hi] = [parseInt(row.min_ms, 16), parseInt(row.max_ms, 16)];
+            if (row.not_v7 !== 0 || row.out_of_order !== 0 || !(lo >= resetAtMs && hi <= Date.now())) {
               throw new Error(
-                `CHECKSUM MISMATCH: the first ${k} rows written by ${m.key} (run ${run}) have md5 ${row.md5}, ` +
-                  `but ${ref.who} wrote ${ref.md5}: the methods did not write identical rows`,
+                `ID CHECK: ${m.key} (run ${run}): ${row.not_v7} ids not UUIDv7, ${row.out_of_order} not increasing in log() order, ` +
+                  `their times ${new Date(lo).toISOString()}–${new Date(hi).toISOString()} not all within the run (from ${new Date(resetAtMs).toISOString()})`,
               );
             }
           }
@@ -402,19 +461,26 @@ async function main(): Promise<void> {
             `run ${run}/${runs} ${m.key.padEnd(17)} ${Math.round(result.rowsPerSec).toLocaleString('en-US').padStart(9)} rows/s` +
               (Number.isNaN(result.eluActiveMs) ? '' : `  event loop ${((result.eluActiveMs / n) * 1000).toFixed(1)} ms/1k`) +
               (other === undefined ? '' : `  other processes ${(other.other * 100).toFixed(0)}%, steal ${(other.steal * 100).toFixed(0)}%`) +
-              `  checksum ok`,
+              `  checksum ok` +
+              (result.extra?.['spoolSyncsPerSec'] !== undefined
+                ? `  spool: ${Number(result.extra['spoolSyncsPerSec']).toFixed(1)} fsyncs/s, ${((result.diskWriteBytes ?? NaN) / n).toFixed(0)} B/entry dirtied`
+                : ''),
           );
         }
         // Buffered memory (no table writes): once per run.
         const mem = await runWorker('ab-memory', SIZES.bulk, url, work, async () => {});
         memory.push({ ...mem.extra, logUsPerCall: (mem.ms / mem.n) * 1000 });
         log(`run ${run}/${runs} ab-memory: ${JSON.stringify(mem.extra)}`);
+        // log() per call against its floor and with a spool (no table writes): once per run.
+        const lc = await runWorker('ab-log', SIZES.bulk, url, work, async () => {});
+        logCost.push({ ...lc.extra });
+        log(`run ${run}/${runs} ab-log: ${JSON.stringify(lc.extra)}`);
       }
     } finally {
       await control.end().catch(() => {});
     }
 
-    const results = summarise(methods, records, memory, {
+    const results = summarise(methods, records, memory, logCost, {
       date: new Date().toISOString(),
       command:
         (process.env['DATABASE_URL'] ? `DATABASE_URL=${redact(process.env['DATABASE_URL'])} ` : '') +
@@ -437,6 +503,7 @@ async function main(): Promise<void> {
       server: serverInfo,
       addon,
       checksums: Object.fromEntries([...reference].map(([k, v]) => [k, v.md5])),
+      checksumsNoId: Object.fromEntries([...referenceNoId].map(([k, v]) => [k, v.md5])),
     });
     results.meta.durationS = Math.round((Date.now() - started) / 1000);
 
@@ -519,6 +586,7 @@ function summarise(
   methods: MethodSpec[],
   records: RunRecord[],
   memory: Record<string, unknown>[],
+  logCost: Record<string, unknown>[],
   meta: BenchResults['meta'],
 ): BenchResults {
   const per1k = (ms: number, n: number) => (ms / n) * 1000;
@@ -599,6 +667,20 @@ function summarise(
   target('Bulk rows/s: audit-batcher bulk ÷ (d) COPY', '>=', 1.2, (r) => div(rps(r, 'ab-bulk'), rps(r, 'pg-copy-10000')), 'rows/s, same run');
   target('Bulk rows/s: audit-batcher bulk ÷ Rust ceiling', '>=', 0.85, (r) => div(rps(r, 'ab-bulk'), rps(r, 'ceiling')), 'rows/s, same run');
   target(
+    'Bulk rows/s, default options, caller-supplied UUIDv4 ids: audit-batcher ÷ Rust ceiling',
+    '>=',
+    0.9,
+    (r) => div(rps(r, 'ab-bulk-uuid4'), rps(r, 'ceiling')),
+    'rows/s, same run; log() × N then close(), random UUIDv4 ids as Prisma uuid() makes them',
+  );
+  target(
+    "Bulk rows/s, default options, the batcher's own ids: audit-batcher ÷ Rust ceiling",
+    '>=',
+    0.9,
+    (r) => div(rps(r, 'ab-bulk-own-ids'), rps(r, 'ceiling')),
+    'rows/s, same run; log() × N then close(), no id passed',
+  );
+  target(
     'Bulk event-loop busy per entry: audit-batcher bulk ÷ (d) COPY',
     '<=',
     0.3,
@@ -648,12 +730,60 @@ function summarise(
     'the larger of RSS growth per entry (after GC) and stats().bufferedBytes per entry',
   );
 
+  const cost = (r: number, k: string) => {
+    const v = (logCost[r - 1] as Record<string, unknown> | undefined)?.[k];
+    return typeof v === 'number' ? v : undefined;
+  };
+  target(
+    'log() per call ÷ its floor (JSON.stringify of the payload + an empty native call with the same arguments)',
+    '<=',
+    1.5,
+    (r) => div(cost(r, 'logUsPerCall'), cost(r, 'floorUsPerCall')),
+    'mean µs per call, both measured in the same process (ab-log)',
+  );
+  for (const m of methods.filter((x) => x.twin !== undefined)) {
+    target(
+      `Spool cost, rows/s: ${m.key} ÷ ${m.twin} (the same method without a spool)`,
+      '>=',
+      0.9,
+      (r) => div(rps(r, m.key), rps(r, m.twin!)),
+      'rows/s, same run',
+    );
+  }
+  // The issue asks for the median per call here: the per-call medians (each call timed, the timer's cost
+  // alike in both, so it cancels in the difference). The difference of the means is reported beside it.
+  target(
+    'Spool cost, log(): median µs per call with a spool minus without',
+    '<=',
+    0.5,
+    (r) => {
+      const a = cost(r, 'logSpoolP50Us');
+      const b = cost(r, 'logP50Us');
+      return a === undefined || b === undefined ? undefined : a - b;
+    },
+    'a difference in µs, not a ratio: per-call medians, both measured in the same process (ab-log)',
+  );
+
   const memSummary = memory.length
     ? Object.fromEntries(
         Object.keys(memory[0]!).map((k) => [k, median(memory.map((m) => Number((m as Record<string, number>)[k])))]),
       )
     : {};
-  return { meta, methods: out, memory: { n: SIZES.bulk, median: memSummary, runs: memory }, targets };
+  const logCostSummary = logCost.length
+    ? Object.fromEntries(
+        [...new Set(logCost.flatMap((c) => Object.keys(c)))]
+          .map((k) => [k, logCost.map((c) => c[k]).filter((v): v is number => typeof v === 'number')] as const)
+          .filter(([, v]) => v.length > 0)
+          .map(([k, v]) => [k, median(v)]),
+      )
+    : {};
+  return {
+    meta,
+    methods: out,
+    memory: { n: SIZES.bulk, median: memSummary, runs: memory },
+    logCost: { n: SIZES.bulk, median: logCostSummary, runs: logCost },
+    targets,
+  };
 }
 
 /** --render: write the outputs again from an existing results file (after changing report.ts). */

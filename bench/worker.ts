@@ -9,12 +9,15 @@
  * all entries and writes its figures as JSON to config.resultFile. The parent checksums the table
  * after this process exits.
  */
-import { readFileSync, writeFileSync } from 'node:fs';
+import { createHash, randomUUID } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import pg from 'pg';
 import copyStreams from 'pg-copy-streams';
 import { AuditBatcher } from '../index.js';
-import type { AuditBatcherOptions, AuditEntry } from '../index.js';
+import type { AuditBatcherOptions, AuditEntry, SpoolStats } from '../index.js';
 import { COLUMNS, WARMUP_TABLE, copyText, entryJsonBytes, makeEntries } from './entries.ts';
 import type { BenchEntry } from './entries.ts';
 
@@ -28,7 +31,13 @@ export type NodeMethod =
   | 'ab-turn-default'
   | 'ab-turn-64'
   | 'ab-bulk'
-  | 'ab-memory';
+  | 'ab-bulk-uuid4'
+  | 'ab-bulk-own-ids'
+  | 'ab-turn-spool'
+  | 'ab-turn-64-spool'
+  | 'ab-bulk-spool'
+  | 'ab-memory'
+  | 'ab-log';
 
 export interface WorkerConfig {
   method: NodeMethod;
@@ -79,6 +88,12 @@ export interface WorkerResult {
   rssBefore: number;
   /** process.resourceUsage().maxRSS at the end: the process's peak RSS. */
   rssPeak: number;
+  /**
+   * Bytes this process dirtied in the page cache over the timed window (`write_bytes` of
+   * /proc/self/io, Linux; null elsewhere): what it makes the kernel write to disk, counted per 4 KiB page
+   * each time the page is dirtied (a page dirtied again after an fdatasync counts again).
+   */
+  diskWriteBytes?: number | null;
   extra?: Record<string, unknown>;
   /** Set by the parent: the 1-minute load average right after this run. */
   load1m?: number;
@@ -154,6 +169,56 @@ function mainThreadCpuMs(): number {
   } catch {
     return NaN;
   }
+}
+
+/** Bytes this process dirtied in the page cache so far (`write_bytes` of /proc/self/io, Linux); NaN elsewhere. */
+function diskWriteBytes(): number {
+  try {
+    const m = /^write_bytes: (\d+)$/m.exec(readFileSync('/proc/self/io', 'utf8'));
+    return m ? Number(m[1]) : NaN;
+  } catch {
+    return NaN;
+  }
+}
+
+/** The spool methods' directories: fresh ones under one temporary directory, removed when the process exits. */
+let spoolRoot: string | undefined;
+function freshSpoolDir(): string {
+  if (spoolRoot === undefined) {
+    const root = mkdtempSync(join(tmpdir(), 'audit-batcher-bench-spool-'));
+    spoolRoot = root;
+    process.on('exit', () => rmSync(root, { recursive: true, force: true }));
+  }
+  // One directory per batcher, so that no batcher ever sees another's spool.
+  return mkdtempSync(join(spoolRoot, 'b-'));
+}
+function removeSpoolDirs(): void {
+  if (spoolRoot !== undefined) rmSync(spoolRoot, { recursive: true, force: true });
+}
+
+/**
+ * What a spool did between two `stats().spool` snapshots, as `extra` figures (prefix `spool`): syncs
+ * (fdatasync) and syncs per second of `ms`, entries appended (must be `n`: else the method did not
+ * spool what it wrote), and the figures `stats().spool` exposes at `after`.
+ */
+function spoolFigures(before: SpoolStats | null, after: SpoolStats | null, ms: number, n: number, into: Record<string, unknown>): void {
+  if (!before || !after) throw new Error('stats().spool is null on a batcher made with the spool option');
+  const appended = after.appended - before.appended;
+  if (appended !== n || after.unspooled !== 0 || after.errors !== 0) {
+    throw new Error(
+      `the spool appended ${appended} entries of ${n} (unspooled ${after.unspooled}, errors ${after.errors}, ` +
+        `last error ${after.lastError ?? 'none'}): the method did not spool what it logged`,
+    );
+  }
+  Object.assign(into, {
+    spoolSyncs: after.syncs - before.syncs,
+    spoolSyncsPerSec: ((after.syncs - before.syncs) / ms) * 1000,
+    spoolAppended: appended,
+    spoolSyncFailures: after.syncFailures - before.syncFailures,
+    spoolBytes: after.bytes,
+    spoolSegments: after.segments,
+    ...(after.lastSyncMs != null ? { spoolLastSyncMs: after.lastSyncMs } : {}),
+  });
 }
 
 async function connect(url: string): Promise<pg.Client> {
@@ -240,6 +305,9 @@ async function main(): Promise<void> {
   /** Untimed preparation of the timed run (after the warm-up), e.g. a fresh batcher. */
   let prepare: () => Promise<void> = async () => {};
   let teardown: () => Promise<void> = async () => {};
+  /** Called right before the timed window opens and right after it closes (untimed; e.g. stats snapshots). */
+  let atTimedStart: () => void = () => {};
+  let atTimedEnd: (ms: number) => void = () => {};
 
   switch (method) {
     case 'pg-naive': {
@@ -351,13 +419,18 @@ async function main(): Promise<void> {
     }
     case 'ab-turn':
     case 'ab-turn-default':
-    case 'ab-turn-64': {
+    case 'ab-turn-64':
+    case 'ab-turn-spool':
+    case 'ab-turn-64-spool': {
       const batchers = new Map<string, AuditBatcher>();
+      const spooled = method.endsWith('-spool');
       // Like (b), which prepares its INSERT once per connection: preparedStatements (when this addon build
       // has the option), except in the default-options variant.
       const optional = method === 'ab-turn-default' ? {} : { preparedStatements: true };
       for (const tbl of [WARMUP_TABLE, table]) {
-        const made = newBatcherTrying({ connectionString: url, table: tbl }, optional);
+        // The spool twins: the same, plus a spool in a fresh directory (its default sync, 'interval').
+        const spool = spooled ? { spool: { dir: freshSpoolDir() } } : {};
+        const made = newBatcherTrying({ connectionString: url, table: tbl, ...spool }, optional);
         if (made.refused.length) extra['refusedOptions'] = made.refused.join(', ');
         const audit = made.batcher;
         await audit.ensureSchema(); // opens a pooled connection
@@ -371,41 +444,79 @@ async function main(): Promise<void> {
           await audit.flush();
           latencies.push(performance.now() - t0);
         };
-        if (method !== 'ab-turn-64') {
+        if (!method.startsWith('ab-turn-64')) {
           for (let t = 0; t < turnsOf(es); t++) await turn(t);
         } else {
           await runAgents(config.agents, turnsOf(es), turn);
         }
       };
+      let spoolBefore: SpoolStats | null = null;
+      if (spooled) {
+        atTimedStart = () => {
+          spoolBefore = batchers.get(table)!.stats().spool;
+        };
+        // The timed window ends with the last flush(), before close().
+        atTimedEnd = (ms) => spoolFigures(spoolBefore, batchers.get(table)!.stats().spool, ms, n, extra);
+      }
       teardown = async () => {
         for (const a of batchers.values()) await a.close();
         const s = batchers.get(table)!.stats();
         extra['statements'] = s.batches;
+        if (s.spool) extra['spoolSyncsAfterClose'] = s.spool.syncs - spoolBefore!.syncs;
+        removeSpoolDirs();
         if (s.written !== n) throw new Error(`${method}: stats().written ${s.written}, expected ${n}`);
       };
       break;
     }
-    case 'ab-bulk': {
+    case 'ab-bulk':
+    case 'ab-bulk-spool':
+    case 'ab-bulk-uuid4':
+    case 'ab-bulk-own-ids': {
+      // ab-bulk-uuid4 and ab-bulk-own-ids measure the way users call it: default options, ids given as
+      // Prisma's uuid() makes them (random UUIDv4) or left to the batcher (its UUIDv7).
+      const defaults = method === 'ab-bulk-uuid4' || method === 'ab-bulk-own-ids';
+      const spooled = method === 'ab-bulk-spool';
+      // The entries as this method logs them, made before timing (the app holds them already).
+      const logged: AuditEntry[] =
+        method === 'ab-bulk-uuid4'
+          ? entries.map((e) => ({ ...e, id: randomUUID() }) as AuditEntry)
+          : method === 'ab-bulk-own-ids'
+            ? entries.map(({ id: _id, ...rest }) => rest as AuditEntry)
+            : (entries as AuditEntry[]);
       const make = (tbl: string): AuditBatcher => {
+        if (defaults) {
+          extra['variant'] = 'default options';
+          return new AuditBatcher({ connectionString: url, table: tbl });
+        }
         // Write-behind, with statements as large as (d)'s and the ceiling's COPYs (copyRows rows).
+        const spool = spooled ? { spool: { dir: freshSpoolDir() } } : {};
         const audit = newBatcherTrying(
-          { connectionString: url, table: tbl, maxBatchRows: config.copyRows },
+          { connectionString: url, table: tbl, maxBatchRows: config.copyRows, ...spool },
           { flushAtEntries: config.flushAtEntries },
         );
-        extra['variant'] = audit.refused.length
-          ? `log all, then close() (this addon build refuses flushAtEntries), maxBatchRows: ${config.copyRows}`
-          : `flushAtEntries: ${config.flushAtEntries}, maxBatchRows: ${config.copyRows}`;
+        extra['variant'] =
+          (audit.refused.length
+            ? `log all, then close() (this addon build refuses flushAtEntries), maxBatchRows: ${config.copyRows}`
+            : `flushAtEntries: ${config.flushAtEntries}, maxBatchRows: ${config.copyRows}`) + (spooled ? ', spool (sync: interval)' : '');
         return audit.batcher;
       };
       let audit: AuditBatcher | undefined;
+      let spoolBefore: SpoolStats | null = null;
       work = async (es, tbl) => {
         const a = tbl === table ? audit! : make(tbl);
         if (tbl !== table) await a.ensureSchema();
+        const list = es === entries ? logged : logged.slice(0, es.length);
         const t0 = performance.now();
-        for (const e of es) a.log(e as AuditEntry);
+        for (const e of list) a.log(e);
         if (tbl === table) {
           extra['logLoopMs'] = performance.now() - t0;
-          extra['writtenWhenLogLoopEnded'] = a.stats().written;
+          const s = a.stats();
+          extra['writtenWhenLogLoopEnded'] = s.written;
+          if (s.spool) {
+            extra['spoolSyncsWhenLogLoopEnded'] = s.spool.syncs - spoolBefore!.syncs;
+            extra['spoolBytesWhenLogLoopEnded'] = s.spool.bytes;
+            extra['spoolSegmentsWhenLogLoopEnded'] = s.spool.segments;
+          }
         }
         await a.close();
       };
@@ -413,10 +524,22 @@ async function main(): Promise<void> {
         audit = make(table);
         await audit.ensureSchema(); // opens a pooled connection
       };
+      if (spooled) {
+        atTimedStart = () => {
+          spoolBefore = audit!.stats().spool;
+        };
+        // The timed window ends when close() resolved.
+        atTimedEnd = (ms) => spoolFigures(spoolBefore, audit!.stats().spool, ms, n, extra);
+      }
       teardown = async () => {
         const s = audit!.stats();
         extra['statements'] = s.batches;
+        removeSpoolDirs();
         if (s.written !== n) throw new Error(`${method}: stats().written ${s.written}, expected ${n}`);
+        if (method === 'ab-bulk-uuid4') {
+          // For the parent's check that the table holds exactly these ids, in entry order.
+          extra['idsMd5'] = createHash('md5').update(logged.map((e) => e.id).join('\n')).digest('hex');
+        }
       };
       break;
     }
@@ -467,6 +590,106 @@ async function main(): Promise<void> {
       };
       break;
     }
+    case 'ab-log': {
+      // log() per call, in one process, on batchers that cannot write (as ab-memory: nothing is flushed,
+      // so only log() is measured), in rounds, each variant on a fresh batcher, the order rotated:
+      // - floor: what log() cannot do without: JSON.stringify of the payload plus an empty native method
+      //   (_logFloor) called with the same nine arguments as index.js's call of the native logFields;
+      // - log: log() without a spool; log-spool: log() with a spool in a fresh directory (default sync).
+      // Each variant runs twice per round: a plain loop (mean µs per call = loop time ÷ n) and a loop that
+      // times each call (median µs per call; the timer's own cost is in every variant alike).
+      const floorFn = (AuditBatcher.prototype as unknown as Record<string, unknown>)['_logFloor'] as
+        | ((this: AuditBatcher, ...args: unknown[]) => unknown)
+        | undefined;
+      if (!floorFn) extra['floorMissing'] = 'this addon build has no _logFloor: no floor measured';
+      const logFloor = (a: AuditBatcher, e: BenchEntry): void => {
+        const json = JSON.stringify(e.payload);
+        floorFn!.call(a, e.action, e.tenantId, e.actor, e.resource, e.outcome, json, e.id, e.occurredAt, undefined);
+      };
+      type Variant = 'floor' | 'log' | 'log-spool';
+      const variants: Variant[] = floorFn ? ['floor', 'log', 'log-spool'] : ['log', 'log-spool'];
+      const make = (v: Variant) =>
+        newBatcherTrying(
+          {
+            connectionString: 'postgres://bench@127.0.0.1:9/none',
+            table,
+            connectTimeoutMs: 1000,
+            ...(v === 'log-spool' ? { spool: { dir: freshSpoolDir() } } : {}),
+          },
+          { maxBufferedEntries: 10 * n, maxBufferedBytes: 2 ** 32 },
+        ).batcher;
+      /** One pass: µs per call, mean (untimed calls) or median (each call timed). */
+      const pass = async (v: Variant, es: BenchEntry[], perCall: boolean): Promise<number> => {
+        // The previous pass's batcher is garbage: collect it, and let its finalizer run (free its entries).
+        gc();
+        await new Promise((resolve) => setImmediate(resolve));
+        gc();
+        let a: AuditBatcher | undefined = make(v);
+        let us: number;
+        if (!perCall) {
+          const t0 = performance.now();
+          if (v === 'floor') for (const e of es) logFloor(a, e);
+          else for (const e of es) a.log(e as AuditEntry);
+          us = ((performance.now() - t0) / es.length) * 1000;
+        } else {
+          const samples = new Float64Array(es.length);
+          if (v === 'floor') {
+            for (let i = 0; i < es.length; i++) {
+              const t = performance.now();
+              logFloor(a, es[i]!);
+              samples[i] = performance.now() - t;
+            }
+          } else {
+            for (let i = 0; i < es.length; i++) {
+              const t = performance.now();
+              a.log(es[i] as AuditEntry);
+              samples[i] = performance.now() - t;
+            }
+          }
+          samples.sort();
+          us = samples[samples.length >> 1]! * 1000;
+        }
+        if (v !== 'floor') {
+          const st = a.stats();
+          if (st.buffered !== es.length) throw new Error(`ab-log: ${st.buffered} entries buffered, expected ${es.length}`);
+          if (v === 'log-spool' && st.spool?.appended !== es.length) {
+            throw new Error(`ab-log: the spool appended ${st.spool?.appended} entries, expected ${es.length}`);
+          }
+        }
+        a = undefined; // its entries are freed with it (the process exits with them unwritten)
+        return us;
+      };
+      const rounds = n >= 20_000 ? 3 : 2;
+      work = async (es, tbl) => {
+        if (tbl !== table) {
+          for (const v of variants) for (const perCall of [false, true]) await pass(v, es, perCall);
+          return;
+        }
+        const mean: Record<string, number[]> = {};
+        const p50: Record<string, number[]> = {};
+        for (let r = 0; r < rounds; r++) {
+          const order = variants.map((_, i) => variants[(i + r) % variants.length]!);
+          for (const v of order) {
+            (mean[v] ??= []).push(await pass(v, es, false));
+            (p50[v] ??= []).push(await pass(v, es, true));
+          }
+        }
+        const med = (xs: number[]) => {
+          const q = [...xs].sort((x, y) => x - y);
+          return q.length % 2 ? q[q.length >> 1]! : (q[q.length / 2 - 1]! + q[q.length / 2]!) / 2;
+        };
+        Object.assign(extra, {
+          rounds,
+          ...(floorFn ? { floorUsPerCall: med(mean['floor']!), floorP50Us: med(p50['floor']!) } : {}),
+          logUsPerCall: med(mean['log']!),
+          logP50Us: med(p50['log']!),
+          logSpoolUsPerCall: med(mean['log-spool']!),
+          logSpoolP50Us: med(p50['log-spool']!),
+        });
+      };
+      teardown = async () => removeSpoolDirs();
+      break;
+    }
     default:
       throw new Error(`unknown method ${String(method)}`);
   }
@@ -480,6 +703,8 @@ async function main(): Promise<void> {
   // ---- timed window ---------------------------------------------------------------------------
   gc();
   const rssBefore = process.memoryUsage().rss;
+  atTimedStart();
+  const disk0 = diskWriteBytes();
   const elu0 = performance.eventLoopUtilization();
   const cpu0 = process.cpuUsage();
   const main0 = mainThreadCpuMs();
@@ -490,6 +715,8 @@ async function main(): Promise<void> {
   const mainCpu = mainThreadCpuMs() - main0;
   const elu = performance.eventLoopUtilization(performance.eventLoopUtilization(), elu0);
   const rssPeak = process.resourceUsage().maxRSS * 1024;
+  const disk = diskWriteBytes() - disk0;
+  atTimedEnd(ms);
   await teardown();
 
   const result: WorkerResult = {
@@ -504,6 +731,7 @@ async function main(): Promise<void> {
     mainThreadCpuMs: Number.isNaN(mainCpu) ? null : mainCpu,
     rssBefore,
     rssPeak,
+    diskWriteBytes: Number.isNaN(disk) ? null : disk,
     ...(latencies.length > 0 ? { latencyMs: percentiles(latencies) } : {}),
     ...(Object.keys(extra).length > 0 ? { extra } : {}),
   };

@@ -8,6 +8,7 @@ mod convert;
 mod errors;
 mod events;
 mod exit;
+mod floor;
 mod options;
 mod settle;
 mod spool_tools;
