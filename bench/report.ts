@@ -1,4 +1,5 @@
 /** Output of the benchmark: the markdown table and targets, bench/RESULTS.md, and the SVG chart. */
+import { renderRedis, type RedisBench } from './redis-report.ts';
 import type { WorkerResult } from './worker.ts';
 
 export interface MethodSpec {
@@ -111,6 +112,8 @@ export interface BenchResults {
   /** log() per call (ab-log): its floor, log() without and with a spool, µs; medians over the runs. */
   logCost?: { n: number; median: Record<string, number>; runs: Record<string, unknown>[] };
   targets: TargetResult[];
+  /** The Redis hand-off's figures (bench/redis.ts); absent in results made before it, or with --only. */
+  redis?: RedisBench;
 }
 
 const int = (v: number) => Math.round(v).toLocaleString('en-US');
@@ -307,6 +310,7 @@ export function renderMarkdown(r: BenchResults): string {
     `Targets met: ${r.targets.filter((t) => t.met).length} of ${r.targets.length}. Ratios are computed within each run, ` +
       'then the median is taken; they are rounded towards failing (down for ≥, up for ≤), and "met" uses the unrounded median.',
   );
+  lines.push(renderRedis(r.redis));
   return lines.join('\n');
 }
 

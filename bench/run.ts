@@ -29,6 +29,8 @@ import {
 } from '../scripts/database.ts';
 import { COLUMNS, WARMUP_TABLE, ceilingLine, makeEntry } from './entries.ts';
 import { renderMarkdown, renderResultsMd, renderSvg } from './report.ts';
+import { runRedisBench } from './redis.ts';
+import type { RedisBench } from './redis-report.ts';
 import type { BenchResults, MethodResults, MethodSpec, RunRecord, TargetResult } from './report.ts';
 import type { NodeMethod, WorkerConfig, WorkerResult } from './worker.ts';
 
@@ -46,7 +48,7 @@ const option = (name: string): string | undefined => {
   if (v === undefined || v.startsWith('--')) throw new Error(`${name} needs a value`);
   return v;
 };
-const known = new Set(['--quick', '--runs', '--only', '--pool-max', '--out', '--no-ceiling', '--render']);
+const known = new Set(['--quick', '--runs', '--only', '--pool-max', '--out', '--no-ceiling', '--no-redis', '--render']);
 for (const a of argv) {
   if (a.startsWith('--') && !known.has(a)) throw new Error(`unknown option ${a}; known: ${[...known].join(' ')}`);
 }
@@ -366,6 +368,7 @@ async function main(): Promise<void> {
 
     const records: RunRecord[] = [];
     const memory: Record<string, unknown>[] = [];
+    let redis: RedisBench | undefined;
     const logCost: Record<string, unknown>[] = [];
     try {
       for (let run = 1; run <= runs; run++) {
@@ -476,6 +479,11 @@ async function main(): Promise<void> {
         logCost.push({ ...lc.extra });
         log(`run ${run}/${runs} ab-log: ${JSON.stringify(lc.extra)}`);
       }
+      // The Redis hand-off (bench/redis.ts): its own producers and workers, after the main methods.
+      if (!only && !flag('--no-redis')) {
+        redis = await runRedisBench({ database: url, quick, runs: quick ? 1 : 3, log });
+        if (redis.skipped) log(`redis hand-off not measured: ${redis.skipped}`);
+      }
     } finally {
       await control.end().catch(() => {});
     }
@@ -506,6 +514,7 @@ async function main(): Promise<void> {
       checksumsNoId: Object.fromEntries([...referenceNoId].map(([k, v]) => [k, v.md5])),
     });
     results.meta.durationS = Math.round((Date.now() - started) / 1000);
+    if (redis) results.redis = redis;
 
     const md = renderMarkdown(results);
     process.stdout.write(md + '\n');
