@@ -23,7 +23,8 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 export declare class AuditBatcher {
   /**
    * Checks the options and prepares the pool; no connection is opened until the first write. Starts
-   * the background writer when `flushIntervalMs` or `flushAtEntries` is set.
+   * the background writer (full batches; write-behind when `flushIntervalMs` or `flushAtEntries` is
+   * set).
    * Throws a TypeError with `code: 'ERR_AUDIT_INVALID_OPTIONS'` naming the bad option.
    */
   constructor(options: AuditBatcherOptions)
@@ -194,7 +195,8 @@ export interface AuditBatcherOptions {
   poolSize?: number
   /**
    * Most rows in one statement; a larger flush is written as several statements, in order, back to
-   * back. Default 1000, at most 100000.
+   * back. As soon as this many entries wait, they are written, without waiting for `flush()`.
+   * Default 10000, at most 100000.
    */
   maxBatchRows?: number
   /** How long opening a connection may take before the write fails, in milliseconds. Default 10000. */
@@ -213,8 +215,7 @@ export interface AuditBatcherOptions {
   sink?: 'postgres' | 'memory'
   /**
    * Write-behind: flush in the background this often (milliseconds) while anything is buffered.
-   * Setting this or `flushAtEntries` starts the background writer; `flush()` still works and shares
-   * its statements.
+   * `flush()` still works and shares its statements.
    */
   flushIntervalMs?: number
   /**
@@ -432,7 +433,7 @@ export interface AuditWorkerOptions {
   columns?: Partial<Record<'id' | 'occurredAt' | 'tenantId' | 'actor' | 'action' | 'resource' | 'outcome' | 'payload', string>>
   /** As for `AuditBatcher`; also where undecodable stream entries go. Default `<table>_dead_letter`. */
   deadLetterTable?: string
-  /** The most entries one read takes, and one statement writes. Default 1000, at most 100000. */
+  /** The most entries one read takes, and one statement writes. Default 10000, at most 100000. */
   maxBatchRows?: number
   /** As for `AuditBatcher`. Default 2. */
   poolSize?: number

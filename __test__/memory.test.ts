@@ -34,8 +34,12 @@ describe("sink: 'memory'", () => {
   it('keeps its stats consistent: logged === written + buffered', async () => {
     const audit = new AuditBatcher({ sink: 'memory', maxBatchRows: 3 });
     for (let i = 0; i < 10; i++) audit.log({ action: 'a', payload: { i } });
-    expect(audit.stats()).toMatchObject({ logged: 10, written: 0, buffered: 10, lastError: null });
-    expect(audit.stats().bufferedBytes).toBeGreaterThan(10 * 72);
+    // Full batches (3 entries) may already be written in the background: the books balance at every moment.
+    const s0 = audit.stats();
+    expect(s0).toMatchObject({ logged: 10, lastError: null });
+    expect(s0.written + s0.buffered).toBe(10);
+    expect(s0.buffered).toBeGreaterThanOrEqual(1);
+    expect(s0.bufferedBytes).toBeGreaterThanOrEqual(s0.buffered * 72);
     await audit.flush();
     const s = audit.stats();
     expect(s).toMatchObject({ logged: 10, written: 10, buffered: 0, bufferedBytes: 0, batches: 4 });

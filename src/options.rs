@@ -87,7 +87,7 @@ pub mod limits {
         name: "maxBatchRows",
         min: 1,
         max: 100_000,
-        default: Some(1000),
+        default: Some(10_000),
     };
     pub const MAX_BUFFERED_ENTRIES: Whole = Whole {
         name: "maxBufferedEntries",
@@ -254,14 +254,12 @@ pub struct SpoolSettings {
 }
 
 impl Config {
-    /// The background writer's settings, when write-behind was asked for (`flushIntervalMs` or
-    /// `flushAtEntries`).
-    pub fn background(&self) -> Option<BackgroundConfig> {
-        (self.flush_interval.is_some() || self.batcher.flush_at_entries.is_some()).then_some(
-            BackgroundConfig {
-                interval: self.flush_interval,
-            },
-        )
+    /// The background writer's settings: it writes full batches at once, and, when write-behind was
+    /// asked for (`flushIntervalMs` or `flushAtEntries`), flushes in the background.
+    pub fn background(&self) -> BackgroundConfig {
+        BackgroundConfig {
+            interval: self.flush_interval,
+        }
     }
 }
 

@@ -1,5 +1,5 @@
-//! The background (write-behind) writer: flushes when the buffer reaches a size or an interval passes,
-//! and retries with backoff while the sink fails.
+//! The background writer: writes a full batch as soon as one waits, and with write-behind also flushes
+//! when the buffer reaches a size or an interval passes; retries with backoff while the sink fails.
 
 use std::sync::Weak;
 use std::time::Duration;
@@ -18,7 +18,11 @@ pub struct BackgroundConfig {
 
 /// Runs the background writer of `batcher` until it is closed or dropped.
 ///
-/// - Flushes when `flush_at_entries` entries are buffered or `interval` has passed, whichever comes first. A
+/// - Writes each full batch (`max_batch_rows` entries waiting) at once, without waiting for a flush, so that
+///   a caller logging many entries between flushes has them written while it logs. Without write-behind
+///   that is all it writes: the entries after the last full batch wait for `flush()`, and statement
+///   boundaries are those a flush would make.
+/// - With write-behind, flushes when `flush_at_entries` entries are buffered or `interval` has passed, whichever comes first. A
 ///   flush writes everything buffered, in batches of `max_batch_rows` back to back, and starts again at
 ///   once while anything was logged meanwhile, so a burst is drained to the last entry as fast as the sink
 ///   takes it; only an empty buffer waits for the next trigger.
@@ -27,15 +31,17 @@ pub struct BackgroundConfig {
 ///   attempt, ignoring the size trigger meanwhile, so an outage costs no CPU.
 /// - Holds the batcher weakly: dropping the last handle stops it.
 pub async fn run_background<S: Sink>(batcher: Weak<Batcher<S>>, config: BackgroundConfig) {
-    let Some((wake, shutdown, at_entries)) = batcher.upgrade().map(|b| {
+    let Some((wake, shutdown, at_entries, batch_rows)) = batcher.upgrade().map(|b| {
         (
             b.wake.clone(),
             b.shutdown.clone(),
             b.config.flush_at_entries,
+            b.config.max_batch_rows,
         )
     }) else {
         return;
     };
+    let write_behind = config.interval.is_some() || at_entries.is_some();
     let mut failures: u32 = 0;
     let mut last_flush = Instant::now();
     // The last flush succeeded and entries arrived while it ran: write them now, whatever their number.
@@ -61,8 +67,10 @@ pub async fn run_background<S: Sink>(batcher: Weak<Batcher<S>>, config: Backgrou
                 if st.closing {
                     return;
                 }
+                let full_batch = st.waiting() >= batch_rows;
                 let size_reached = at_entries.is_some_and(|n| st.waiting() >= n);
-                if failures == 0 && (size_reached || (draining && st.waiting() > 0)) {
+                let more = draining && st.waiting() > 0 && write_behind;
+                if failures == 0 && (full_batch || size_reached || more) {
                     break;
                 }
             }
@@ -89,11 +97,13 @@ pub async fn run_background<S: Sink>(batcher: Weak<Batcher<S>>, config: Backgrou
                 if failures > 0 {
                     st.stats.retries += 1;
                 }
-                if st.waiting() == 0 {
-                    None
+                // Without write-behind, only the full batches.
+                let target = if write_behind {
+                    st.accepted
                 } else {
-                    Some(st.accepted)
-                }
+                    st.accepted - (st.waiting() % batch_rows) as u64
+                };
+                (st.waiting() > 0 && target > st.settled).then_some(target)
             };
             target.map(|t| b.ticket_through(t))
         };

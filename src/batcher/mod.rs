@@ -443,10 +443,13 @@ impl<S: Sink> Batcher<S> {
             st.accepted += 1;
             Disposition::Buffered { seq: st.accepted }
         };
-        if let Some(n) = self.config.flush_at_entries {
-            if st.waiting() >= n {
-                self.wake.notify_one();
-            }
+        // A full batch is written at once (by the background writer); so is the buffer at
+        // `flush_at_entries`.
+        let waiting = st.waiting();
+        if waiting > 0 && waiting.is_multiple_of(self.config.max_batch_rows)
+            || self.config.flush_at_entries.is_some_and(|n| waiting >= n)
+        {
+            self.wake.notify_one();
         }
         let crossed = matches!(disposition, Disposition::Buffered { .. })
             && self.high_water_mark == Some(st.buffered());

@@ -263,7 +263,7 @@ impl<S: Sink> Batcher<S> {
     }
 
     /// Reads the oldest spilled entries back from the spool into the (empty) queue: a batch of at most
-    /// `max_batch_rows`, within the memory bound. The caller holds the writer lock, so nothing is in
+    /// `max_batch_rows` and a quarter of the memory bound (within what the bound leaves). The caller holds the writer lock, so nothing is in
     /// flight. Entries the spool cannot give back (damaged on disk) are counted as dropped and reported
     /// through the observer; a spool that gives nothing back fails the flush, keeping every entry.
     pub(super) async fn read_back_spilled(&self) -> Result<(), FlushError> {
@@ -271,10 +271,13 @@ impl<S: Sink> Batcher<S> {
             let st = self.state.lock();
             let first = st.first_spilled();
             let last = first + st.spilled as u64 - 1;
-            let budget = self
-                .config
-                .max_buffered_bytes
-                .saturating_sub(st.buffered_bytes());
+            // A quarter of the memory bound at a time: the batch read back is allocated on a blocking
+            // thread and freed on another, so smaller batches keep the allocator's high-water low.
+            let budget = (self.config.max_buffered_bytes / 4).min(
+                self.config
+                    .max_buffered_bytes
+                    .saturating_sub(st.buffered_bytes()),
+            );
             (st.spool.clone(), first, last, budget)
         };
         let rows = self.config.max_batch_rows;

@@ -518,6 +518,33 @@ async fn background_writer_flushes_when_the_size_is_reached() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_full_batch_is_written_without_waiting_for_a_flush_and_the_rest_waits() {
+    let (b, sink) = batcher(10);
+    let task = background(&b, BackgroundConfig { interval: None });
+    let ids = log_n(&b, 9);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(
+        batch_sizes(&sink).is_empty(),
+        "no full batch: nothing written"
+    );
+    let more = log_n(&b, 16);
+    until(|| b.pending() == 5).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(batch_sizes(&sink), [10, 10], "full batches only");
+    assert_eq!(b.pending(), 5, "the rest waits for flush()");
+    b.flush().await.unwrap();
+    assert_eq!(
+        batch_sizes(&sink),
+        [10, 10, 5],
+        "the boundaries a flush would make"
+    );
+    let all: Vec<_> = ids.into_iter().chain(more).collect();
+    assert_eq!(written_ids(&sink), all);
+    b.close(soon()).await.unwrap();
+    task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
 async fn background_writer_flushes_on_the_interval() {
     let (b, sink) = batcher(1000);
     let task = background(

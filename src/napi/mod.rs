@@ -153,7 +153,8 @@ fn entry_failure(e: &EntryError) -> Failure {
 #[napi]
 impl AuditBatcher {
     /// Checks the options and prepares the pool; no connection is opened until the first write. Starts
-    /// the background writer when `flushIntervalMs` or `flushAtEntries` is set.
+    /// the background writer (full batches; write-behind when `flushIntervalMs` or `flushAtEntries` is
+    /// set).
     /// Throws a TypeError with `code: 'ERR_AUDIT_INVALID_OPTIONS'` naming the bad option.
     #[napi(
         constructor,
@@ -222,12 +223,11 @@ impl AuditBatcher {
                 }));
             }
         }
-        if let Some(background) = background {
-            spawn(run_background(Arc::downgrade(&core), background));
-            if let Some(direct) = &direct {
-                // The direct batcher's entries are critical, each flushed at once; this retries failures.
-                spawn(run_background(Arc::downgrade(direct), background));
-            }
+        spawn(run_background(Arc::downgrade(&core), background));
+        if let Some(direct) = &direct {
+            // The direct batcher's entries are critical, each flushed at once; this retries failures
+            // (with write-behind) and writes full batches.
+            spawn(run_background(Arc::downgrade(direct), background));
         }
         if let Some(interval) = spool_interval {
             spawn(run_spool_sync(Arc::downgrade(&core), interval));

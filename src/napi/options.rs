@@ -112,7 +112,8 @@ pub struct AuditBatcherOptions {
     /// Most connections in the pool. Default 2.
     pub pool_size: Option<f64>,
     /// Most rows in one statement; a larger flush is written as several statements, in order, back to
-    /// back. Default 1000, at most 100000.
+    /// back. As soon as this many entries wait, they are written, without waiting for `flush()`.
+    /// Default 10000, at most 100000.
     pub max_batch_rows: Option<f64>,
     /// How long opening a connection may take before the write fails, in milliseconds. Default 10000.
     pub connect_timeout_ms: Option<f64>,
@@ -126,8 +127,7 @@ pub struct AuditBatcherOptions {
     #[napi(ts_type = "'postgres' | 'memory'")]
     pub sink: Option<String>,
     /// Write-behind: flush in the background this often (milliseconds) while anything is buffered.
-    /// Setting this or `flushAtEntries` starts the background writer; `flush()` still works and shares
-    /// its statements.
+    /// `flush()` still works and shares its statements.
     pub flush_interval_ms: Option<f64>,
     /// Write-behind: flush in the background as soon as this many entries are buffered; a burst is
     /// written in `maxBatchRows` batches back to back, with whatever arrives meanwhile, until the

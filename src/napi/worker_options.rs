@@ -123,7 +123,7 @@ pub struct AuditWorkerOptions {
     pub columns: Option<HashMap<String, serde_json::Value>>,
     /// As for `AuditBatcher`; also where undecodable stream entries go. Default `<table>_dead_letter`.
     pub dead_letter_table: Option<String>,
-    /// The most entries one read takes, and one statement writes. Default 1000, at most 100000.
+    /// The most entries one read takes, and one statement writes. Default 10000, at most 100000.
     pub max_batch_rows: Option<f64>,
     /// As for `AuditBatcher`. Default 2.
     pub pool_size: Option<f64>,
