@@ -22,10 +22,10 @@ pub struct BackgroundConfig {
 ///   a caller logging many entries between flushes has them written while it logs. Without write-behind
 ///   that is all it writes: the entries after the last full batch wait for `flush()`, and statement
 ///   boundaries are those a flush would make.
-/// - With write-behind, flushes when `flush_at_entries` entries are buffered or `interval` has passed, whichever comes first. A
-///   flush writes everything buffered, in batches of `max_batch_rows` back to back, and starts again at
-///   once while anything was logged meanwhile, so a burst is drained to the last entry as fast as the sink
-///   takes it; only an empty buffer waits for the next trigger.
+/// - With write-behind, flushes when `flush_at_entries` entries are buffered or `interval` has passed,
+///   whichever comes first. A flush writes everything buffered, in batches of `max_batch_rows` back to
+///   back, and starts again at once while anything was logged meanwhile, so a burst is drained to the
+///   last entry as fast as the sink takes it; only an empty buffer waits for the next trigger.
 /// - Manual flushes share its batches (they queue on the same writer), so the two never race.
 /// - After a failure it waits [`super::Backoff::delay`] (exponential, jittered, capped) before the next
 ///   attempt, ignoring the size trigger meanwhile, so an outage costs no CPU.

@@ -263,8 +263,8 @@ impl<S: Sink> Batcher<S> {
     }
 
     /// Reads the oldest spilled entries back from the spool into the (empty) queue: a batch of at most
-    /// `max_batch_rows` and a quarter of the memory bound (within what the bound leaves). The caller holds the writer lock, so nothing is in
-    /// flight. Entries the spool cannot give back (damaged on disk) are counted as dropped and reported
+    /// `max_batch_rows` and a quarter of the memory bound (within what the bound leaves). The caller
+    /// holds the writer lock, so nothing is in flight. Entries the spool cannot give back (damaged on disk) are counted as dropped and reported
     /// through the observer; a spool that gives nothing back fails the flush, keeping every entry.
     pub(super) async fn read_back_spilled(&self) -> Result<(), FlushError> {
         let (spool, first, last, budget) = {
