@@ -4,6 +4,8 @@
  * for another path). Without the binary the suite is skipped, and says why.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AuditBatcher, AuditWorker } from '../index.js';
@@ -18,6 +20,7 @@ if (!binary) console.warn('redis.test.ts skipped: no redis-server binary (instal
 const root = join(__dirname, '..');
 const cli = join(root, 'bin', 'worker.js');
 const producer = join(__dirname, 'fixtures', 'redis-producer.cjs');
+const spoolProducer = join(__dirname, 'fixtures', 'redis-spool-producer.cjs');
 
 let url: string;
 let redis: RedisServer;
@@ -98,6 +101,31 @@ describe.runIf(binary)('Redis hand-off', () => {
     expect(run.code).toBe(2);
     expect(run.stderr.trim().split('\n')).toHaveLength(1);
     expect(run.stderr).toContain('redis.shards');
+  });
+
+  it('a producer with a spool, killed while Redis is unreachable: the next producer on that spool adds its entries to the stream, each reaches the table once', async () => {
+    const table = uniqueTable('rsp');
+    const stream = uniqueTable('s');
+    await makeTable(table);
+    const dir = mkdtempSync(join(tmpdir(), 'audit-redis-spool-'));
+    try {
+      const killed = await runNode([spoolProducer, 'redis://127.0.0.1:1', stream, dir, '3000'], { timeoutMs: 30_000 });
+      expect(killed.signal, killed.stderr).toBe('SIGKILL');
+      const ids = killed.stdout.trim().split('\n');
+      expect(ids).toHaveLength(3000);
+
+      const next = new AuditBatcher({ redis: { url: redis.url, stream }, spool: { dir } });
+      await next.close();
+      expect(next.stats().spool).toMatchObject({ recovered: 3000, replayed: 3000 });
+      const w = worker({ stream, table });
+      await w.start();
+      await waitFor(async () => (await count(table)).rows >= 3000, 30_000, { intervalMs: 50 });
+      await w.stop();
+      const stored = await withClient(url, async (c) => (await c.query(`SELECT id::text AS id FROM ${table}`)).rows.map((r) => r.id as string));
+      expect(stored.sort()).toEqual([...ids].sort());
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('3 producer processes x 20k entries, 2 CLI workers, one SIGKILLed mid-batch: every entry in the table once', async () => {
