@@ -6,14 +6,14 @@
 import { spawn } from 'node:child_process';
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AuditBatcher } from '../index.js';
 import type { AuditStats } from '../index.js';
-import { countRows, dropDatabase, freshDatabase, uniqueTable, withClient } from './support/fixture.ts';
+import { countRows, dropDatabase, freshDatabase, withClient } from './support/fixture.ts';
 import { startProxy, type Proxy } from './support/proxy.ts';
+import { newTable as makeTable, tempDirs } from './support/spool.ts';
 import { waitFor } from './support/wait.ts';
 
 const outage = fileURLToPath(new URL('./fixtures/spool-outage.cjs', import.meta.url));
@@ -21,7 +21,7 @@ const MiB = 1 << 20;
 
 let url: string;
 let proxy: Proxy;
-const tmp: string[] = [];
+const dirs = tempDirs();
 
 beforeAll(async () => {
   url = await freshDatabase();
@@ -30,23 +30,12 @@ beforeAll(async () => {
 });
 afterAll(async () => {
   await proxy?.close();
-  for (const d of tmp) fs.rmSync(d, { recursive: true, force: true });
+  dirs.removeAll();
   await dropDatabase(url);
 });
 
-function tempDir(tag: string): string {
-  const d = fs.mkdtempSync(path.join(os.tmpdir(), `audit-spool-${tag}-`));
-  tmp.push(d);
-  return d;
-}
-
-async function newTable(): Promise<string> {
-  const table = uniqueTable('spoolb');
-  const b = new AuditBatcher({ connectionString: url, table });
-  await b.ensureSchema();
-  await b.close();
-  return table;
-}
+const tempDir = (tag: string): string => dirs.make(tag);
+const newTable = (): Promise<string> => makeTable(url, 'spoolb');
 
 interface Report {
   phase: 'logged' | 'closed';

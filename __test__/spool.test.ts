@@ -6,12 +6,12 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomInt } from 'node:crypto';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AuditBatcher } from '../index.js';
-import { dropDatabase, freshDatabase, uniqueTable, withClient } from './support/fixture.ts';
+import { dropDatabase, freshDatabase, withClient } from './support/fixture.ts';
+import { newTable as makeTable, tempDirs } from './support/spool.ts';
 import { waitFor } from './support/wait.ts';
 
 const logger = fileURLToPath(new URL('./fixtures/spool-logger.cjs', import.meta.url));
@@ -19,7 +19,7 @@ const logger = fileURLToPath(new URL('./fixtures/spool-logger.cjs', import.meta.
 const DOWN = 'postgres://postgres@127.0.0.1:1/postgres';
 
 let url: string;
-const tmp: string[] = [];
+const dirs = tempDirs();
 const totals = { kills: 0, recorded: 0, found: 0 };
 
 beforeAll(async () => {
@@ -29,23 +29,12 @@ afterAll(async () => {
   console.log(
     `spool crash tests: ${totals.kills} SIGKILLs, ${totals.recorded} entries recorded as accepted, ${totals.found} of them found in the table (each once)`,
   );
-  for (const d of tmp) fs.rmSync(d, { recursive: true, force: true });
+  dirs.removeAll();
   await dropDatabase(url);
 });
 
-function tempDir(tag: string): string {
-  const d = fs.mkdtempSync(path.join(os.tmpdir(), `audit-spool-${tag}-`));
-  tmp.push(d);
-  return d;
-}
-
-async function newTable(): Promise<string> {
-  const table = uniqueTable('spool');
-  const b = new AuditBatcher({ connectionString: url, table });
-  await b.ensureSchema();
-  await b.close();
-  return table;
-}
+const tempDir = (tag: string): string => dirs.make(tag);
+const newTable = (): Promise<string> => makeTable(url, 'spool');
 
 interface Child {
   proc: ChildProcess;

@@ -194,6 +194,15 @@ impl State {
         self.queue_bytes + self.in_flight_bytes + self.tail_bytes
     }
 
+    /// Counts an entry refused at a bound under [`OverflowPolicy::Reject`], and says why.
+    fn refuse_full(&mut self) -> LogError {
+        self.stats.rejected += 1;
+        LogError::BufferFull {
+            entries: self.buffered(),
+            bytes: self.buffered_bytes(),
+        }
+    }
+
     /// The number of the first spilled entry (meaningful while `spilled > 0`).
     fn first_spilled(&self) -> u64 {
         self.accepted - (self.spilled + self.tail.len()) as u64 + 1
@@ -350,11 +359,7 @@ impl<S: Sink> Batcher<S> {
         let mut full =
             !critical && (outer_full || (memory_full && (!spooling || !st.tail.is_empty())));
         if keep && full && self.config.on_buffer_full == OverflowPolicy::Reject {
-            st.stats.rejected += 1;
-            return Err(LogError::BufferFull {
-                entries: st.buffered(),
-                bytes: st.buffered_bytes(),
-            });
+            return Err(st.refuse_full());
         }
         let sanitized = prepared.sanitized;
         let entry = prepared.finish(&mut st.ids);
@@ -384,11 +389,7 @@ impl<S: Sink> Batcher<S> {
                     }
                     Err(SpoolError::Full { .. }) => {
                         if self.config.on_buffer_full == OverflowPolicy::Reject {
-                            st.stats.rejected += 1;
-                            return Err(LogError::BufferFull {
-                                entries: st.buffered(),
-                                bytes: st.buffered_bytes(),
-                            });
+                            return Err(st.refuse_full());
                         }
                         full = true;
                     }
@@ -397,11 +398,7 @@ impl<S: Sink> Batcher<S> {
                     Err(e) => {
                         if memory_full && !critical {
                             if self.config.on_buffer_full == OverflowPolicy::Reject {
-                                st.stats.rejected += 1;
-                                return Err(LogError::BufferFull {
-                                    entries: st.buffered(),
-                                    bytes: st.buffered_bytes(),
-                                });
+                                return Err(st.refuse_full());
                             }
                             full = true;
                         } else {

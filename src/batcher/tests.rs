@@ -1229,17 +1229,20 @@ mod spool {
         assert_eq!(written_ids(&sink), ids);
     }
 
+    /// A spooled batcher whose observer records what it hears.
+    fn observed(dir: &Path) -> (TestBatcher, Arc<Recorder>) {
+        let recorder = Arc::new(Recorder::default());
+        let (s, recovery) = Spool::open(dir, small()).unwrap();
+        let b = Batcher::new(Arc::new(TestSink::default()), BatcherConfig::default())
+            .with_spool(s, recovery)
+            .with_observer(Box::new(recorder.clone()), None);
+        (Arc::new(b), recorder)
+    }
+
     #[tokio::test]
     async fn disk_trouble_is_reported_once_per_streak() {
         let dir = TempDir::new("report");
-        let recorder = Arc::new(Recorder::default());
-        let sink = Arc::new(TestSink::default());
-        let (s, recovery) = Spool::open(&dir.0, small()).unwrap();
-        let b = Arc::new(
-            Batcher::new(sink.clone(), BatcherConfig::default())
-                .with_spool(s, recovery)
-                .with_observer(Box::new(recorder.clone()), None),
-        );
+        let (b, recorder) = observed(&dir.0);
         let own = b.state.lock().spool.as_ref().unwrap().dir();
         std::fs::remove_dir_all(&own).unwrap();
         for i in 0..300 {
@@ -1261,14 +1264,7 @@ mod spool {
     #[tokio::test]
     async fn a_failed_sync_is_reported_through_the_observer() {
         let dir = TempDir::new("syncreport");
-        let recorder = Arc::new(Recorder::default());
-        let sink = Arc::new(TestSink::default());
-        let (s, recovery) = Spool::open(&dir.0, small()).unwrap();
-        let b = Arc::new(
-            Batcher::new(sink.clone(), BatcherConfig::default())
-                .with_spool(s, recovery)
-                .with_observer(Box::new(recorder.clone()), None),
-        );
+        let (b, recorder) = observed(&dir.0);
         log_n(&b, 10);
         b.state.lock().spool.as_ref().unwrap().fail_next_syncs(1);
         assert!(maintain(&b).await);
