@@ -42,6 +42,23 @@ pub trait Observer: Send + Sync + 'static {
     fn on_high_water(&self, _buffered: usize, _buffered_bytes: usize) {}
 }
 
+/// One observer heard by several batchers (a Redis producer's stream batcher and its direct one), so that
+/// each event is reported once, by the batcher it happened in.
+impl<O: Observer> Observer for Arc<O> {
+    fn on_flush(&self, rows: usize, latency_ms: f64) {
+        (**self).on_flush(rows, latency_ms)
+    }
+    fn on_error(&self, cause: &WriteError, pending: usize) {
+        (**self).on_error(cause, pending)
+    }
+    fn on_dead_letter(&self, entry: &Entry, cause: &WriteError) {
+        (**self).on_dead_letter(entry, cause)
+    }
+    fn on_high_water(&self, buffered: usize, buffered_bytes: usize) {
+        (**self).on_high_water(buffered, buffered_bytes)
+    }
+}
+
 /// Why `log()` did not take an entry. Nothing already buffered is affected.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LogError {

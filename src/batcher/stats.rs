@@ -51,6 +51,53 @@ pub struct Stats {
     pub spool: Option<SpoolReport>,
 }
 
+impl Stats {
+    /// Adds another batcher's counters to these (a producer's stream batcher and its direct one): the
+    /// counters and the histogram are added up, the later last error kept; the percentiles and the spool
+    /// figures stay these.
+    pub fn add(&mut self, other: Stats) {
+        // Destructured without `..`: a counter added to `Stats` fails to compile here until it is added.
+        let Stats {
+            buffered,
+            buffered_bytes,
+            logged,
+            written,
+            dead_lettered,
+            sampled_out,
+            dropped,
+            rejected,
+            sanitized,
+            critical,
+            batches,
+            failed_flushes,
+            retries,
+            last_error,
+            flush_latency_ms: _,
+            batch_size: _,
+            latency_histogram,
+            spool: _,
+        } = other;
+        self.buffered += buffered;
+        self.buffered_bytes += buffered_bytes;
+        self.logged += logged;
+        self.written += written;
+        self.dead_lettered += dead_lettered;
+        self.sampled_out += sampled_out;
+        self.dropped += dropped;
+        self.rejected += rejected;
+        self.sanitized += sanitized;
+        self.critical += critical;
+        self.batches += batches;
+        self.failed_flushes += failed_flushes;
+        self.retries += retries;
+        self.latency_histogram.add(&latency_histogram);
+        self.last_error = match (self.last_error.take(), last_error) {
+            (Some(a), Some(b)) => Some(if b.1 > a.1 { b } else { a }),
+            (a, b) => a.or(b),
+        };
+    }
+}
+
 /// What the durable spool did: its own figures, and the batcher's side of the replay.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SpoolReport {
@@ -98,6 +145,15 @@ impl Histogram {
     /// The bucket bounds in seconds.
     pub fn bounds_seconds(&self) -> [f64; Histogram::BOUNDS_MS.len()] {
         Self::BOUNDS_MS.map(|ms| ms / 1000.0)
+    }
+
+    /// Adds another histogram's statements to this one.
+    pub fn add(&mut self, other: &Histogram) {
+        for (count, more) in self.counts.iter_mut().zip(other.counts) {
+            *count += more;
+        }
+        self.count += other.count;
+        self.sum_seconds += other.sum_seconds;
     }
 
     /// Counts one statement that took `seconds`.

@@ -780,7 +780,7 @@ struct Recorder {
     errors: Mutex<Vec<String>>,
 }
 
-impl Observer for Arc<Recorder> {
+impl Observer for Recorder {
     fn on_flush(&self, rows: usize, _latency_ms: f64) {
         self.events.lock().push(format!("flush {rows}"));
     }
@@ -927,7 +927,7 @@ impl Sink for Arc<RecoveringSink> {
 async fn failed_attempts_a_sink_recovered_from_are_counted_and_reported() {
     #[derive(Default)]
     struct Errors(Mutex<Vec<String>>);
-    impl Observer for Arc<Errors> {
+    impl Observer for Errors {
         fn on_error(&self, cause: &WriteError, _pending: usize) {
             self.0.lock().push(cause.message.clone());
         }
@@ -1028,6 +1028,19 @@ mod spool {
             .collect();
         v.sort();
         v
+    }
+
+    /// What a batcher opened next on `dir` writes when closed: the entries dead batchers left there.
+    async fn written_by_next_start(dir: &Path) -> Vec<Uuid> {
+        let (next, sink) = spooled(dir, BatcherConfig::default(), small());
+        next.close(soon()).await.unwrap();
+        written_ids(&sink)
+    }
+
+    fn sorted_unique(mut ids: Vec<Uuid>) -> Vec<Uuid> {
+        ids.sort();
+        ids.dedup();
+        ids
     }
 
     async fn maintain(b: &TestBatcher) -> bool {
@@ -1203,9 +1216,7 @@ mod spool {
         assert_eq!(spools_in(&dir.0).len(), 1);
         drop(b);
 
-        let (next, sink) = spooled(&dir.0, BatcherConfig::default(), small());
-        next.close(soon()).await.unwrap();
-        assert_eq!(written_ids(&sink), ids);
+        assert_eq!(written_by_next_start(&dir.0).await, ids);
         assert!(spools_in(&dir.0).is_empty());
     }
 
@@ -1292,17 +1303,11 @@ mod spool {
         assert_eq!(b.stats().spool.unwrap().spool.syncs, 1);
         drop(b); // a crash
 
-        let (next, sink) = spooled(&dir.0, BatcherConfig::default(), small());
-        next.close(soon()).await.unwrap();
         // Replayed from the abandoned segment and from the new one: the test sink stores a repeated id
         // again, where PostgreSQL's ON CONFLICT (id) DO NOTHING keeps one row.
-        let mut unique = written_ids(&sink);
-        unique.sort();
-        unique.dedup();
+        let unique = sorted_unique(written_by_next_start(&dir.0).await);
         assert_eq!(unique.len(), 40);
-        let mut expected = ids.clone();
-        expected.sort();
-        assert_eq!(unique, expected);
+        assert_eq!(unique, sorted_unique(ids));
         assert!(spools_in(&dir.0).is_empty());
     }
 
@@ -1365,9 +1370,7 @@ mod spool {
         assert!(b.stats().spool.unwrap().spilled > 1900);
         drop(b); // no close(): as after SIGKILL
 
-        let (next, sink) = spooled(&dir.0, BatcherConfig::default(), small());
-        next.close(soon()).await.unwrap();
-        assert_eq!(written_ids(&sink), ids);
+        assert_eq!(written_by_next_start(&dir.0).await, ids);
         assert!(spools_in(&dir.0).is_empty());
     }
 
@@ -1414,13 +1417,7 @@ mod spool {
         b.state.lock().spool.as_ref().unwrap().fail_next_syncs(1);
         assert!(maintain(&b).await);
         drop(b);
-        let (next, sink) = spooled(&dir2.0, BatcherConfig::default(), small());
-        next.close(soon()).await.unwrap();
-        let mut unique = written_ids(&sink);
-        unique.sort();
-        unique.dedup();
-        let mut expected = ids;
-        expected.sort();
-        assert_eq!(unique, expected);
+        let unique = sorted_unique(written_by_next_start(&dir2.0).await);
+        assert_eq!(unique, sorted_unique(ids));
     }
 }

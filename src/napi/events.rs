@@ -208,25 +208,3 @@ impl JsObserver {
         });
     }
 }
-
-/// One [`JsObserver`] heard by several batchers (a Redis producer's stream batcher and its direct
-/// PostgreSQL batcher), so that every callback is made once.
-pub struct SharedObserver(pub std::sync::Arc<JsObserver>);
-
-impl Observer for SharedObserver {
-    fn on_flush(&self, rows: usize, latency_ms: f64) {
-        self.0.on_flush(rows, latency_ms)
-    }
-
-    fn on_error(&self, cause: &WriteError, pending: usize) {
-        self.0.on_error(cause, pending)
-    }
-
-    fn on_dead_letter(&self, entry: &Entry, cause: &WriteError) {
-        self.0.on_dead_letter(entry, cause)
-    }
-
-    fn on_high_water(&self, buffered: usize, buffered_bytes: usize) {
-        self.0.on_high_water(buffered, buffered_bytes)
-    }
-}

@@ -29,7 +29,7 @@ use parking_lot::Mutex;
 
 use self::convert::EntryError;
 use self::errors::Failure;
-use self::events::{JsObserver, SharedObserver};
+use self::events::JsObserver;
 use self::exit::ExitHook;
 use self::options::OptionError;
 pub use self::options::{AuditBatcherOptions, CloseOptions};
@@ -189,15 +189,14 @@ impl AuditBatcher {
         let direct = direct_sink.map(|sink| {
             let direct = Batcher::new(sink, batcher.clone());
             Arc::new(if observed {
-                direct.with_observer(Box::new(SharedObserver(observer.clone())), None)
+                direct.with_observer(Box::new(observer.clone()), None)
             } else {
                 direct
             })
         });
         let mut batcher = Batcher::new(sink, batcher);
         if observed || high_water_mark.is_some() {
-            batcher =
-                batcher.with_observer(Box::new(SharedObserver(observer.clone())), high_water_mark);
+            batcher = batcher.with_observer(Box::new(observer.clone()), high_water_mark);
         }
         let spool_interval = spool.as_ref().map(|s| s.config.sync_interval);
         if let Some(settings) = spool {
@@ -543,62 +542,14 @@ impl AuditBatcher {
         self.direct.as_ref().unwrap_or(&self.core)
     }
 
-    /// The stats of both batchers together: counters added up, the histogram merged, the later last
-    /// error; the percentiles are the main (stream) batcher's, and so are the spool figures (the direct
-    /// batcher has no spool: `spool` is refused with `redis` and `connectionString`).
+    /// The stats of both batchers together (see [`Stats::add`]): the percentiles and the spool figures
+    /// are the main (stream) batcher's (the direct batcher has no spool: `spool` is refused with `redis`
+    /// and `connectionString`).
     fn combined_stats(&self) -> Stats {
         let mut s = self.core.stats();
-        let Some(direct) = &self.direct else {
-            return s;
-        };
-        // Destructured without `..`: a counter added to `Stats` fails to compile here until it is merged.
-        let Stats {
-            buffered,
-            buffered_bytes,
-            logged,
-            written,
-            dead_lettered,
-            sampled_out,
-            dropped,
-            rejected,
-            sanitized,
-            critical,
-            batches,
-            failed_flushes,
-            retries,
-            last_error,
-            flush_latency_ms: _,
-            batch_size: _,
-            latency_histogram,
-            spool: _,
-        } = direct.stats();
-        s.buffered += buffered;
-        s.buffered_bytes += buffered_bytes;
-        s.logged += logged;
-        s.written += written;
-        s.dead_lettered += dead_lettered;
-        s.sampled_out += sampled_out;
-        s.dropped += dropped;
-        s.rejected += rejected;
-        s.sanitized += sanitized;
-        s.critical += critical;
-        s.batches += batches;
-        s.failed_flushes += failed_flushes;
-        s.retries += retries;
-        for (count, more) in s
-            .latency_histogram
-            .counts
-            .iter_mut()
-            .zip(latency_histogram.counts)
-        {
-            *count += more;
+        if let Some(direct) = &self.direct {
+            s.add(direct.stats());
         }
-        s.latency_histogram.count += latency_histogram.count;
-        s.latency_histogram.sum_seconds += latency_histogram.sum_seconds;
-        s.last_error = match (s.last_error.take(), last_error) {
-            (Some(a), Some(b)) => Some(if b.1 > a.1 { b } else { a }),
-            (a, b) => a.or(b),
-        };
         s
     }
 
