@@ -203,9 +203,10 @@ export interface AuditBatcherOptions {
   connectTimeoutMs?: number
   /**
    * Prepare the `INSERT` once per connection instead of having the server parse and plan it again
-   * with every flush. Default false. Leave it off behind a transaction-pooling PgBouncer older than
-   * 1.21 (or any pooler without prepared-statement support): there a connection's prepared
-   * statement may be missing, or be another client's.
+   * with every flush. Default true. Safe behind a transaction-pooling PgBouncer of any version: a
+   * connection whose prepared statement is missing on the server it reached sends the same `INSERT`
+   * unnamed at once, and from then on, with no error to the caller; statement names are unique to
+   * the process, so another client's statement is never run. `false` always sends it unnamed.
    */
   preparedStatements?: boolean
   /**
@@ -439,7 +440,7 @@ export interface AuditWorkerOptions {
   poolSize?: number
   /** As for `AuditBatcher`. Default 10000. */
   connectTimeoutMs?: number
-  /** As for `AuditBatcher`. Default false. */
+  /** As for `AuditBatcher`. Default true. */
   preparedStatements?: boolean
   /**
    * How long `stop()` keeps trying to commit and acknowledge the batch in hand (milliseconds).

@@ -1,7 +1,8 @@
 /**
- * Through a real PgBouncer in transaction pooling mode (1.18: no prepared statements across transactions):
- * every statement the batcher sends is unnamed and self-contained, so no option needs to be set; a large batch's
- * binary COPY (a named statement) runs inside its own transaction, which pins one server connection.
+ * Through a real PgBouncer in transaction pooling mode (1.18: no prepared statements across transactions),
+ * with default options: the batcher prepares its INSERT, and a connection that reaches a server connection
+ * without it sends the INSERT unnamed from then on; a large batch's binary COPY (a named statement) runs
+ * inside its own transaction, which pins one server connection.
  *
  * Needs the `pgbouncer` binary (Debian package `pgbouncer`; .ci/run installs it, or set $PGBOUNCER).
  */
@@ -53,6 +54,43 @@ describe.runIf(binary)('through PgBouncer (transaction pooling)', () => {
     expect(rows.length).toBe(ids.length);
     expect(new Set(rows.map((r) => r.id))).toEqual(new Set(ids));
     await Promise.all([...batchers, background, poisoned].map((b) => b.close()));
+  });
+
+  it('default options prepare the INSERT; given another server connection, the batcher sends it unnamed at once: no error, no row twice', async () => {
+    // One server connection: a client through this PgBouncer sees the batcher's prepared statements.
+    const single = await startPgBouncer(binary!, url, 1);
+    try {
+      const table = uniqueTable();
+      const errors: Error[] = [];
+      const b = new AuditBatcher({ connectionString: single.url, table, onError: (e) => errors.push(e) });
+      await b.ensureSchema();
+      const preparedInserts = () =>
+        withClient(single.url, async (c) =>
+          (await c.query(`SELECT name FROM pg_prepared_statements WHERE statement LIKE 'INSERT%'`)).rows.map((r) => r.name as string),
+        );
+      const ids: string[] = [];
+      const turn = async (n: number) => {
+        for (let i = 0; i < 5; i++) ids.push(b.log({ action: 'turn', payload: { n, i } }));
+        await b.flush();
+      };
+      await turn(0);
+      const prepared = await preparedInserts();
+      expect(prepared).toHaveLength(1);
+      // Unique to the process (tokio-postgres alone names it s0 in every process).
+      expect(prepared[0]).toMatch(/^s[0-9a-f]{16}_\d+$/);
+      // PgBouncer closes its server connection; the batcher's next statement reaches a new one, which
+      // does not have the prepared statement (26000).
+      await single.admin('RECONNECT');
+      for (let n = 1; n < 6; n++) await turn(n);
+      expect(errors).toEqual([]);
+      expect(b.stats()).toMatchObject({ written: 30, failedFlushes: 0, retries: 0 });
+      expect(await preparedInserts()).toEqual([]);
+      const rows = await readRows(url, table);
+      expect(rows.map((r) => r.id).sort()).toEqual([...ids].sort());
+      await b.close();
+    } finally {
+      await single.stop();
+    }
   });
 
   it('large batches go through binary COPY, each row stored exactly once, from several batchers at once', async () => {

@@ -8,7 +8,7 @@ import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { waitForServer } from '../../scripts/database.ts';
+import { waitForServer, withClient } from '../../scripts/database.ts';
 
 /** Where the binary is looked for: $PGBOUNCER, then the Debian package's path. */
 export function pgbouncerBinary(): string | undefined {
@@ -19,6 +19,8 @@ export function pgbouncerBinary(): string | undefined {
 export interface PgBouncer {
   /** `serverUrl` with host:port replaced by PgBouncer's. */
   url: string;
+  /** Runs a command on PgBouncer's admin console (`SHOW POOLS`, `RECONNECT`...); its rows. */
+  admin(command: string): Promise<Record<string, unknown>[]>;
   stop(): Promise<void>;
 }
 
@@ -57,6 +59,7 @@ export async function startPgBouncer(binary: string, serverUrl: string, poolSize
       'auth_type = trust',
       `auth_file = ${join(dir, 'userlist.txt')}`,
       'pool_mode = transaction',
+      `admin_users = ${user}`,
       `default_pool_size = ${poolSize}`,
       'max_client_conn = 200',
       'ignore_startup_parameters = extra_float_digits,options',
@@ -80,8 +83,12 @@ export async function startPgBouncer(binary: string, serverUrl: string, poolSize
     child.kill('SIGKILL');
     throw new Error(`PgBouncer did not start: ${e instanceof Error ? e.message : String(e)}\n${log}`);
   }
+  const adminUrl = new URL(url);
+  adminUrl.pathname = '/pgbouncer';
   return {
     url: url.toString(),
+    // The admin console speaks the simple query protocol only, which is what a query without values uses.
+    admin: (command) => withClient(adminUrl.toString(), async (c) => (await c.query(command)).rows),
     async stop() {
       if (child.exitCode === null) {
         const exited = new Promise((resolve) => child.once('exit', resolve));

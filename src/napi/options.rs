@@ -118,9 +118,10 @@ pub struct AuditBatcherOptions {
     /// How long opening a connection may take before the write fails, in milliseconds. Default 10000.
     pub connect_timeout_ms: Option<f64>,
     /// Prepare the `INSERT` once per connection instead of having the server parse and plan it again
-    /// with every flush. Default false. Leave it off behind a transaction-pooling PgBouncer older than
-    /// 1.21 (or any pooler without prepared-statement support): there a connection's prepared
-    /// statement may be missing, or be another client's.
+    /// with every flush. Default true. Safe behind a transaction-pooling PgBouncer of any version: a
+    /// connection whose prepared statement is missing on the server it reached sends the same `INSERT`
+    /// unnamed at once, and from then on, with no error to the caller; statement names are unique to
+    /// the process, so another client's statement is never run. `false` always sends it unnamed.
     pub prepared_statements: Option<bool>,
     /// `'postgres'` (default) or `'memory'`: keep written entries in memory, readable with
     /// `memoryEntries()`, for your own tests. Same validation, ordering and API; no database.
@@ -609,7 +610,7 @@ pub fn pg_settings(o: &PgFields) -> Result<PgSettings, InvalidOption> {
         pool_size,
         connect_timeout,
         ssl_root_cert: o.ssl_root_cert.cloned(),
-        prepared_statements: o.prepared_statements.unwrap_or(false),
+        prepared_statements: o.prepared_statements.unwrap_or(true),
     })
 }
 

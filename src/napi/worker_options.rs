@@ -129,7 +129,7 @@ pub struct AuditWorkerOptions {
     pub pool_size: Option<f64>,
     /// As for `AuditBatcher`. Default 10000.
     pub connect_timeout_ms: Option<f64>,
-    /// As for `AuditBatcher`. Default false.
+    /// As for `AuditBatcher`. Default true.
     pub prepared_statements: Option<bool>,
     /// How long `stop()` keeps trying to commit and acknowledge the batch in hand (milliseconds).
     /// Default 10000.

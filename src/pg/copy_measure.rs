@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::columns::ColumnMap;
 use super::ident::TableName;
-use super::{copy_batch, insert_batch, PgSettings, PgSink};
+use super::{copy_batch, PgSettings, PgSink};
 use crate::entry::{Entry, EntryDraft, TextField, Timestamp};
 use crate::uuid7::Uuid7Generator;
 
@@ -41,20 +41,18 @@ enum Method {
     InsertPrepared,
 }
 
-async fn run(sink: &PgSink, method: Method, batches: &[Vec<Entry>]) -> Duration {
+/// `sinks`: sending the INSERT unnamed, and prepared.
+async fn run(sinks: &[PgSink; 2], method: Method, batches: &[Vec<Entry>]) -> Duration {
+    let sink = &sinks[usize::from(method == Method::InsertPrepared)];
     let started = Instant::now();
     for batch in batches {
         let client = sink.pool.get().await.unwrap();
         let statements = sink.statements(&client).await.unwrap();
         match method {
-            Method::Insert | Method::InsertPrepared => insert_batch(
-                &client,
-                &statements.insert_sql,
-                batch,
-                method == Method::InsertPrepared,
-            )
-            .await
-            .unwrap(),
+            Method::Insert | Method::InsertPrepared => sink
+                .insert(&client, &statements.insert_sql, batch)
+                .await
+                .unwrap(),
             Method::Copy => copy_batch(&client, statements.copy.as_ref().unwrap(), batch)
                 .await
                 .unwrap(),
@@ -69,19 +67,22 @@ async fn measure_insert_vs_copy() {
     let url = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
     let table = format!("copy_measure_{}", fastrand::u32(..));
-    let sink = PgSink::new(PgSettings {
-        connection_string: url,
-        table: TableName::parse(&table).unwrap(),
-        dead_letter_table: TableName::parse(&format!("{table}_dead")).unwrap(),
-        columns: ColumnMap::default(),
-        pool_size: 2,
-        connect_timeout: Duration::from_secs(5),
-        ssl_root_cert: None,
-        prepared_statements: false,
-    })
-    .unwrap();
-    sink.ensure_schema().await.unwrap();
-    let client = sink.pool.get().await.unwrap();
+    let make = |prepared_statements| {
+        PgSink::new(PgSettings {
+            connection_string: url.clone(),
+            table: TableName::parse(&table).unwrap(),
+            dead_letter_table: TableName::parse(&format!("{table}_dead")).unwrap(),
+            columns: ColumnMap::default(),
+            pool_size: 2,
+            connect_timeout: Duration::from_secs(5),
+            ssl_root_cert: None,
+            prepared_statements,
+        })
+        .unwrap()
+    };
+    let sinks = [make(false), make(true)];
+    sinks[0].ensure_schema().await.unwrap();
+    let client = sinks[0].pool.get().await.unwrap();
     let mut ids = Uuid7Generator::new();
     let rounds = 5;
     println!("rows/batch | INSERT rows/s (median; min-max) | COPY rows/s (median; min-max) | COPY / INSERT | prepared INSERT rows/s (median; min-max) | COPY / prepared INSERT");
@@ -102,7 +103,7 @@ async fn measure_insert_vs_copy() {
                     .unwrap();
                 let batches: Vec<Vec<Entry>> =
                     (0..total / size).map(|_| entries(size, &mut ids)).collect();
-                let took = run(&sink, method, &batches).await;
+                let took = run(&sinks, method, &batches).await;
                 let rows = (total / size * size) as f64;
                 rates[method as usize].push(rows / took.as_secs_f64());
                 let n: i64 = client

@@ -17,11 +17,14 @@ mod server_tests;
 pub mod tls;
 pub mod verify;
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    Manager, ManagerConfig, ObjectId, Pool, PoolError, RecyclingMethod, Runtime,
+};
 use futures_util::SinkExt;
 use tokio_postgres::types::{ToSql, Type};
 
@@ -51,7 +54,9 @@ pub struct PgSettings {
     pub connect_timeout: Duration,
     /// The `sslRootCert` option: a PEM file of CA certificates (or `system`).
     pub ssl_root_cert: Option<String>,
-    /// Prepare the INSERT once per connection rather than send it unnamed each time.
+    /// Prepare the INSERT once per connection rather than send it unnamed each time. A connection whose
+    /// prepared statement goes missing or clashes (a pooler moved it to another server connection) sends
+    /// it unnamed from then on.
     pub prepared_statements: bool,
 }
 
@@ -73,6 +78,10 @@ pub struct PgSink {
     copy_disabled: AtomicBool,
     /// The `preparedStatements` option.
     prepared: bool,
+    /// Connections whose prepared INSERT went missing or clashed with another's (SQLSTATE 26000 or
+    /// 42P05: a pooler in transaction mode moved them between server connections). They send the INSERT
+    /// unnamed from then on.
+    unnamed_only: parking_lot::Mutex<HashSet<ObjectId>>,
     /// Failed COPY attempts that the same write redid as an INSERT, until the batcher takes them.
     recovered: parking_lot::Mutex<Vec<WriteError>>,
     redactor: Redactor,
@@ -130,6 +139,7 @@ impl PgSink {
             statements: tokio::sync::OnceCell::new(),
             copy_disabled: AtomicBool::new(false),
             prepared: settings.prepared_statements,
+            unnamed_only: parking_lot::Mutex::new(HashSet::new()),
             recovered: parking_lot::Mutex::new(Vec::new()),
             dead_letter_sql: schema::dead_letter_statement(&settings.dead_letter_table),
             dead_letter_table: settings.dead_letter_table,
@@ -276,7 +286,10 @@ impl PgSink {
             }
         }
         if path == Path::InsertNew {
-            match insert_batch(&client, &statements.insert_new_sql, batch, self.prepared).await {
+            match self
+                .insert(&client, &statements.insert_new_sql, batch)
+                .await
+            {
                 Ok(()) => return Ok(()),
                 // A duplicate id (a caller's id the table holds): the idempotent INSERT decides. Counted
                 // as a failed attempt, as a failed COPY is.
@@ -286,9 +299,54 @@ impl PgSink {
                 Err(e) => return Err(self.db_error(&e)),
             }
         }
-        insert_batch(&client, &statements.insert_sql, batch, self.prepared)
+        self.insert(&client, &statements.insert_sql, batch)
             .await
             .map_err(|e| self.db_error(&e))
+    }
+
+    /// `INSERT ... SELECT * FROM unnest(...)`: through the connection's prepared statement when
+    /// `preparedStatements` is on, else unnamed (parsed and planned by the server every time).
+    ///
+    /// A prepared statement the server does not have (26000) or a name it already has (42P05) means a
+    /// pooler moved this connection between server connections: the same INSERT is sent again at once,
+    /// unnamed, and so is every later one on this connection. Neither failure ran the statement, so
+    /// nothing is written twice, and the caller sees no error. Statement names are unique to the process
+    /// (see vendor/tokio-postgres), so a moved connection can never run another client's statement.
+    async fn insert(
+        &self,
+        client: &deadpool_postgres::Client,
+        sql: &str,
+        batch: &[Entry],
+    ) -> Result<(), tokio_postgres::Error> {
+        let arrays = Field::ALL.map(|column| ColumnArray { batch, column });
+        let types = Field::ALL.map(ColumnArray::array_type);
+        let id = deadpool_postgres::Object::id(client);
+        if self.prepared && !self.unnamed_only.lock().contains(&id) {
+            let prepared = async {
+                let statement = client.prepare_typed_cached(sql, &types).await?;
+                let params = arrays.each_ref().map(|a| a as &(dyn ToSql + Sync));
+                client.execute(&statement, &params).await
+            };
+            match prepared.await {
+                Err(e) if statement_lost(&e) => {
+                    client.statement_cache.remove(sql, &types);
+                    let mut unnamed = self.unnamed_only.lock();
+                    // Ids of connections long closed are forgotten now and then; a live one among
+                    // them only tries its prepared statement once more.
+                    if unnamed.len() >= UNNAMED_ONLY_REMEMBERED {
+                        unnamed.clear();
+                    }
+                    unnamed.insert(id);
+                }
+                result => return result.map(|_| ()),
+            }
+        }
+        let params: Vec<(&(dyn ToSql + Sync), Type)> = arrays
+            .iter()
+            .zip(types)
+            .map(|(a, t)| (a as &(dyn ToSql + Sync), t))
+            .collect();
+        client.execute_typed(sql, &params).await.map(|_| ())
     }
 
     /// Which statement a new batch (none of its entries sent before) should be written with: COPY when it
@@ -339,27 +397,17 @@ impl Drop for CopyLease {
     }
 }
 
-/// `INSERT ... SELECT * FROM unnest(...) ON CONFLICT DO NOTHING`: sent unnamed (parsed and planned by the
-/// server every time), or, when `prepared`, through the connection's cached prepared statement.
-async fn insert_batch(
-    client: &deadpool_postgres::Client,
-    sql: &str,
-    batch: &[Entry],
-    prepared: bool,
-) -> Result<(), tokio_postgres::Error> {
-    let arrays = Field::ALL.map(|column| ColumnArray { batch, column });
-    if prepared {
-        let types = Field::ALL.map(ColumnArray::array_type);
-        let statement = client.prepare_typed_cached(sql, &types).await?;
-        let params: Vec<&(dyn ToSql + Sync)> =
-            arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
-        return client.execute(&statement, &params).await.map(|_| ());
-    }
-    let params: Vec<(&(dyn ToSql + Sync), Type)> = arrays
-        .iter()
-        .map(|a| (a as &(dyn ToSql + Sync), ColumnArray::array_type(a.column)))
-        .collect();
-    client.execute_typed(sql, &params).await.map(|_| ())
+/// How many connection ids [`PgSink::insert`] remembers as sending unnamed statements.
+const UNNAMED_ONLY_REMEMBERED: usize = 1024;
+
+/// Whether `e` says the connection's prepared statement is not on the server it reached (26000) or that
+/// server already has one of that name (42P05): the statement did not run.
+fn statement_lost(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    matches!(
+        e.code(),
+        Some(c) if *c == SqlState::INVALID_SQL_STATEMENT_NAME || *c == SqlState::DUPLICATE_PSTATEMENT
+    )
 }
 
 /// One binary COPY of `batch`, in its own transaction: `BEGIN` and the prepare sent together, `COPY`, the

@@ -24,14 +24,20 @@ struct TestTable {
 }
 
 impl TestTable {
-    /// `None` (after saying why on stderr) when there is no server to test against.
+    /// `None` (after saying why on stderr) when there is no server to test against. The INSERT is sent
+    /// unnamed.
     async fn new(pool_size: usize) -> Option<TestTable> {
+        Self::with(pool_size, false).await
+    }
+
+    /// As [`TestTable::new`], with the `preparedStatements` option given.
+    async fn with(pool_size: usize, prepared_statements: bool) -> Option<TestTable> {
         let given = std::env::var("DATABASE_URL").ok();
         let url = given
             .clone()
             .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
         let table = format!("pg_server_test_{}", fastrand::u32(..));
-        let make = |pool_size| {
+        let make = |pool_size, prepared_statements| {
             PgSink::new(PgSettings {
                 connection_string: url.clone(),
                 table: TableName::parse(&table).unwrap(),
@@ -40,17 +46,17 @@ impl TestTable {
                 pool_size,
                 connect_timeout: Duration::from_secs(5),
                 ssl_root_cert: None,
-                prepared_statements: false,
+                prepared_statements,
             })
             .unwrap()
         };
-        let observer = make(1);
+        let observer = make(1, false);
         if let Err(e) = observer.ensure_schema().await {
             assert!(given.is_none(), "DATABASE_URL is set, but: {e}");
             eprintln!("skipped: no PostgreSQL on 127.0.0.1:5432 and no DATABASE_URL ({e})");
             return None;
         }
-        let sink = make(pool_size);
+        let sink = make(pool_size, prepared_statements);
         sink.ensure_schema().await.unwrap();
         Some(TestTable {
             sink,
@@ -212,4 +218,70 @@ async fn a_missing_table_does_not_turn_copy_off() {
     assert_eq!(t.sink.choose_path(&next), Path::Copy);
     t.sink.write_new(&next).await.unwrap();
     assert_eq!(t.count().await, i64::try_from(COPY_MIN_ROWS).unwrap());
+}
+
+/// Issue 14: a prepared INSERT the server no longer has (as behind a transaction-pooling PgBouncer, when
+/// the connection reaches another server connection) is sent again at once, unnamed, with no error; that
+/// connection sends it unnamed from then on. Prepared statements carry names unique to the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_statement_gone_from_the_server_falls_back_to_unnamed_without_an_error() {
+    let Some(t) = TestTable::with(1, true).await else {
+        return;
+    };
+    let mut ids = Uuid7Generator::new();
+    let prepared_inserts =
+        "SELECT coalesce(string_agg(name, ','), '') FROM pg_prepared_statements \
+                            WHERE statement LIKE 'INSERT%'";
+    let on_sink = |sql: &'static str| async {
+        let client = t.sink.pool.get().await.unwrap();
+        client
+            .query_one(sql, &[])
+            .await
+            .unwrap()
+            .get::<_, String>(0)
+    };
+    t.sink.write_new(&entries(3, &mut ids)).await.unwrap();
+    t.sink.write(&entries(2, &mut ids)).await.unwrap();
+    let names = on_sink(prepared_inserts).await;
+    let names: Vec<&str> = names.split(',').collect();
+    assert_eq!(
+        names.len(),
+        2,
+        "both INSERTs prepared on the pool's one connection: {names:?}"
+    );
+    for name in &names {
+        let (tag, n) = name
+            .strip_prefix('s')
+            .and_then(|rest| rest.split_once('_'))
+            .unwrap_or_else(|| panic!("statement name {name}"));
+        assert!(
+            tag.len() == 16 && tag.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{name}"
+        );
+        assert!(n.parse::<u64>().is_ok(), "{name}");
+    }
+
+    let client = t.sink.pool.get().await.unwrap();
+    client.batch_execute("DEALLOCATE ALL").await.unwrap();
+    drop(client);
+    assert!(t.sink.take_recovered_failures().is_empty());
+    t.sink
+        .write_new(&entries(4, &mut ids))
+        .await
+        .expect("the new batch after DEALLOCATE ALL");
+    t.sink
+        .write(&entries(1, &mut ids))
+        .await
+        .expect("the retry after DEALLOCATE ALL");
+    assert!(
+        t.sink.take_recovered_failures().is_empty(),
+        "the fallback is not a failed attempt"
+    );
+    assert_eq!(t.count().await, 3 + 2 + 4 + 1);
+    assert_eq!(
+        on_sink(prepared_inserts).await,
+        "",
+        "the connection sends its INSERTs unnamed since"
+    );
+    assert_eq!(t.sink.unnamed_only.lock().len(), 1);
 }
