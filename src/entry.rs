@@ -214,6 +214,14 @@ impl EntryDraft {
         self.append(slot, |data| data.push_str(value));
     }
 
+    /// An empty draft whose text can grow to `bytes` without reallocating.
+    pub fn with_capacity(bytes: usize) -> EntryDraft {
+        EntryDraft {
+            data: String::with_capacity(bytes),
+            ..EntryDraft::default()
+        }
+    }
+
     /// Sets a slot to whatever `write` appends to the draft's buffer. Should `write` remove text instead of
     /// appending, the draft is emptied (and [`EntryDraft::prepare`] refuses it for want of an action).
     pub fn append<R>(&mut self, slot: Slot, write: impl FnOnce(&mut String) -> R) -> R {

@@ -102,13 +102,8 @@ impl Reader<'_> {
     /// U+FFFD).
     fn append(&mut self, slot: Slot, value: &Unknown) -> Result<(), EntryError> {
         let (env, raw) = (value.value().env, value.raw());
-        let mut units = 0usize;
-        // SAFETY: `raw` is a string of `env` (checked by the caller); a null buffer asks for the length
-        // only, which V8 knows without scanning.
-        check_status!(unsafe {
-            sys::napi_get_value_string_utf16(env, raw, ptr::null_mut(), 0, &mut units)
-        })
-        .map_err(|_| EntryError::threw(&Env::from_raw(env), "entry"))?;
+        // Should napi fail here, it fails again below, where that is reported.
+        let units = utf16_units(value);
         // Every UTF-16 unit takes at least one byte of UTF-8.
         if units > self.room {
             let at_least = self.max_entry_bytes - self.room + units;
@@ -142,6 +137,23 @@ impl Reader<'_> {
         self.room = self.room.saturating_sub(written);
         Ok(())
     }
+}
+
+/// The length of `value` in UTF-16 units when it is a string (which V8 knows without scanning), else 0.
+fn utf16_units(value: &Unknown) -> usize {
+    let mut units = 0usize;
+    // SAFETY: `value` is a live value of its env; a null buffer asks for the length only. For a value
+    // that is not a string napi returns a status (no exception) and `units` stays 0.
+    let _ = unsafe {
+        sys::napi_get_value_string_utf16(
+            value.value().env,
+            value.raw(),
+            ptr::null_mut(),
+            0,
+            &mut units,
+        )
+    };
+    units
 }
 
 /// Reads the entry object given to `log()` or `write()`; `max_entry_bytes` bounds its size before copying.
@@ -196,7 +208,15 @@ pub fn entry_from_fields(
     let kind = |field, v: &Unknown| v.get_type().map_err(|_| EntryError::threw(&env, field));
     let name = |field, v: &Unknown| type_name(v).map_err(|_| EntryError::threw(&env, field));
     let invalid = |field, reason: String| EntryError::from(InvalidEntry::new(field, reason));
-    let mut draft = EntryDraft::default();
+    // One allocation for the entry's text (shrunk to fit once prepared): room for the payload's longest
+    // UTF-8 form plus the short fields, rather than a reallocation per field.
+    let payload_units = f.payload_json.as_ref().map_or(0, utf16_units);
+    let mut draft = EntryDraft::with_capacity(
+        payload_units
+            .saturating_mul(3)
+            .min(max_entry_bytes)
+            .saturating_add(256),
+    );
     let mut reader = Reader {
         draft: &mut draft,
         room: max_entry_bytes.saturating_sub(EntryDraft::FIXED_BYTES),
