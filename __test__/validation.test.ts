@@ -23,6 +23,13 @@ const invalidEntries: Array<[string, unknown, string]> = [
   ['symbol payload', { action: 'a', payload: Symbol('s') }, '`payload` is not JSON-serialisable'],
   ['id not a uuid', { action: 'a', id: 'not-a-uuid' }, '`id` must be a UUID'],
   ['id a number', { action: 'a', id: 1 }, '`id` must be a UUID string'],
+  [
+    'id one character too long',
+    { action: 'a', id: '01932c07-8f3a-7c3e-9b1d-3f0a2c4e5d6f0' },
+    '`id` must be a UUID in canonical 8-4-4-4-12 hex form, got "01932c07-8f3a-7c3e-9b1d-3f0a2c4e5d6f0"',
+  ],
+  ['id with a non-ASCII digit', { action: 'a', id: '01932c07-8f3a-7c3e-9b1d-3f0a2c4e5d6é' }, 'got "01932c07-8f3a-7c3e-9b1d-3f0a2c4e5d6é"'],
+  ['id braced', { action: 'a', id: '{01932c07-8f3a-7c3e-9b1d-3f0a2c4e5d6f}' }, '`id` must be a UUID in canonical'],
   ['occurredAt invalid Date', { action: 'a', occurredAt: new Date('nope') }, '`occurredAt` must be a valid Date'],
   ['occurredAt garbage string', { action: 'a', occurredAt: 'yesterday' }, '`occurredAt` must be an ISO 8601'],
   ['occurredAt without offset', { action: 'a', occurredAt: '2026-01-01T00:00:00' }, '`occurredAt` must be an ISO 8601'],

@@ -2,6 +2,22 @@
 
 use std::fmt;
 
+/// Each byte's value as a hex digit (either case), or 0xff.
+const HEX_VALUE: [u8; 256] = {
+    let mut table = [0xffu8; 256];
+    let mut c = 0;
+    while c < 256 {
+        table[c] = match c as u8 {
+            d @ b'0'..=b'9' => d - b'0',
+            d @ b'a'..=b'f' => d - b'a' + 10,
+            d @ b'A'..=b'F' => d - b'A' + 10,
+            _ => 0xff,
+        };
+        c += 1;
+    }
+    table
+};
+
 /// A 128-bit UUID in network byte order.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Uuid(pub [u8; 16]);
@@ -12,27 +28,23 @@ impl Uuid {
     /// Returns `None` for anything else: braces, URNs and the 32-digit form are refused so that every id
     /// stored by the batcher has one spelling.
     pub fn parse(s: &str) -> Option<Uuid> {
-        let b = s.as_bytes();
-        if b.len() != 36 {
+        Uuid::parse_bytes(s.as_bytes())
+    }
+
+    /// [`Uuid::parse`] of text given as bytes.
+    pub fn parse_bytes(b: &[u8]) -> Option<Uuid> {
+        /// Where each byte's two hex digits start in the canonical form.
+        const DIGITS: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
+        if b.len() != 36 || [8, 13, 18, 23].iter().any(|&i| b[i] != b'-') {
             return None;
         }
         let mut out = [0u8; 16];
-        let mut nibbles = 0usize;
-        for (i, &c) in b.iter().enumerate() {
-            if matches!(i, 8 | 13 | 18 | 23) {
-                if c != b'-' {
-                    return None;
-                }
-                continue;
+        for (byte, &i) in out.iter_mut().zip(&DIGITS) {
+            let (high, low) = (HEX_VALUE[b[i] as usize], HEX_VALUE[b[i + 1] as usize]);
+            if (high | low) > 0x0f {
+                return None;
             }
-            let v = match c {
-                b'0'..=b'9' => c - b'0',
-                b'a'..=b'f' => c - b'a' + 10,
-                b'A'..=b'F' => c - b'A' + 10,
-                _ => return None,
-            };
-            out[nibbles / 2] |= if nibbles.is_multiple_of(2) { v << 4 } else { v };
-            nibbles += 1;
+            *byte = high << 4 | low;
         }
         Some(Uuid(out))
     }

@@ -156,6 +156,29 @@ fn utf16_units(value: &Unknown) -> usize {
     units
 }
 
+/// The UUID a JavaScript string spells in canonical form, read without allocating; `None` for any other
+/// text (or should napi fail).
+fn uuid_from_js(value: &Unknown) -> Option<Uuid> {
+    // Room for 37 bytes and a NUL: 37 written means longer than any canonical UUID.
+    let mut bytes = [0u8; 38];
+    let mut len = 0usize;
+    // SAFETY: `value` is a string of its env (checked by the caller); napi writes at most
+    // `bytes.len() - 1` bytes and a NUL into `bytes`.
+    let status = unsafe {
+        sys::napi_get_value_string_utf8(
+            value.value().env,
+            value.raw(),
+            bytes.as_mut_ptr().cast(),
+            bytes.len(),
+            &mut len,
+        )
+    };
+    (status == sys::Status::napi_ok)
+        .then(|| bytes.get(..len))
+        .flatten()
+        .and_then(Uuid::parse_bytes)
+}
+
 /// Reads the entry object given to `log()` or `write()`; `max_entry_bytes` bounds its size before copying.
 pub fn entry_from_js(
     env: &Env,
@@ -263,19 +286,18 @@ pub fn entry_from_fields(
     }
     match kind("id", &f.id)? {
         ValueType::Undefined | ValueType::Null => {}
-        ValueType::String => {
-            // SAFETY: the value was just checked to be a string.
-            let s = unsafe { f.id.cast::<String>() }.map_err(|_| EntryError::threw(&env, "id"))?;
-            match Uuid::parse(&s) {
-                Some(uuid) => draft.id = Some(uuid),
-                None => {
-                    return Err(invalid(
-                        "id",
-                        format!("must be a UUID in canonical 8-4-4-4-12 hex form, got {s:?}"),
-                    ))
-                }
+        ValueType::String => match uuid_from_js(&f.id) {
+            Some(uuid) => draft.id = Some(uuid),
+            None => {
+                // SAFETY: the value was just checked to be a string.
+                let s =
+                    unsafe { f.id.cast::<String>() }.map_err(|_| EntryError::threw(&env, "id"))?;
+                return Err(invalid(
+                    "id",
+                    format!("must be a UUID in canonical 8-4-4-4-12 hex form, got {s:?}"),
+                ));
             }
-        }
+        },
         _ => {
             return Err(invalid(
                 "id",
