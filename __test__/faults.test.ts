@@ -40,10 +40,13 @@ afterEach(async () => {
 
 describe('connection faults', () => {
   it('a connection cut mid-flush, after the commit but before the reply, is retried without a duplicate', async () => {
-    const ids = Array.from({ length: 50 }, (_, i) => audit.log({ action: 'tool.call', payload: { i } }));
+    // A first flush prepares the INSERT on the connection, so that the paused one sends only the statement.
+    const ids = [audit.log({ action: 'before' })];
+    await audit.flush();
+    ids.push(...Array.from({ length: 50 }, (_, i) => audit.log({ action: 'tool.call', payload: { i } })));
     proxy.pause(); // the server will commit, the reply will not come back
     const flush = audit.flush();
-    await waitFor(async () => (await countRows(url, table)) === 50, 10_000, { message: 'rows committed on the server' });
+    await waitFor(async () => (await countRows(url, table)) === 51, 10_000, { message: 'rows committed on the server' });
     expect(proxy.cutAll('reset')).toBeGreaterThan(0);
     const err = await rejectionOf(flush);
     expect(err.code).toBe('ERR_AUDIT_FLUSH_FAILED');
@@ -54,7 +57,7 @@ describe('connection faults', () => {
     expect(await audit.flush()).toEqual({ written: 51, pending: 0 });
     const rows = await readRows(url, table);
     expect(rows.map((r) => r.id)).toEqual(ids);
-    expect(audit.stats()).toMatchObject({ logged: 51, written: 51, buffered: 0, failedFlushes: 1 });
+    expect(audit.stats()).toMatchObject({ logged: 52, written: 52, buffered: 0, failedFlushes: 1 });
   });
 
   it('recovers on its own when pooled connections are cut between flushes', async () => {

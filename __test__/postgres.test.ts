@@ -286,14 +286,14 @@ describe('preparedStatements', () => {
     return { table, logged, seen };
   }
 
-  it('off (the default): every INSERT is sent unnamed, and the session keeps no prepared statement', async () => {
-    const { table, logged, seen } = await writeTurns({}, 4);
+  it('off: every INSERT is sent unnamed, and the session keeps no prepared statement', async () => {
+    const { table, logged, seen } = await writeTurns({ preparedStatements: false }, 4);
     expect((await readRows(db.url, table)).map((r) => r.id)).toEqual(logged);
     expect(new Set(seen)).toEqual(new Set([0]));
   });
 
-  it('on: the INSERT is prepared once per connection and reused, writing the same rows', async () => {
-    const { table, logged, seen } = await writeTurns({ preparedStatements: true }, 4);
+  it('on (the default): the INSERT is prepared once per connection and reused, writing the same rows', async () => {
+    const { table, logged, seen } = await writeTurns({}, 4);
     expect((await readRows(db.url, table)).map((r) => r.id)).toEqual(logged);
     // One connection (flushes run one at a time), one statement prepared on it, reused by every flush.
     expect(new Set(seen)).toEqual(new Set([1]));
