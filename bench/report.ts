@@ -365,6 +365,7 @@ const CHART_LABELS: Record<string, (m: MethodResults) => string> = {
   'ab-turn-64-spool': () => 'audit-batcher per turn, 64 in flight, spool',
   'ab-bulk-spool': (m) => (m.variant?.startsWith('flushAtEntries') ? 'audit-batcher bulk (flushAtEntries), spool' : 'audit-batcher bulk, spool'),
   ceiling: () => 'ceiling: Rust binary COPY, one connection',
+  'ceiling-uuid4': () => 'ceiling, random UUIDv4 ids',
 };
 
 /** Two horizontal bar panels: rows/s (with min–max whiskers) and event-loop busy ms per 1k entries. */

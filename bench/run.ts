@@ -13,7 +13,7 @@
  * it with the addon's ensureSchema(). See bench/README.md.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync, createWriteStream, readdirSync, renameSync } from 'node:fs';
 import { cpus, loadavg, platform, release, tmpdir, totalmem } from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
@@ -96,6 +96,13 @@ const METHODS: MethodSpec[] = [
   { key: 'ab-turn-64-spool', group: 'ab', size: 'bulk', twin: 'ab-turn-64', label: 'audit-batcher per turn, 64 turns in flight, with a spool (as ab-turn-64, plus spool)' },
   { key: 'ab-bulk-spool', group: 'ab', size: 'bulk', twin: 'ab-bulk', label: 'audit-batcher bulk with a spool (as ab-bulk, plus spool)' },
   { key: 'ceiling', group: 'ceiling', size: 'bulk', label: 'ceiling: Rust tokio-postgres binary COPY, 10000 rows per COPY' },
+  {
+    key: 'ceiling-uuid4',
+    group: 'ceiling',
+    size: 'bulk',
+    ids: 'uuid4',
+    label: 'ceiling with random UUIDv4 ids: the same binary COPY of the same entries, each with a random UUIDv4 id as ab-bulk-uuid4 gives',
+  },
 ];
 
 // ---- helpers --------------------------------------------------------------------------------------
@@ -289,7 +296,7 @@ async function main(): Promise<void> {
   // Only a hint: PostgreSQL backends waiting for fsync count in the load average too. The real measure of
   // interference is taken per method (other processes' CPU, hypervisor steal).
   log(`1-min load average ${loadAtStart.toFixed(2)} before starting${loadAtStart > 1.5 ? ' (busy machine: expect noisy figures)' : ''}`);
-  const methods = METHODS.filter((m) => !only || only.includes(m.key)).filter((m) => !(noCeiling && m.key === 'ceiling'));
+  const methods = METHODS.filter((m) => !only || only.includes(m.key)).filter((m) => !(noCeiling && m.group === 'ceiling'));
   if (only && methods.length !== only.length) {
     throw new Error(`--only: unknown method in ${only.join(',')}; known: ${METHODS.map((m) => m.key).join(', ')}`);
   }
@@ -297,7 +304,7 @@ async function main(): Promise<void> {
   if (addon.olderThanSource) {
     log('WARNING: the addon binary is older than src/ (run `npm run build`): measuring the old build');
   }
-  const ceilingBin = methods.some((m) => m.key === 'ceiling') ? buildCeiling() : undefined;
+  const ceilingBin = methods.some((m) => m.group === 'ceiling') ? buildCeiling() : undefined;
 
   const db = await startDatabase();
   let benchUrl: string | undefined;
@@ -342,15 +349,23 @@ async function main(): Promise<void> {
       await schemaMaker.close();
     }
 
-    // Rows for the Rust ceiling: the same deterministic entries.
+    // Rows for the Rust ceiling: the same deterministic entries; for ceiling-uuid4 the same with random UUIDv4
+    // ids (new for each run, as ab-bulk-uuid4's are), whose md5 the id check compares with the table's.
     const rowsFile = join(work, 'rows.jsonl');
-    if (ceilingBin) {
-      const out = createWriteStream(rowsFile);
+    const uuid4RowsFile = join(work, 'rows-uuid4.jsonl');
+    const writeRows = async (file: string, id?: () => string): Promise<string> => {
+      const out = createWriteStream(file);
+      const ids = createHash('md5');
       for (let i = 0; i < SIZES.bulk; i++) {
-        if (!out.write(ceilingLine(makeEntry(i)) + '\n')) await new Promise<void>((r) => out.once('drain', () => r()));
+        const e = makeEntry(i);
+        if (id) e.id = id();
+        ids.update(i === 0 ? e.id : `\n${e.id}`);
+        if (!out.write(ceilingLine(e) + '\n')) await new Promise<void>((r) => out.once('drain', () => r()));
       }
       await new Promise<void>((resolve, reject) => out.end((e?: Error | null) => (e ? reject(e) : resolve())));
-    }
+      return ids.digest('hex');
+    };
+    if (ceilingBin) await writeRows(rowsFile);
 
     const prefixes = [...new Set(methods.map((m) => SIZES[m.size]))].sort((a, b) => a - b);
     const reference = new Map<number, { md5: string; who: string }>();
@@ -385,11 +400,14 @@ async function main(): Promise<void> {
             dbBefore = await dbSnapshot(control);
             resetAtMs = Date.now();
           };
-          if (m.key === 'ceiling') {
+          if (m.group === 'ceiling') {
+            const idsMd5 = m.key === 'ceiling-uuid4' ? await writeRows(uuid4RowsFile, randomUUID) : undefined;
             await resetAndMark();
-            const { stdout } = await runChild('the ceiling', ceilingBin!, [url, rowsFile, String(n), '--table', TABLE, '--rows-per-copy', '10000'], 300_000);
+            const file = idsMd5 ? uuid4RowsFile : rowsFile;
+            const { stdout } = await runChild(`the ${m.key}`, ceilingBin!, [url, file, String(n), '--table', TABLE, '--rows-per-copy', '10000'], 300_000);
             const c = JSON.parse(stdout.trim().split('\n').at(-1)!) as { rowsPerSec: number; seconds: number; cpuMs: number };
-            result = { method: 'ceiling' as NodeMethod, n, ms: c.seconds * 1000, rowsPerSec: c.rowsPerSec, cpuMs: c.cpuMs, eluActiveMs: NaN, rssBefore: NaN, rssPeak: NaN };
+            result = { method: m.key as NodeMethod, n, ms: c.seconds * 1000, rowsPerSec: c.rowsPerSec, cpuMs: c.cpuMs, eluActiveMs: NaN, rssBefore: NaN, rssPeak: NaN };
+            if (idsMd5) result.extra = { idsMd5 };
           } else {
             result = await runWorker(m.key as NodeMethod, n, url, work, resetAndMark);
           }
@@ -651,6 +669,13 @@ function targetsOf(
     0.9,
     (r) => div(rps(r, 'ab-bulk-uuid4'), rps(r, 'ceiling')),
     'rows/s, same run; log() × N then close(), random UUIDv4 ids as Prisma uuid() makes them',
+  );
+  target(
+    'Bulk rows/s, default options, caller-supplied UUIDv4 ids: audit-batcher ÷ the Rust ceiling writing random UUIDv4 ids too',
+    '>=',
+    0.9,
+    (r) => div(rps(r, 'ab-bulk-uuid4'), rps(r, 'ceiling-uuid4')),
+    'rows/s, same run; not the issue\'s target but its reference: both sides pay PostgreSQL the same random index inserts',
   );
   target(
     "Bulk rows/s, default options, the batcher's own ids: audit-batcher ÷ Rust ceiling",
