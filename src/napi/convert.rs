@@ -101,9 +101,18 @@ impl Reader<'_> {
     /// Sets `slot` to the JavaScript string `value`, as UTF-8, with one copy (lone surrogates become
     /// U+FFFD).
     fn append(&mut self, slot: Slot, value: &Unknown) -> Result<(), EntryError> {
-        let (env, raw) = (value.value().env, value.raw());
         // Should napi fail here, it fails again below, where that is reported.
-        let units = utf16_units(value);
+        self.append_units(slot, value, utf16_units(value))
+    }
+
+    /// [`Reader::append`] of a string whose length in UTF-16 units the caller already asked for.
+    fn append_units(
+        &mut self,
+        slot: Slot,
+        value: &Unknown,
+        units: usize,
+    ) -> Result<(), EntryError> {
+        let (env, raw) = (value.value().env, value.raw());
         // Every UTF-16 unit takes at least one byte of UTF-8.
         if units > self.room {
             let at_least = self.max_entry_bytes - self.room + units;
@@ -282,7 +291,7 @@ pub fn entry_from_fields(
                 ),
             ));
         }
-        reader.append(Slot::Payload, json)?;
+        reader.append_units(Slot::Payload, json, payload_units)?;
     }
     match kind("id", &f.id)? {
         ValueType::Undefined | ValueType::Null => {}
