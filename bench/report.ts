@@ -15,6 +15,9 @@ export interface MethodSpec {
   ids?: 'fixed' | 'uuid4' | 'own';
   /** For a spool method: the key of the same method without a spool. */
   twin?: string;
+  /** For a ceiling method: rows per COPY (default 10000) and connections COPYing at once (default 1). */
+  rowsPerCopy?: number;
+  connections?: number;
 }
 
 export interface RunRecord {
@@ -366,6 +369,8 @@ const CHART_LABELS: Record<string, (m: MethodResults) => string> = {
   'ab-bulk-spool': (m) => (m.variant?.startsWith('flushAtEntries') ? 'audit-batcher bulk (flushAtEntries), spool' : 'audit-batcher bulk, spool'),
   ceiling: () => 'ceiling: Rust binary COPY, one connection',
   'ceiling-uuid4': () => 'ceiling, random UUIDv4 ids',
+  'ceiling-turn-64': () => 'Rust binary COPY, 160 rows/COPY, one connection',
+  'ceiling-turn-64x2': () => 'Rust binary COPY, 160 rows/COPY, two connections',
 };
 
 /** Two horizontal bar panels: rows/s (with min–max whiskers) and event-loop busy ms per 1k entries. */

@@ -6,7 +6,12 @@
 //! `COPY ... FROM STDIN (FORMAT binary)` of all rows, `--rows-per-copy` rows per COPY (each COPY its
 //! own transaction, as in the Node COPY method), over that one tokio-postgres connection.
 //!
+//! With `--connections K` (a reference, not the ceiling): K connections, the COPYs dealt round-robin
+//! (connection j takes COPYs j, j + K, ...), each connection sending its own one after another, all K at
+//! once, with no order between them: what the server takes when K statements overlap.
+//!
 //! Usage: ceiling <connection-string> <rows.jsonl> <rows> [--table audit_log] [--rows-per-copy 10000]
+//! [--connections 1]
 //! Prints one JSON object on stdout: {"rows":..,"copies":..,"seconds":..,"rowsPerSec":..,"cpuMs":..}.
 
 use std::error::Error;
@@ -158,31 +163,81 @@ fn is_identifier(s: &str) -> bool {
 async fn main() -> Result<(), BoxError> {
     let mut args = std::env::args().skip(1);
     let usage =
-        "usage: ceiling <connection-string> <rows.jsonl> <rows> [--table T] [--rows-per-copy N]";
+        "usage: ceiling <connection-string> <rows.jsonl> <rows> [--table T] [--rows-per-copy N] [--connections K]";
     let conn_str = args.next().ok_or(usage)?;
     let path = args.next().ok_or(usage)?;
     let n: usize = args.next().ok_or(usage)?.parse()?;
     let mut table = String::from("audit_log");
     let mut per_copy: usize = 10_000;
+    let mut connections: usize = 1;
     while let Some(flag) = args.next() {
         match flag.as_str() {
             "--table" => table = args.next().ok_or(usage)?,
             "--rows-per-copy" => per_copy = args.next().ok_or(usage)?.parse()?,
+            "--connections" => connections = args.next().ok_or(usage)?.parse()?,
             _ => return Err(format!("unknown argument {flag}; {usage}").into()),
         }
     }
-    if !is_identifier(&table) || per_copy == 0 {
+    if !is_identifier(&table) || per_copy == 0 || connections == 0 {
         return Err(usage.into());
     }
 
     let rows = read_rows(&path, n)?;
 
-    let (client, connection) = tokio_postgres::connect(&conn_str, NoTls).await?;
-    let conn_task = tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            eprintln!("connection error: {e}");
-        }
+    let mut clients = Vec::with_capacity(connections);
+    let mut conn_tasks = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let (client, connection) = tokio_postgres::connect(&conn_str, NoTls).await?;
+        conn_tasks.push(tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                eprintln!("connection error: {e}");
+            }
+        }));
+        // One round trip before timing so the connection is fully warm (as in the Node methods).
+        client.simple_query("SELECT 1").await?;
+        clients.push(client);
+    }
+    let sql = format!(
+        "COPY {table} (id, occurred_at, tenant_id, actor, action, resource, outcome, payload) \
+         FROM STDIN (FORMAT binary)"
+    );
+    let chunks: Vec<&[Row]> = rows.chunks(per_copy).collect();
+
+    let cpu0 = cpu_ms();
+    let t0 = Instant::now();
+    let dealt = clients.iter().enumerate().map(|(j, client)| {
+        let mine: Vec<&[Row]> = chunks
+            .iter()
+            .skip(j)
+            .step_by(connections)
+            .copied()
+            .collect();
+        copy_all(client, &sql, mine)
     });
+    let copies: usize = futures_util::future::try_join_all(dealt)
+        .await?
+        .into_iter()
+        .sum();
+    let seconds = t0.elapsed().as_secs_f64();
+    let cpu = cpu_ms() - cpu0;
+    drop(clients);
+    for task in conn_tasks {
+        let _ = task.await;
+    }
+
+    println!(
+        "{{\"rows\":{n},\"copies\":{copies},\"rowsPerCopy\":{per_copy},\"connections\":{connections},\"seconds\":{seconds},\"rowsPerSec\":{},\"cpuMs\":{cpu}}}",
+        n as f64 / seconds
+    );
+    Ok(())
+}
+
+/// Sends `chunks` over `client`, one binary COPY each, one after another. Returns how many COPYs it made.
+async fn copy_all(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    chunks: Vec<&[Row]>,
+) -> Result<usize, BoxError> {
     let types = [
         Type::UUID,
         Type::TIMESTAMPTZ,
@@ -193,21 +248,11 @@ async fn main() -> Result<(), BoxError> {
         Type::TEXT,
         Type::JSONB,
     ];
-    let sql = format!(
-        "COPY {table} (id, occurred_at, tenant_id, actor, action, resource, outcome, payload) \
-         FROM STDIN (FORMAT binary)"
-    );
-    // One round trip before timing so the connection is fully warm (as in the Node methods).
-    client.simple_query("SELECT 1").await?;
-
-    let cpu0 = cpu_ms();
-    let t0 = Instant::now();
-    let mut copies = 0usize;
-    for chunk in rows.chunks(per_copy) {
-        let sink = client.copy_in(&sql).await?;
+    for chunk in &chunks {
+        let sink = client.copy_in(sql).await?;
         let writer = BinaryCopyInWriter::new(sink, &types);
         pin_mut!(writer);
-        for r in chunk {
+        for r in *chunk {
             writer
                 .as_mut()
                 .write(&[
@@ -226,16 +271,6 @@ async fn main() -> Result<(), BoxError> {
         if written as usize != chunk.len() {
             return Err(format!("COPY wrote {written} rows, expected {}", chunk.len()).into());
         }
-        copies += 1;
     }
-    let seconds = t0.elapsed().as_secs_f64();
-    let cpu = cpu_ms() - cpu0;
-    drop(client);
-    let _ = conn_task.await;
-
-    println!(
-        "{{\"rows\":{n},\"copies\":{copies},\"rowsPerCopy\":{per_copy},\"seconds\":{seconds},\"rowsPerSec\":{},\"cpuMs\":{cpu}}}",
-        n as f64 / seconds
-    );
-    Ok(())
+    Ok(chunks.len())
 }
