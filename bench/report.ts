@@ -18,6 +18,11 @@ export interface MethodSpec {
   /** For a ceiling method: rows per COPY (default 10000) and connections COPYing at once (default 1). */
   rowsPerCopy?: number;
   connections?: number;
+  /**
+   * For a ceiling method: run it beside a Node process that spends one core on what log() cannot do
+   * without (JSON.stringify of the benchmark's payloads, in a loop), as an application logging does.
+   */
+  besideNode?: boolean;
 }
 
 export interface RunRecord {
@@ -369,6 +374,8 @@ const CHART_LABELS: Record<string, (m: MethodResults) => string> = {
   'ab-bulk-spool': (m) => (m.variant?.startsWith('flushAtEntries') ? 'audit-batcher bulk (flushAtEntries), spool' : 'audit-batcher bulk, spool'),
   ceiling: () => 'ceiling: Rust binary COPY, one connection',
   'ceiling-uuid4': () => 'ceiling, random UUIDv4 ids',
+  'ceiling-beside-node': () => 'ceiling beside a Node process busy on one core',
+  'ceiling-x2': () => 'Rust binary COPY, 10000 rows/COPY, two connections',
   'ceiling-turn-64': () => 'Rust binary COPY, 160 rows/COPY, one connection',
   'ceiling-turn-64x2': () => 'Rust binary COPY, 160 rows/COPY, two connections',
 };

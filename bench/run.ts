@@ -104,6 +104,20 @@ const METHODS: MethodSpec[] = [
     label: 'ceiling with random UUIDv4 ids: the same binary COPY of the same entries, each with a random UUIDv4 id as ab-bulk-uuid4 gives',
   },
   {
+    key: 'ceiling-beside-node',
+    group: 'ceiling',
+    size: 'bulk',
+    besideNode: true,
+    label: 'the ceiling program while a Node process beside it spends one core on JSON.stringify of the same payloads (what log() cannot do without): the one connection\'s share of the 2 cores when the application is busy too',
+  },
+  {
+    key: 'ceiling-x2',
+    group: 'ceiling',
+    size: 'bulk',
+    connections: 2,
+    label: 'the ceiling program over two connections at once (10000 rows per COPY, dealt in turn, no order between the two): what two server processes take',
+  },
+  {
     key: 'ceiling-turn-64',
     group: 'ceiling',
     size: 'bulk',
@@ -267,6 +281,47 @@ function log(line: string): void {
  * Run a child to completion. With `onReady`, the child prints "ready" when set up; the parent then
  * runs onReady() and answers "go" on the child's stdin.
  */
+/**
+ * A Node process that spends one core on JSON.stringify of the payloads in `rowsFile` (the ceiling's rows),
+ * in slices of 5 ms, until stopped: what an application that logs keeps busy besides the database. Resolves
+ * once it is running; `stop()` ends it and waits for it, and `rate()` is then its stringify calls per second.
+ */
+async function startBusyNode(rowsFile: string): Promise<{ stop: () => Promise<void>; rate: () => number | undefined }> {
+  const source = `
+    const lines = require('node:fs').readFileSync(process.argv[1], 'utf8').split('\\n', 2000).filter(Boolean);
+    const payloads = lines.map((l) => JSON.parse(JSON.parse(l)[7]));
+    let calls = 0, stop = false, bytes = 0;
+    process.on('SIGTERM', () => (stop = true));
+    const t0 = performance.now();
+    const slice = () => {
+      const end = performance.now() + 5;
+      while (performance.now() < end) for (const p of payloads) { bytes += JSON.stringify(p).length; calls++; }
+      if (!stop) return setImmediate(slice);
+      console.log(JSON.stringify({ perSec: calls / ((performance.now() - t0) / 1000), bytes }));
+    };
+    console.log('ready');
+    slice();`;
+  const child = spawn(process.execPath, ['-e', source, rowsFile], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  const closed = new Promise<void>((resolve) => child.once('close', () => resolve()));
+  await new Promise<void>((resolve, reject) => {
+    child.once('error', reject);
+    child.once('close', (code) => reject(new Error(`the busy Node process exited (${code}) before it was ready`)));
+    child.stdout!.on('data', () => out.includes('ready\n') && resolve());
+  });
+  return {
+    stop: async () => {
+      child.kill('SIGTERM');
+      await closed;
+    },
+    rate: () => {
+      const last = out.trim().split('\n').at(-1)!;
+      return last.startsWith('{') ? Math.round((JSON.parse(last) as { perSec: number }).perSec) : undefined;
+    },
+  };
+}
+
 function runChild(
   what: string,
   cmd: string,
@@ -419,10 +474,16 @@ async function main(): Promise<void> {
             const idsMd5 = m.key === 'ceiling-uuid4' ? await writeRows(uuid4RowsFile, randomUUID) : undefined;
             await resetAndMark();
             const file = idsMd5 ? uuid4RowsFile : rowsFile;
-            const { stdout } = await runChild(`the ${m.key}`, ceilingBin!, [url, file, String(n), '--table', TABLE, '--rows-per-copy', String(m.rowsPerCopy ?? 10_000), '--connections', String(m.connections ?? 1)], 300_000);
+            const beside = m.besideNode ? await startBusyNode(rowsFile) : undefined;
+            let stdout: string;
+            try {
+              ({ stdout } = await runChild(`the ${m.key}`, ceilingBin!, [url, file, String(n), '--table', TABLE, '--rows-per-copy', String(m.rowsPerCopy ?? 10_000), '--connections', String(m.connections ?? 1)], 300_000));
+            } finally {
+              await beside?.stop();
+            }
             const c = JSON.parse(stdout.trim().split('\n').at(-1)!) as { rowsPerSec: number; seconds: number; cpuMs: number };
             result = { method: m.key as NodeMethod, n, ms: c.seconds * 1000, rowsPerSec: c.rowsPerSec, cpuMs: c.cpuMs, eluActiveMs: NaN, rssBefore: NaN, rssPeak: NaN };
-            if (idsMd5) result.extra = { idsMd5 };
+            result.extra = { ...(idsMd5 ? { idsMd5 } : {}), ...(beside ? { besideStringifiesPerSec: beside.rate() } : {}) };
           } else {
             result = await runWorker(m.key as NodeMethod, n, url, work, resetAndMark);
           }
@@ -698,6 +759,13 @@ function targetsOf(
     0.9,
     (r) => div(rps(r, 'ab-bulk-own-ids'), rps(r, 'ceiling')),
     'rows/s, same run; log() × N then close(), no id passed',
+  );
+  target(
+    "Bulk rows/s, default options, the batcher's own ids: audit-batcher ÷ the Rust ceiling beside a Node process busy on one core",
+    '>=',
+    0.9,
+    (r) => div(rps(r, 'ab-bulk-own-ids'), rps(r, 'ceiling-beside-node')),
+    "rows/s, same run; not the issue's target but its reference: the ceiling when, as with log(), the other core is busy",
   );
   target(
     'Bulk event-loop busy per entry: audit-batcher bulk ÷ (d) COPY',
