@@ -191,7 +191,10 @@ export interface AuditBatcherOptions {
    * `resource`, `outcome`, `payload`).
    */
   columns?: Partial<Record<'id' | 'occurredAt' | 'tenantId' | 'actor' | 'action' | 'resource' | 'outcome' | 'payload', string>>
-  /** Most connections in the pool. Default 2. */
+  /**
+   * Most connections in the pool. Default 2. With 2 or more, a backlog of full batches is written two
+   * at a time, each in its own transaction, the second committed only after the first.
+   */
   poolSize?: number
   /**
    * Most rows in one statement; a larger flush is written as several statements, in order, back to

@@ -359,4 +359,60 @@ describe('binary COPY for large batches', () => {
       await proxy.close();
     }
   });
+
+  describe('a backlog of full batches, two COPYs at a time', () => {
+    const ROWS = 500;
+
+    it('a duplicate id in the second of two batches written at once: both are undone and written again, every entry once, in order', async () => {
+      const table = uniqueTable();
+      const audit = batcher(table, { maxBatchRows: ROWS });
+      await audit.ensureSchema();
+      const t = await trace(table);
+      // A row that holds its statement for 300 ms, so that everything after it is logged (and asked for)
+      // before the writer takes the next batch: two full batches wait, and go at once.
+      await withClient(db.url, (c) =>
+        c.query(`
+          CREATE FUNCTION ${table}_slow() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN IF NEW.action = 'tool.call.slow' THEN PERFORM pg_sleep(0.3); END IF; RETURN NEW; END $$;
+          CREATE TRIGGER ${table}_slow BEFORE INSERT ON ${table} FOR EACH ROW EXECUTE FUNCTION ${table}_slow();`),
+      );
+      const [existing] = logMany(audit, 1, 'first');
+      await audit.flush();
+      await t.reset();
+
+      const slow = logMany(audit, 1, 'slow');
+      const slowFlush = audit.flush();
+      // Batches of 500: the first 500 of `before`; then its last 250, the duplicate and 249 of `after`
+      // (these two go at once); then the last 251 of `after`.
+      const before = logMany(audit, ROWS + ROWS / 2, 'a');
+      audit.log({ id: existing!.id, action: 'duplicate', occurredAt: existing!.occurred_at });
+      const after = logMany(audit, ROWS, 'b');
+      expect(await audit.flush()).toMatchObject({ pending: 0 });
+      await slowFlush;
+
+      // Both batches of the pair were offered by COPY; the second's duplicate made both undo, and they were
+      // written again by the INSERT (the duplicate skipped); the last batch, alone, by COPY.
+      expect(await t.copyOffered()).toBeGreaterThanOrEqual(ROWS + 251);
+      expect(await t.stored()).toEqual({ INSERT: 1 + ROWS + ROWS - 1, COPY: 251 });
+      const rows = await readRows(db.url, table);
+      expect(rows).toEqual([existing, ...slow, ...before, ...after]);
+      const s = audit.stats();
+      expect(s).toMatchObject({ deadLettered: 0, buffered: 0, failedFlushes: 1 });
+      expect(s.lastError?.sqlstate).toBe('23505');
+      expectBooksBalance(s);
+      await audit.close();
+    });
+
+    it('with poolSize 1 the batches go one at a time, every entry once, in order', async () => {
+      const table = uniqueTable();
+      const audit = batcher(table, { maxBatchRows: ROWS, poolSize: 1 });
+      await audit.ensureSchema();
+      const t = await trace(table);
+      const logged = logMany(audit, 4 * ROWS + 10, 'one');
+      await audit.close();
+      expect(await t.stored()).toEqual({ COPY: 4 * ROWS, INSERT: 10 });
+      expect(await readRows(db.url, table)).toEqual(logged);
+      expect(audit.stats()).toMatchObject({ written: 4 * ROWS + 10, batches: 5, failedFlushes: 0 });
+    });
+  });
 });

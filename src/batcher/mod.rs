@@ -672,6 +672,14 @@ impl<S: Sink> Batcher<S> {
                     .min(st.queue.len() as u64) as usize;
                 InFlight::take(self, &mut st, n)
             };
+            if let Some(second) = self.take_second(&batch) {
+                self.write_pair(Pair {
+                    second: Some(second),
+                    first: Some(batch),
+                })
+                .await?;
+                continue;
+            }
             let mut batch = batch;
             let started = Instant::now();
             let written = if batch.new {
@@ -693,14 +701,90 @@ impl<S: Sink> Batcher<S> {
                 }
                 Err(cause) => batch.progress.error = Some(cause),
             }
-            let (pending, error) = batch.settle();
-            if let Some(cause) = error {
+            self.finish(batch)?;
+        }
+    }
+
+    /// Settles `batch` as far as it got; its error, if any, is reported and returned.
+    fn finish(&self, batch: InFlight<'_, S>) -> Result<(), FlushError> {
+        let (pending, error) = batch.settle();
+        match error {
+            Some(cause) => {
                 if let Some(o) = &self.observer {
                     o.on_error(&cause, pending);
                 }
-                return Err(FlushError::Failed { cause, pending });
+                Err(FlushError::Failed { cause, pending })
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The batch after `first`, to be written at the same time, when both are new, the sink can stage
+    /// both, and the second is already asked for (by this flush or a later one).
+    fn take_second(&self, first: &InFlight<'_, S>) -> Option<InFlight<'_, S>> {
+        if !first.new || !self.sink.can_stage(first.entries().len()) {
+            return None;
+        }
+        let mut st = self.state.lock();
+        let next = st.settled + st.in_flight as u64 + 1;
+        let n = (st.requested + 1)
+            .saturating_sub(next)
+            .min(self.config.max_batch_rows as u64)
+            .min(st.queue.len() as u64) as usize;
+        (n > 0 && next > st.sent && self.sink.can_stage(n))
+            .then(|| InFlight::take(self, &mut st, n))
+    }
+
+    /// Writes two consecutive new batches at once, each staged by the sink ([`Sink::stage_new`]), and
+    /// commits them in order: the second only once the first is committed. If the first fails, the second
+    /// is undone (never committed) and both go back to the buffer, in order. If a stage fails, both are
+    /// undone, the failure is counted and reported as a failed attempt, and the caller's loop writes them
+    /// again one at a time.
+    async fn write_pair(&self, mut pair: Pair<'_, S>) -> Result<(), FlushError> {
+        let (first, second) = match (&pair.first, &pair.second) {
+            (Some(first), Some(second)) => (first.entries(), second.entries()),
+            _ => return Ok(()),
+        };
+        let started = Instant::now();
+        let (a, b) = tokio::join!(self.sink.stage_new(first), self.sink.stage_new(second));
+        let (a, b) = match (a, b) {
+            (Ok(a), Ok(b)) => (a, b),
+            (a, b) => {
+                let failures: Vec<WriteError> = [a.err(), b.err()].into_iter().flatten().collect();
+                drop(pair); // the second batch back to the buffer, then the first in front of it
+                for cause in failures {
+                    self.record_failed_attempt(cause);
+                }
+                return Ok(());
+            }
+        };
+        // Each batch stays in `pair` until its outcome is known, so that a flush dropped meanwhile puts
+        // both back in order.
+        match a.commit().await {
+            Ok(()) => {
+                let mut first = pair.first.take().expect("checked above");
+                self.record_statement(started, first.entries().len());
+                first.progress = Progress::all(first.entries().len());
+                self.finish(first)?;
+            }
+            Err(cause) => {
+                drop(b);
+                let mut first = pair.first.take().expect("checked above");
+                drop(pair);
+                first.progress.error = Some(cause);
+                return self.finish(first);
             }
         }
+        let committed = b.commit().await;
+        let mut second = pair.second.take().expect("checked above");
+        match committed {
+            Ok(()) => {
+                self.record_statement(started, second.entries().len());
+                second.progress = Progress::all(second.entries().len());
+            }
+            Err(cause) => second.progress.error = Some(cause),
+        }
+        self.finish(second)
     }
 
     /// Writes `batch`, which the sink rejected, in order: halves are tried in turn, down to single entries;
@@ -752,15 +836,20 @@ impl<S: Sink> Batcher<S> {
     /// Counts and reports the failed attempts the sink recovered from within its last write.
     fn record_recovered_failures(&self) {
         for cause in self.sink.take_recovered_failures() {
-            let pending = {
-                let mut st = self.state.lock();
-                st.stats.failed_flushes += 1;
-                st.stats.last_error = Some((cause.clone(), Timestamp::now()));
-                st.buffered()
-            };
-            if let Some(o) = &self.observer {
-                o.on_error(&cause, pending);
-            }
+            self.record_failed_attempt(cause);
+        }
+    }
+
+    /// Counts and reports an attempt that failed and that the flush under way makes again at once.
+    fn record_failed_attempt(&self, cause: WriteError) {
+        let pending = {
+            let mut st = self.state.lock();
+            st.stats.failed_flushes += 1;
+            st.stats.last_error = Some((cause.clone(), Timestamp::now()));
+            st.buffered()
+        };
+        if let Some(o) = &self.observer {
+            o.on_error(&cause, pending);
         }
     }
 
@@ -915,6 +1004,13 @@ impl Progress {
             ..Default::default()
         }
     }
+}
+
+/// Two consecutive batches written at once ([`Batcher::write_pair`]). Dropped, the second goes back to the
+/// buffer before the first, so that the first ends up in front of it (fields drop in declaration order).
+struct Pair<'a, S> {
+    second: Option<InFlight<'a, S>>,
+    first: Option<InFlight<'a, S>>,
 }
 
 /// A batch taken out of the buffer for one write, and how far the write got. When dropped, its settled

@@ -7,7 +7,7 @@ use tokio::time::Instant;
 
 use super::*;
 use crate::entry::TextField;
-use crate::sink::MemorySink;
+use crate::sink::{MemorySink, Staged};
 
 /// A sink that records batches and fails while told to; it can also hold a write until released.
 #[derive(Default)]
@@ -29,6 +29,16 @@ struct TestSink {
     hold_actor: Mutex<Option<String>>,
     /// Per write: whether it came through `write_new` (the batch was never sent before).
     new_writes: Mutex<Vec<bool>>,
+    /// Take two new batches at once through `stage_new` (`can_stage`).
+    stages: AtomicBool,
+    /// Batches staged so far.
+    staged: AtomicUsize,
+    /// Fail the stage of a batch holding an entry with this actor.
+    fail_stage_actor: Mutex<Option<String>>,
+    /// Fail, once and without storing it, the commit of a staged batch holding an entry with this actor.
+    fail_commit_actor: Mutex<Option<String>>,
+    /// Commits wait for this gate while it is set.
+    commit_gate: Mutex<Option<Arc<tokio::sync::Notify>>>,
 }
 
 impl Sink for Arc<TestSink> {
@@ -48,6 +58,38 @@ impl Sink for Arc<TestSink> {
     }
     async fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
+    }
+    fn can_stage(&self, _rows: usize) -> bool {
+        self.stages.load(Ordering::SeqCst)
+    }
+    async fn stage_new(&self, batch: &[Entry]) -> Result<Staged, WriteError> {
+        self.staged.fetch_add(1, Ordering::SeqCst);
+        let holds = |actor: &Option<String>| {
+            actor
+                .as_deref()
+                .is_some_and(|a| batch.iter().any(|e| e.text(TextField::Actor) == Some(a)))
+        };
+        if holds(&self.fail_stage_actor.lock()) {
+            return Err(WriteError::new("stage failed"));
+        }
+        let fail_commit = holds(&self.fail_commit_actor.lock());
+        let (sink, batch) = (self.clone(), batch.to_vec());
+        Ok(Staged::new(move || {
+            Box::pin(async move {
+                let gate = sink.commit_gate.lock().clone();
+                if let Some(gate) = gate {
+                    gate.notified().await;
+                }
+                if fail_commit {
+                    sink.fail_commit_actor.lock().take();
+                    return Err(WriteError::new("connection reset"));
+                }
+                sink.batches
+                    .lock()
+                    .push(batch.iter().map(Entry::id).collect());
+                sink.memory.write(&batch).await
+            })
+        }))
     }
 }
 
@@ -1420,4 +1462,112 @@ mod spool {
         let unique = sorted_unique(written_by_next_start(&dir2.0).await);
         assert_eq!(unique, sorted_unique(ids));
     }
+}
+
+/// A sink that stages, with batches of 10: 25 entries logged.
+fn staging_batcher() -> (TestBatcher, Arc<TestSink>, Vec<Uuid>) {
+    let (b, sink) = batcher(10);
+    sink.stages.store(true, Ordering::SeqCst);
+    let ids = log_n(&b, 25);
+    (b, sink, ids)
+}
+
+fn chunks(ids: &[Uuid], sizes: &[usize]) -> Vec<Vec<Uuid>> {
+    let mut at = 0;
+    sizes
+        .iter()
+        .map(|n| {
+            at += n;
+            ids[at - n..at].to_vec()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn two_new_batches_are_staged_together_and_committed_in_order() {
+    let (b, sink, ids) = staging_batcher();
+    b.flush().await.unwrap();
+    assert_eq!(sink.staged.load(Ordering::SeqCst), 2);
+    assert_eq!(*sink.batches.lock(), chunks(&ids, &[10, 10, 5]));
+    // The last 5 alone, through write_new.
+    assert_eq!(*sink.new_writes.lock(), vec![true]);
+    let stats = b.stats();
+    assert_eq!(
+        (stats.written, stats.batches, stats.failed_flushes),
+        (25, 3, 0)
+    );
+}
+
+#[tokio::test]
+async fn when_the_first_staged_batch_fails_to_commit_the_second_is_never_committed() {
+    let (b, sink, ids) = staging_batcher();
+    *sink.fail_commit_actor.lock() = Some("u0".into());
+    let err = b.flush().await.unwrap_err();
+    assert!(
+        matches!(err, FlushError::Failed { pending: 25, .. }),
+        "{err:?}"
+    );
+    assert!(sink.batches.lock().is_empty());
+    assert_eq!(
+        b.buffered_entries()
+            .iter()
+            .map(Entry::id)
+            .collect::<Vec<_>>(),
+        ids
+    );
+    b.flush().await.unwrap();
+    // Sent before, so written again one at a time through the idempotent write, in order.
+    assert_eq!(*sink.batches.lock(), chunks(&ids, &[10, 10, 5]));
+    assert_eq!(*sink.new_writes.lock(), vec![false, false, true]);
+    assert_eq!(b.stats().failed_flushes, 1);
+    assert_eq!(b.stats().written, 25);
+}
+
+#[tokio::test]
+async fn a_failed_commit_of_the_second_batch_keeps_the_first_written() {
+    let (b, sink, ids) = staging_batcher();
+    *sink.fail_commit_actor.lock() = Some("u10".into());
+    let err = b.flush().await.unwrap_err();
+    assert!(
+        matches!(err, FlushError::Failed { pending: 15, .. }),
+        "{err:?}"
+    );
+    assert_eq!(*sink.batches.lock(), chunks(&ids, &[10]));
+    b.flush().await.unwrap();
+    assert_eq!(*sink.batches.lock(), chunks(&ids, &[10, 10, 5]));
+    assert_eq!(b.stats().written, 25);
+}
+
+#[tokio::test]
+async fn a_failed_stage_writes_both_batches_again_one_at_a_time() {
+    let (b, sink, ids) = staging_batcher();
+    *sink.fail_stage_actor.lock() = Some("u12".into());
+    b.flush().await.unwrap();
+    assert_eq!(*sink.batches.lock(), chunks(&ids, &[10, 10, 5]));
+    assert_eq!(*sink.new_writes.lock(), vec![false, false, true]);
+    let stats = b.stats();
+    assert_eq!((stats.written, stats.failed_flushes), (25, 1));
+}
+
+#[tokio::test]
+async fn a_pair_dropped_before_its_commits_puts_both_batches_back_in_order() {
+    let (b, sink, ids) = staging_batcher();
+    let gate = Arc::new(tokio::sync::Notify::new());
+    *sink.commit_gate.lock() = Some(gate);
+    let cut = tokio::time::timeout(Duration::from_millis(50), b.flush()).await;
+    assert!(cut.is_err(), "the commit was held");
+    assert_eq!(sink.staged.load(Ordering::SeqCst), 2);
+    assert!(sink.batches.lock().is_empty());
+    assert_eq!(
+        b.buffered_entries()
+            .iter()
+            .map(Entry::id)
+            .collect::<Vec<_>>(),
+        ids
+    );
+    assert_eq!(b.pending(), 25);
+    *sink.commit_gate.lock() = None;
+    b.flush().await.unwrap();
+    assert_eq!(*sink.batches.lock(), chunks(&ids, &[10, 10, 5]));
+    assert_eq!(b.stats().written, 25);
 }

@@ -53,7 +53,7 @@ async fn run(sinks: &[PgSink; 2], method: Method, batches: &[Vec<Entry>]) -> Dur
                 .insert(&client, &statements.insert_sql, batch)
                 .await
                 .unwrap(),
-            Method::Copy => copy_batch(&client, statements.copy.as_ref().unwrap(), batch)
+            Method::Copy => copy_batch(&client, statements.copy.as_ref().unwrap(), batch, true)
                 .await
                 .unwrap(),
         }

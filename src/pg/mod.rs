@@ -37,7 +37,7 @@ use self::redact::Redactor;
 use self::tls::TlsConnector;
 use crate::entry::Entry;
 use crate::fields::Field;
-use crate::sink::{Sink, WriteError};
+use crate::sink::{Sink, Staged, WriteError};
 
 /// How to reach PostgreSQL and where to write.
 #[derive(Clone, Debug)]
@@ -197,21 +197,7 @@ impl PgSink {
     }
 
     fn db_error(&self, e: &tokio_postgres::Error) -> WriteError {
-        match e.as_db_error() {
-            Some(db) => {
-                let mut message = format!("{}: {}", db.severity(), db.message());
-                if let Some(constraint) = db.constraint() {
-                    message.push_str(&format!(" (constraint {constraint})"));
-                }
-                let code = db.code().code();
-                WriteError {
-                    message: self.redactor.redact(&message),
-                    sqlstate: Some(code.to_owned()),
-                    kind: classify::classify(Some(code)),
-                }
-            }
-            None => WriteError::new(self.redactor.redact(&with_causes(e))),
-        }
+        db_error(&self.redactor, e)
     }
 
     fn pool_error(&self, e: PoolError) -> WriteError {
@@ -223,6 +209,25 @@ impl PgSink {
             PoolError::Closed => WriteError::new("the connection pool is closed"),
             other => WriteError::new(self.redactor.redact(&other.to_string())),
         }
+    }
+}
+
+/// What `e` says, free of secrets, with its SQLSTATE and the batcher's reading of it.
+fn db_error(redactor: &Redactor, e: &tokio_postgres::Error) -> WriteError {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut message = format!("{}: {}", db.severity(), db.message());
+            if let Some(constraint) = db.constraint() {
+                message.push_str(&format!(" (constraint {constraint})"));
+            }
+            let code = db.code().code();
+            WriteError {
+                message: redactor.redact(&message),
+                sqlstate: Some(code.to_owned()),
+                kind: classify::classify(Some(code)),
+            }
+        }
+        None => WriteError::new(redactor.redact(&with_causes(e))),
     }
 }
 
@@ -258,7 +263,7 @@ impl PgSink {
                 // Dropped by a failure, or with this future by a deadline, the lease closes the
                 // connection: it may be mid-transaction or out of step (see copy_batch).
                 let lease = CopyLease(Some(client));
-                let error = match copy_batch(&lease, plan, batch).await {
+                let error = match copy_batch(&lease, plan, batch, true).await {
                     Ok(()) => {
                         lease.keep();
                         return Ok(());
@@ -353,7 +358,11 @@ impl PgSink {
     /// is large, unless a COPY failed in a way that rules it out for this table; else the INSERT without
     /// `ON CONFLICT`.
     fn choose_path(&self, batch: &[Entry]) -> Path {
-        if batch.len() >= COPY_MIN_ROWS && !self.copy_disabled.load(Ordering::Relaxed) {
+        self.choose_path_for(batch.len())
+    }
+
+    fn choose_path_for(&self, rows: usize) -> Path {
+        if rows >= COPY_MIN_ROWS && !self.copy_disabled.load(Ordering::Relaxed) {
             Path::Copy
         } else {
             Path::InsertNew
@@ -412,7 +421,8 @@ fn statement_lost(e: &tokio_postgres::Error) -> bool {
 
 /// One binary COPY of `batch`, in its own transaction: `BEGIN` and the prepare sent together, `COPY`, the
 /// data in [`COPY_CHUNK_BYTES`] messages, then `COMMIT` sent right behind the end of the data. Two round
-/// trips more than the INSERT.
+/// trips more than the INSERT. Without `commit`, it returns once the server has taken the data, the
+/// transaction still open, for [`PgSink::stage_new`] to commit.
 ///
 /// tokio-postgres runs COPY through a named prepared statement. Inside a transaction, a transaction-pooling
 /// PgBouncer keeps the one server connection for all of it, and the statement is closed (its `Close`
@@ -426,6 +436,7 @@ async fn copy_batch(
     client: &deadpool_postgres::Client,
     plan: &CopyPlan,
     batch: &[Entry],
+    commit: bool,
 ) -> Result<(), CopyError> {
     // Requests leave in the order they are first polled: BEGIN, then the prepare, in one round trip.
     let (begun, statement) = tokio::join!(client.batch_execute("BEGIN"), client.prepare(&plan.sql));
@@ -446,6 +457,10 @@ async fn copy_batch(
     }
     buf.extend_from_slice(encode::COPY_TRAILER);
     sink.feed(buf.freeze()).await?;
+    if !commit {
+        sink.as_mut().finish().await?;
+        return Ok(());
+    }
     // COMMIT is sent without waiting for the COPY's own reply (one round trip less): after a failed COPY
     // the server answers it with ROLLBACK, and the COPY's error is what counts.
     let (copied, committed) = tokio::join!(sink.as_mut().finish(), client.batch_execute("COMMIT"));
@@ -472,6 +487,51 @@ impl From<tokio_postgres::Error> for CopyError {
 impl Sink for PgSink {
     async fn write(&self, batch: &[Entry]) -> Result<(), WriteError> {
         self.write_batch(batch, Path::Insert).await
+    }
+
+    /// A batch that `write_new` would COPY, when the pool has a second connection for the batch staged
+    /// beside it.
+    fn can_stage(&self, rows: usize) -> bool {
+        self.choose_path_for(rows) == Path::Copy
+            && self.pool.status().max_size >= 2
+            && self.statements.get().is_some_and(|s| s.copy.is_some())
+    }
+
+    /// The binary COPY of [`PgSink::write_new`], its transaction left open until the commit. Dropped
+    /// uncommitted, the connection is closed and the server rolls the transaction back. Unlike
+    /// `write_new`, a failed COPY is not redone as an INSERT here: the batcher writes the batch again.
+    async fn stage_new(&self, batch: &[Entry]) -> Result<Staged, WriteError> {
+        let client = self.pool.get().await.map_err(|e| self.pool_error(e))?;
+        let statements = self.statements(&client).await?;
+        let Some(plan) = &statements.copy else {
+            return Err(WriteError::new("this table cannot take COPY"));
+        };
+        let lease = CopyLease(Some(client));
+        match copy_batch(&lease, plan, batch, false).await {
+            Ok(()) => {
+                let redactor = self.redactor.clone();
+                Ok(Staged::new(move || {
+                    Box::pin(async move {
+                        match lease.batch_execute("COMMIT").await {
+                            Ok(()) => {
+                                lease.keep();
+                                Ok(())
+                            }
+                            Err(e) => Err(db_error(&redactor, &e)),
+                        }
+                    })
+                }))
+            }
+            Err(CopyError::Encode(error)) => Err(WriteError::rejected(error.to_string(), None)),
+            Err(CopyError::Server(error)) => {
+                if let Some(db) = error.as_db_error() {
+                    if copy::disables_copy(db.code().code()) {
+                        self.copy_disabled.store(true, Ordering::Relaxed);
+                    }
+                }
+                Err(self.db_error(&error))
+            }
+        }
     }
 
     async fn write_new(&self, batch: &[Entry]) -> Result<(), WriteError> {

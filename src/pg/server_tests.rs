@@ -21,6 +21,7 @@ struct TestTable {
     /// A separate sink on the same table, to look at the server from outside `sink`'s pool.
     observer: PgSink,
     table: String,
+    url: String,
 }
 
 impl TestTable {
@@ -62,7 +63,23 @@ impl TestTable {
             sink,
             observer,
             table,
+            url,
         })
+    }
+
+    /// Another sink on the same table, with a pool of its own.
+    fn another_sink(&self, pool_size: usize) -> PgSink {
+        PgSink::new(PgSettings {
+            connection_string: self.url.clone(),
+            table: TableName::parse(&self.table).unwrap(),
+            dead_letter_table: TableName::parse(&format!("{}_dead", self.table)).unwrap(),
+            columns: ColumnMap::default(),
+            pool_size,
+            connect_timeout: Duration::from_secs(5),
+            ssl_root_cert: None,
+            prepared_statements: true,
+        })
+        .unwrap()
     }
 
     /// The value of a one-row, one-column query run by the observer.
@@ -100,7 +117,8 @@ impl Drop for TestTable {
     /// a worker may block.)
     fn drop(&mut self) {
         let sql = format!(
-            "DROP TABLE IF EXISTS \"{0}\"; DROP TABLE IF EXISTS \"{0}_dead\"",
+            "DROP TABLE IF EXISTS \"{0}\"; DROP TABLE IF EXISTS \"{0}_dead\"; \
+             DROP TABLE IF EXISTS \"{0}_by\"; DROP FUNCTION IF EXISTS \"{0}_by\"()",
             self.table
         );
         let observer = &self.observer;
@@ -284,4 +302,113 @@ async fn a_prepared_statement_gone_from_the_server_falls_back_to_unnamed_without
         "the connection sends its INSERTs unnamed since"
     );
     assert_eq!(t.sink.unnamed_only.lock().len(), 1);
+}
+
+/// Two batches staged at once over the pool's two connections: neither is visible before its commit, a
+/// staged batch dropped uncommitted is never stored, and its connection does not carry its transaction
+/// into a later write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staged_copies_are_invisible_until_committed_and_undone_when_dropped() {
+    let Some(t) = TestTable::new(2).await else {
+        return;
+    };
+    assert!(t.sink.can_stage(COPY_MIN_ROWS));
+    assert!(!t.sink.can_stage(COPY_MIN_ROWS - 1));
+    assert!(
+        !t.observer.can_stage(COPY_MIN_ROWS),
+        "one connection: nothing to stage beside"
+    );
+    let mut ids = Uuid7Generator::new();
+    let (first, second) = (entries(300, &mut ids), entries(300, &mut ids));
+    let (a, b) = tokio::join!(t.sink.stage_new(&first), t.sink.stage_new(&second));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(t.count().await, 0, "staged, not committed");
+    a.commit().await.unwrap();
+    assert_eq!(t.count().await, 300);
+    drop(b);
+    // The second batch is written again the usual way, on whichever connection the pool gives.
+    t.sink.write_new(&second).await.unwrap();
+    t.sink.write_new(&entries(5, &mut ids)).await.unwrap();
+    assert_eq!(t.count().await, 605);
+    let distinct: i64 = t
+        .observe(
+            &format!("SELECT count(DISTINCT id) FROM \"{}\"", t.table),
+            &[],
+        )
+        .await;
+    assert_eq!(distinct, 605);
+}
+
+/// A batcher over a real server, given a backlog of full batches, writes them two COPYs at a time over the
+/// pool's two connections, each batch in one transaction of its own, every entry once, in order. With a
+/// pool of one connection it writes them one at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_is_written_two_copies_at_a_time_each_batch_in_its_own_transaction() {
+    let Some(t) = TestTable::new(1).await else {
+        return;
+    };
+    let by = format!("{}_by", t.table);
+    let client = t.observer.pool.get().await.unwrap();
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE \"{by}\" (id uuid, pid int, xid bigint); \
+             CREATE FUNCTION \"{by}\"() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+               INSERT INTO \"{by}\" VALUES (NEW.id, pg_backend_pid(), txid_current()); RETURN NEW; END $$; \
+             CREATE TRIGGER \"{by}\" AFTER INSERT ON \"{t}\" FOR EACH ROW EXECUTE FUNCTION \"{by}\"()",
+            t = t.table
+        ))
+        .await
+        .unwrap();
+    for (pool_size, backends) in [(2, 2), (1, 1)] {
+        client
+            .batch_execute(&format!("TRUNCATE \"{}\", \"{by}\"", t.table))
+            .await
+            .unwrap();
+        let sink = t.another_sink(pool_size);
+        sink.ensure_schema().await.unwrap();
+        let batcher = crate::batcher::Batcher::new(
+            sink,
+            crate::batcher::BatcherConfig {
+                max_batch_rows: 500,
+                ..Default::default()
+            },
+        );
+        let ids: Vec<String> = (0..2200)
+            .map(|i| {
+                let draft = EntryDraft::new("pair.test").with(TextField::Actor, format!("a{i}"));
+                batcher.log(draft).unwrap().id.to_string()
+            })
+            .collect();
+        batcher.flush().await.unwrap();
+        let stored: Vec<String> = client
+            .query(
+                &format!("SELECT id::text FROM \"{}\" ORDER BY id", t.table),
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(stored, ids, "pool of {pool_size}");
+        // Each batch in one transaction of its own: 500, 500, 500, 500 and the last 200.
+        let sizes: Vec<i64> = client
+            .query(
+                &format!("SELECT count(*) FROM \"{by}\" GROUP BY xid ORDER BY min(id::text)"),
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(sizes, [500, 500, 500, 500, 200], "pool of {pool_size}");
+        let pids: i64 = client
+            .query_one(&format!("SELECT count(DISTINCT pid) FROM \"{by}\""), &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(pids, backends, "pool of {pool_size}");
+        assert_eq!(batcher.stats().written, 2200);
+    }
 }

@@ -1,6 +1,6 @@
 //! The sink a batcher was configured with, behind one type.
 
-use super::{MemorySink, Sink, WriteError};
+use super::{MemorySink, Sink, Staged, WriteError};
 use crate::entry::Entry;
 use crate::options::InvalidOption;
 use crate::pg::{PgSettings, PgSink};
@@ -56,6 +56,22 @@ impl Sink for AnySink {
             AnySink::Postgres(s) => s.write_new(batch).await,
             AnySink::Memory(s) => s.write_new(batch).await,
             AnySink::Redis(s) => s.write_new(batch).await,
+        }
+    }
+
+    fn can_stage(&self, rows: usize) -> bool {
+        match self {
+            AnySink::Postgres(s) => s.can_stage(rows),
+            AnySink::Memory(s) => s.can_stage(rows),
+            AnySink::Redis(s) => s.can_stage(rows),
+        }
+    }
+
+    async fn stage_new(&self, batch: &[Entry]) -> Result<Staged, WriteError> {
+        match self {
+            AnySink::Postgres(s) => s.stage_new(batch).await,
+            AnySink::Memory(s) => s.stage_new(batch).await,
+            AnySink::Redis(s) => s.stage_new(batch).await,
         }
     }
 

@@ -8,6 +8,7 @@ pub use self::memory::MemorySink;
 
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 
 use crate::entry::Entry;
 
@@ -64,9 +65,33 @@ impl fmt::Display for WriteError {
 
 impl std::error::Error for WriteError {}
 
+/// A batch a sink has written but not yet made durable nor visible ([`Sink::stage_new`]): [`Staged::commit`]
+/// makes it so; dropped without committing, it is undone, and nothing of it is ever stored.
+#[must_use = "a staged batch is undone unless committed"]
+pub struct Staged(Box<dyn FnOnce() -> CommitFuture + Send>);
+
+/// What [`Staged::commit`] waits for.
+pub type CommitFuture = Pin<Box<dyn Future<Output = Result<(), WriteError>> + Send>>;
+
+impl Staged {
+    /// A staged batch that `commit` commits. Whatever `commit` holds (a connection inside a transaction)
+    /// must undo the batch when dropped without being called.
+    pub fn new(commit: impl FnOnce() -> CommitFuture + Send + 'static) -> Staged {
+        Staged(Box::new(commit))
+    }
+
+    /// Makes the batch durable. On `Err` the batch may or may not be stored (a lost reply), as with
+    /// [`Sink::write`].
+    pub async fn commit(self) -> Result<(), WriteError> {
+        (self.0)().await
+    }
+}
+
 /// A destination for batches of entries.
 ///
-/// The batcher calls [`Sink::write`] with one batch at a time, oldest entries first, and never two at once.
+/// The batcher calls [`Sink::write`] with one batch at a time, oldest entries first, and never two at once;
+/// a sink that can stage ([`Sink::can_stage`]) may be given two new batches at once through
+/// [`Sink::stage_new`], which the batcher then commits in order.
 pub trait Sink: Send + Sync + 'static {
     /// Stores `batch` atomically, in order: when it returns `Ok`, every entry is durable; when it returns
     /// `Err`, the batch may or may not have been stored (a lost reply), and the batcher will send the same
@@ -79,6 +104,24 @@ pub trait Sink: Send + Sync + 'static {
     /// as `write`; by default it is `write`.
     fn write_new(&self, batch: &[Entry]) -> impl Future<Output = Result<(), WriteError>> + Send {
         self.write(batch)
+    }
+
+    /// Whether [`Sink::stage_new`] can take a new batch of `rows` entries now, while another one is
+    /// staged: false by default, and then the batcher writes one batch at a time.
+    fn can_stage(&self, _rows: usize) -> bool {
+        false
+    }
+
+    /// [`Sink::write_new`] without its commit, for a batch written at the same time as the next one: on
+    /// `Ok` the batch is stored but not durable nor visible until [`Staged::commit`], and undone if the
+    /// `Staged` is dropped. The batcher stages two consecutive batches at once and commits the second only
+    /// once the first is committed, so the order holds; when either fails it drops both and writes them
+    /// again one at a time. Called only when [`Sink::can_stage`] said yes; by default it fails.
+    fn stage_new(
+        &self,
+        _batch: &[Entry],
+    ) -> impl Future<Output = Result<Staged, WriteError>> + Send {
+        std::future::ready(Err(WriteError::new("this sink does not stage batches")))
     }
 
     /// Stores an entry the table refused, with the reason, in a dead-letter place. Like `write`, storing
