@@ -192,8 +192,9 @@ export interface AuditBatcherOptions {
    */
   columns?: Partial<Record<'id' | 'occurredAt' | 'tenantId' | 'actor' | 'action' | 'resource' | 'outcome' | 'payload', string>>
   /**
-   * Most connections in the pool. Default 2. With 2 or more, a backlog of full batches is written two
-   * at a time, each in its own transaction, the second committed only after the first.
+   * Most connections in the pool. Default 2. With 2 or more, large batches (a COPY) overlap: one commits
+   * while the next is written, or two are written at once, each in its own transaction, each committed
+   * only after the one before it.
    */
   poolSize?: number
   /**

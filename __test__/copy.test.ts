@@ -313,27 +313,29 @@ describe('binary COPY for large batches', () => {
       const audit = batcher(table, { connectionString: proxy.url(db.url), connectTimeoutMs: 2000 });
       await audit.ensureSchema();
       const t = await trace(table);
-      // The first row a COPY offers waits a moment, so the test can hold the replies while the COPY runs.
+      // The COPY's commit waits a moment (a deferred trigger, run at COMMIT, on the first row a COPY
+      // stored), so the test can hold the replies while the COMMIT runs.
       await withClient(db.url, (c) =>
         c.query(`
           CREATE SEQUENCE ${table}_gate;
           CREATE FUNCTION ${table}_gate() RETURNS trigger LANGUAGE plpgsql AS $$
             BEGIN
-              IF upper(current_query()) LIKE 'COPY%' AND nextval('${table}_gate') = 1 THEN PERFORM pg_sleep(1); END IF;
-              RETURN NEW;
+              IF nextval('${table}_gate') = 1 THEN PERFORM pg_sleep(1); END IF;
+              RETURN NULL;
             END $$;
-          CREATE TRIGGER ${table}_gate BEFORE INSERT ON ${table} FOR EACH ROW EXECUTE FUNCTION ${table}_gate();
+          CREATE CONSTRAINT TRIGGER ${table}_gate AFTER INSERT ON ${table} DEFERRABLE INITIALLY DEFERRED
+            FOR EACH ROW EXECUTE FUNCTION ${table}_gate();
         `),
       );
       const logged = logMany(audit, LARGE, 'a');
       const flush = audit.flush();
-      // The server has the first row, so the client has the COPY's go-ahead and is sending data.
+      // The server is committing the COPY: the client has sent the data and the COMMIT.
       await waitFor(
         () => withClient(db.url, async (c) => (await c.query(`SELECT is_called FROM ${table}_gate`)).rows[0]?.is_called === true),
         10_000,
-        { message: 'the COPY is running on the server' },
+        { message: 'the COPY is committing on the server' },
       );
-      proxy.pause(); // the client still sends the rest, the end of the data and COMMIT; no reply comes back
+      proxy.pause(); // no reply comes back
       await waitFor(async () => (await countRows(db.url, table)) === LARGE, 10_000, { message: 'the COPY committed' });
       expect(proxy.cutAll('reset')).toBeGreaterThan(0);
       const err = await rejectionOf(flush);
@@ -372,8 +374,12 @@ describe('binary COPY for large batches', () => {
       // before the writer takes the next batch: two full batches wait, and go at once.
       await withClient(db.url, (c) =>
         c.query(`
+          CREATE SEQUENCE ${table}_slow;
           CREATE FUNCTION ${table}_slow() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN IF NEW.action = 'tool.call.slow' THEN PERFORM pg_sleep(0.3); END IF; RETURN NEW; END $$;
+            BEGIN
+              IF NEW.action = 'tool.call.slow' THEN PERFORM nextval('${table}_slow'); PERFORM pg_sleep(0.3); END IF;
+              RETURN NEW;
+            END $$;
           CREATE TRIGGER ${table}_slow BEFORE INSERT ON ${table} FOR EACH ROW EXECUTE FUNCTION ${table}_slow();`),
       );
       const [existing] = logMany(audit, 1, 'first');
@@ -382,6 +388,11 @@ describe('binary COPY for large batches', () => {
 
       const slow = logMany(audit, 1, 'slow');
       const slowFlush = audit.flush();
+      await waitFor(
+        () => withClient(db.url, async (c) => (await c.query(`SELECT is_called FROM ${table}_slow`)).rows[0]?.is_called === true),
+        10_000,
+        { message: 'the slow row is being written' },
+      );
       // Batches of 500: the first 500 of `before`; then its last 250, the duplicate and 249 of `after`
       // (these two go at once); then the last 251 of `after`.
       const before = logMany(audit, ROWS + ROWS / 2, 'a');

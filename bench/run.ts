@@ -829,7 +829,7 @@ function targetsOf(
     '>=',
     0.8,
     (r) => div(rps(r, 'ab-turn-64'), rps(r, 'ceiling-turn-64x2')),
-    'rows/s, same run; a reference: what overlapping two statements (not built) could reach at most',
+    'rows/s, same run; a reference: two connections with no order between their commits',
   );
   target(
     'Buffered memory per entry ÷ (1.5 × entry JSON bytes + 64)',

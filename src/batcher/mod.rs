@@ -25,7 +25,7 @@ use self::spooling::{Replay, SpillReader};
 use self::stats::Window;
 pub use self::stats::{Histogram, Percentiles, SpoolReport, Stats};
 use crate::entry::{Entry, EntryDraft, InvalidEntry, Timestamp};
-use crate::sink::{FailureKind, Sink, WriteError};
+use crate::sink::{FailureKind, Sink, Staged, WriteError};
 use crate::spool::{Recovery, Spool, SpoolError, SpoolStats};
 use crate::uuid7::{Uuid, Uuid7Generator};
 
@@ -239,8 +239,9 @@ pub struct Batcher<S> {
     sink: S,
     config: BatcherConfig,
     state: Mutex<State>,
-    /// Held by the one flush that is writing; others queue on it in call order.
-    writer: tokio::sync::Mutex<()>,
+    /// Held by the one flush that is writing; others queue on it in call order. It keeps the batch staged
+    /// by the last flush (written, its transaction not yet committed), which the next flush commits first.
+    writer: tokio::sync::Mutex<Option<Held>>,
     /// Wakes the background writer: the buffer reached `flush_at_entries`.
     wake: Arc<Notify>,
     /// Wakes the background writer and `close()`'s retry sleeps: `close()` was called.
@@ -294,7 +295,7 @@ impl<S: Sink> Batcher<S> {
                 tail: VecDeque::new(),
                 tail_bytes: 0,
             }),
-            writer: tokio::sync::Mutex::new(()),
+            writer: tokio::sync::Mutex::new(None),
             wake: Arc::new(Notify::new()),
             shutdown: Arc::new(Notify::new()),
             abandon: Notify::new(),
@@ -650,24 +651,30 @@ impl<S: Sink> Batcher<S> {
 
     /// Writes batches until entries `1..=target` are settled (written or dead-lettered) or a write fails.
     async fn flush_to(&self, target: u64) -> Result<(), FlushError> {
-        let _writer = self.writer.lock().await;
+        let mut slot = self.writer.lock().await;
         // Entries of dead processes go first.
         self.replay_recovered().await?;
         loop {
             let read_back = {
                 let st = self.state.lock();
                 if st.settled >= target {
+                    // A batch staged for a later flush stays staged: that flush commits it.
                     return Ok(());
                 }
-                st.queue.is_empty() && st.spilled > 0
+                slot.is_none() && st.queue.is_empty() && st.spilled > 0
             };
             if read_back {
                 self.read_back_spilled().await?;
                 continue;
             }
+            if let Some(held) = slot.take() {
+                self.commit_held(held, &mut slot).await?;
+                continue;
+            }
             let batch = {
                 let mut st = self.state.lock();
-                let n = (st.requested - st.settled)
+                let n = (st.requested + 1)
+                    .saturating_sub(st.settled + st.in_flight as u64 + 1)
                     .min(self.config.max_batch_rows as u64)
                     .min(st.queue.len() as u64) as usize;
                 InFlight::take(self, &mut st, n)
@@ -678,6 +685,19 @@ impl<S: Sink> Batcher<S> {
                     first: Some(batch),
                 })
                 .await?;
+                continue;
+            }
+            if batch.new && self.sink.can_stage(batch.entries().len()) {
+                // Staged now and committed by the next turn of this loop, or by the next flush, while the
+                // batch after it is staged: the commit of one overlaps the writing of the next.
+                match self.sink.stage_new(batch.entries()).await {
+                    Ok(staged) => *slot = Some(Held::new(batch, staged, Instant::now())),
+                    Err(cause) => {
+                        // Written again at once, one statement at a time.
+                        drop(batch);
+                        self.record_failed_attempt(cause);
+                    }
+                }
                 continue;
             }
             let mut batch = batch;
@@ -725,6 +745,11 @@ impl<S: Sink> Batcher<S> {
         if !first.new || !self.sink.can_stage(first.entries().len()) {
             return None;
         }
+        self.take_stageable()
+    }
+
+    /// The next batch after those in flight, when it is new, asked for, and the sink can stage it.
+    fn take_stageable(&self) -> Option<InFlight<'_, S>> {
         let mut st = self.state.lock();
         let next = st.settled + st.in_flight as u64 + 1;
         let n = (st.requested + 1)
@@ -733,6 +758,54 @@ impl<S: Sink> Batcher<S> {
             .min(st.queue.len() as u64) as usize;
         (n > 0 && next > st.sent && self.sink.can_stage(n))
             .then(|| InFlight::take(self, &mut st, n))
+    }
+
+    /// Commits `held`, the batch staged last, while staging the batch after it when that one is asked for
+    /// and can be (it is then left in `slot`, for the next turn or the next flush). If the commit fails, the
+    /// next batch is undone and both go back to the buffer, in order.
+    async fn commit_held(&self, held: Held, slot: &mut Option<Held>) -> Result<(), FlushError> {
+        // Back under an `InFlight`, so that a flush dropped from here on puts the entries back in order.
+        let (first, staged, started) = held.resume(self);
+        let mut pair = Pair {
+            second: self.take_stageable(),
+            first: Some(first),
+        };
+        let next_started = Instant::now();
+        let next = pair
+            .second
+            .as_ref()
+            .map(|b| self.sink.stage_new(b.entries()));
+        let (committed, next) = tokio::join!(staged.commit(), async {
+            match next {
+                Some(stage) => Some(stage.await),
+                None => None,
+            }
+        });
+        let mut first = pair.first.take().expect("set above");
+        match committed {
+            Ok(()) => {
+                self.record_statement(started, first.entries().len());
+                first.progress = Progress::all(first.entries().len());
+                self.finish(first)?;
+            }
+            Err(cause) => {
+                drop(next);
+                drop(pair);
+                first.progress.error = Some(cause);
+                return self.finish(first);
+            }
+        }
+        match (pair.second.take(), next) {
+            (Some(second), Some(Ok(staged))) => {
+                *slot = Some(Held::new(second, staged, next_started))
+            }
+            (second, Some(Err(cause))) => {
+                drop(second);
+                self.record_failed_attempt(cause);
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     /// Writes two consecutive new batches at once, each staged by the sink ([`Sink::stage_new`]), and
@@ -954,9 +1027,14 @@ impl CloseTicket {
                     Err(FlushError::Closed) => None,
                 };
                 if cause.is_some() {
-                    // Out of time: whatever still waits gives up now, keeping its entries buffered.
+                    // Out of time: whatever still waits gives up now, keeping its entries buffered; a
+                    // batch staged and not committed is undone and its entries go back to the buffer.
                     batcher.state.lock().abandoned = true;
                     batcher.abandon.notify_waiters();
+                    let held = batcher.writer.lock().await.take();
+                    if let Some(held) = held {
+                        drop(held.resume(batcher));
+                    }
                 }
                 let first = {
                     let mut st = batcher.state.lock();
@@ -1003,6 +1081,42 @@ impl Progress {
             settled: n,
             ..Default::default()
         }
+    }
+}
+
+/// A batch staged by the sink and not yet committed, kept between flushes (in [`Batcher`]'s writer slot).
+/// Its entries count as in flight. Dropped, the sink undoes it; the entries are lost from memory only with
+/// the batcher itself (`close()` puts them back first).
+struct Held {
+    entries: Vec<Entry>,
+    bytes: usize,
+    staged: Staged,
+    /// When its writing started.
+    started: Instant,
+}
+
+impl Held {
+    fn new<S>(mut batch: InFlight<'_, S>, staged: Staged, started: Instant) -> Held {
+        // Emptied, the batch settles nothing when dropped.
+        Held {
+            entries: std::mem::take(&mut batch.entries),
+            bytes: std::mem::take(&mut batch.bytes),
+            staged,
+            started,
+        }
+    }
+
+    /// The batch as in flight again (its entries never left the in-flight count), its staged write, and
+    /// when that started.
+    fn resume<S>(self, batcher: &Batcher<S>) -> (InFlight<'_, S>, Staged, Instant) {
+        let batch = InFlight {
+            batcher,
+            entries: self.entries,
+            bytes: self.bytes,
+            new: true,
+            progress: Progress::default(),
+        };
+        (batch, self.staged, self.started)
     }
 }
 

@@ -37,8 +37,24 @@ struct TestSink {
     fail_stage_actor: Mutex<Option<String>>,
     /// Fail, once and without storing it, the commit of a staged batch holding an entry with this actor.
     fail_commit_actor: Mutex<Option<String>>,
-    /// Commits wait for this gate while it is set.
+    /// Commits wait for this gate while it is set (released by `release`).
     commit_gate: Mutex<Option<Arc<tokio::sync::Notify>>>,
+    /// Stages wait for this gate while it is set.
+    stage_gate: Mutex<Option<Arc<tokio::sync::Notify>>>,
+    /// What the staging sink did, in order: `stage <first actor>`, `commit <first actor>`.
+    events: Mutex<Vec<String>>,
+}
+
+/// Opens `gate` for good: what waits on it goes on, and so does what comes to it later.
+fn release(gate: &Mutex<Option<Arc<tokio::sync::Notify>>>) {
+    if let Some(g) = gate.lock().take() {
+        g.notify_one();
+    }
+}
+
+/// Sets `gate`, which holds whatever reaches it until [`release`].
+fn close_gate(gate: &Mutex<Option<Arc<tokio::sync::Notify>>>) {
+    *gate.lock() = Some(Arc::new(tokio::sync::Notify::new()));
 }
 
 impl Sink for Arc<TestSink> {
@@ -64,6 +80,12 @@ impl Sink for Arc<TestSink> {
     }
     async fn stage_new(&self, batch: &[Entry]) -> Result<Staged, WriteError> {
         self.staged.fetch_add(1, Ordering::SeqCst);
+        let first = batch[0].text(TextField::Actor).unwrap_or("").to_owned();
+        let gate = self.stage_gate.lock().clone();
+        if let Some(gate) = gate {
+            gate.notified().await;
+        }
+        self.events.lock().push(format!("stage {first}"));
         let holds = |actor: &Option<String>| {
             actor
                 .as_deref()
@@ -80,6 +102,7 @@ impl Sink for Arc<TestSink> {
                 if let Some(gate) = gate {
                     gate.notified().await;
                 }
+                sink.events.lock().push(format!("commit {first}"));
                 if fail_commit {
                     sink.fail_commit_actor.lock().take();
                     return Err(WriteError::new("connection reset"));
@@ -1487,10 +1510,21 @@ fn chunks(ids: &[Uuid], sizes: &[usize]) -> Vec<Vec<Uuid>> {
 async fn two_new_batches_are_staged_together_and_committed_in_order() {
     let (b, sink, ids) = staging_batcher();
     b.flush().await.unwrap();
-    assert_eq!(sink.staged.load(Ordering::SeqCst), 2);
+    // The first two together, then the last 5, staged alone and committed before the flush returns.
+    assert_eq!(sink.staged.load(Ordering::SeqCst), 3);
     assert_eq!(*sink.batches.lock(), chunks(&ids, &[10, 10, 5]));
-    // The last 5 alone, through write_new.
-    assert_eq!(*sink.new_writes.lock(), vec![true]);
+    assert_eq!(
+        *sink.events.lock(),
+        [
+            "stage u0",
+            "stage u10",
+            "commit u0",
+            "commit u10",
+            "stage u20",
+            "commit u20"
+        ]
+    );
+    assert!(sink.new_writes.lock().is_empty());
     let stats = b.stats();
     assert_eq!(
         (stats.written, stats.batches, stats.failed_flushes),
@@ -1516,9 +1550,10 @@ async fn when_the_first_staged_batch_fails_to_commit_the_second_is_never_committ
         ids
     );
     b.flush().await.unwrap();
-    // Sent before, so written again one at a time through the idempotent write, in order.
+    // Sent before, so written again one at a time through the idempotent write, in order; the last 5,
+    // never sent, staged.
     assert_eq!(*sink.batches.lock(), chunks(&ids, &[10, 10, 5]));
-    assert_eq!(*sink.new_writes.lock(), vec![false, false, true]);
+    assert_eq!(*sink.new_writes.lock(), vec![false, false]);
     assert_eq!(b.stats().failed_flushes, 1);
     assert_eq!(b.stats().written, 25);
 }
@@ -1544,7 +1579,7 @@ async fn a_failed_stage_writes_both_batches_again_one_at_a_time() {
     *sink.fail_stage_actor.lock() = Some("u12".into());
     b.flush().await.unwrap();
     assert_eq!(*sink.batches.lock(), chunks(&ids, &[10, 10, 5]));
-    assert_eq!(*sink.new_writes.lock(), vec![false, false, true]);
+    assert_eq!(*sink.new_writes.lock(), vec![false, false]);
     let stats = b.stats();
     assert_eq!((stats.written, stats.failed_flushes), (25, 1));
 }
@@ -1570,4 +1605,90 @@ async fn a_pair_dropped_before_its_commits_puts_both_batches_back_in_order() {
     b.flush().await.unwrap();
     assert_eq!(*sink.batches.lock(), chunks(&ids, &[10, 10, 5]));
     assert_eq!(b.stats().written, 25);
+}
+
+/// Waits until `sink` has recorded `event`.
+async fn event(sink: &TestSink, event: &str) {
+    while !sink.events.lock().iter().any(|e| e == event) {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// A batch staged by one flush is committed while the next flush's batch is staged: the commit of one
+/// overlaps the writing of the next, and the commits stay in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_commits_its_batch_while_the_next_flush_stages_its_own() {
+    let (b, sink) = batcher(100);
+    sink.stages.store(true, Ordering::SeqCst);
+    close_gate(&sink.stage_gate);
+    close_gate(&sink.commit_gate);
+    let first = log_actors(&b, &["a1", "a2", "a3"]);
+    let one = tokio::spawn({
+        let b = b.clone();
+        async move { b.flush().await }
+    });
+    while sink.staged.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    // A later flush asks for the next entries while the first batch is being staged.
+    let second = log_actors(&b, &["b1", "b2"]);
+    let ticket = b.begin_flush().unwrap();
+    let two = tokio::spawn({
+        let b = b.clone();
+        async move { ticket.run(&b).await }
+    });
+    release(&sink.stage_gate);
+    event(&sink, "stage b1").await;
+    assert_eq!(*sink.events.lock(), ["stage a1", "stage b1"]);
+    assert!(sink.batches.lock().is_empty(), "nothing committed yet");
+    release(&sink.commit_gate);
+    assert_eq!(one.await.unwrap().unwrap().written, 3);
+    assert_eq!(two.await.unwrap().unwrap().pending, 0);
+    assert_eq!(
+        *sink.events.lock(),
+        ["stage a1", "stage b1", "commit a1", "commit b1"]
+    );
+    assert_eq!(*sink.batches.lock(), [first, second]);
+    assert_eq!(b.stats().written, 5);
+}
+
+/// The staged batch's commit fails: the batch staged beside it is undone, and both are written again
+/// later, in order, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_commit_undoes_the_batch_staged_beside_it() {
+    let (b, sink) = batcher(100);
+    sink.stages.store(true, Ordering::SeqCst);
+    *sink.fail_commit_actor.lock() = Some("a1".into());
+    close_gate(&sink.stage_gate);
+    let first = log_actors(&b, &["a1", "a2"]);
+    let one = tokio::spawn({
+        let b = b.clone();
+        async move { b.flush().await }
+    });
+    while sink.staged.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    let second = log_actors(&b, &["b1", "b2"]);
+    let ticket = b.begin_flush().unwrap();
+    release(&sink.stage_gate);
+    assert!(matches!(
+        one.await.unwrap(),
+        Err(FlushError::Failed { pending: 4, .. })
+    ));
+    assert!(sink.batches.lock().is_empty());
+    assert_eq!(
+        b.buffered_entries()
+            .iter()
+            .map(Entry::id)
+            .collect::<Vec<_>>(),
+        [first.clone(), second.clone()].concat()
+    );
+    assert_eq!(ticket.run(&b).await.unwrap().pending, 0);
+    assert_eq!(
+        *sink.batches.lock(),
+        [[first, second].concat()],
+        "sent before: written again together, through the idempotent write"
+    );
+    assert_eq!(*sink.new_writes.lock(), vec![false]);
+    assert_eq!(b.stats().failed_flushes, 1);
 }

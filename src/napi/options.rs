@@ -109,8 +109,9 @@ pub struct AuditBatcherOptions {
         ts_type = "Partial<Record<'id' | 'occurredAt' | 'tenantId' | 'actor' | 'action' | 'resource' | 'outcome' | 'payload', string>>"
     )]
     pub columns: Option<HashMap<String, serde_json::Value>>,
-    /// Most connections in the pool. Default 2. With 2 or more, a backlog of full batches is written two
-    /// at a time, each in its own transaction, the second committed only after the first.
+    /// Most connections in the pool. Default 2. With 2 or more, large batches (a COPY) overlap: one commits
+    /// while the next is written, or two are written at once, each in its own transaction, each committed
+    /// only after the one before it.
     pub pool_size: Option<f64>,
     /// Most rows in one statement; a larger flush is written as several statements, in order, back to
     /// back. As soon as this many entries wait, they are written, without waiting for `flush()`.

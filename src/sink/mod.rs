@@ -90,8 +90,8 @@ impl Staged {
 /// A destination for batches of entries.
 ///
 /// The batcher calls [`Sink::write`] with one batch at a time, oldest entries first, and never two at once;
-/// a sink that can stage ([`Sink::can_stage`]) may be given two new batches at once through
-/// [`Sink::stage_new`], which the batcher then commits in order.
+/// a sink that can stage ([`Sink::can_stage`]) may be given a new batch through [`Sink::stage_new`] while
+/// the one before it is staged or committing, and the batcher commits them in order.
 pub trait Sink: Send + Sync + 'static {
     /// Stores `batch` atomically, in order: when it returns `Ok`, every entry is durable; when it returns
     /// `Err`, the batch may or may not have been stored (a lost reply), and the batcher will send the same
@@ -106,17 +106,19 @@ pub trait Sink: Send + Sync + 'static {
         self.write(batch)
     }
 
-    /// Whether [`Sink::stage_new`] can take a new batch of `rows` entries now, while another one is
-    /// staged: false by default, and then the batcher writes one batch at a time.
+    /// Whether [`Sink::stage_new`] can take a new batch of `rows` entries, beside another one staged:
+    /// false by default, and then the batcher writes one batch at a time.
     fn can_stage(&self, _rows: usize) -> bool {
         false
     }
 
-    /// [`Sink::write_new`] without its commit, for a batch written at the same time as the next one: on
-    /// `Ok` the batch is stored but not durable nor visible until [`Staged::commit`], and undone if the
-    /// `Staged` is dropped. The batcher stages two consecutive batches at once and commits the second only
-    /// once the first is committed, so the order holds; when either fails it drops both and writes them
-    /// again one at a time. Called only when [`Sink::can_stage`] said yes; by default it fails.
+    /// [`Sink::write_new`] without its commit, so that writing one batch can overlap committing (or
+    /// writing) the one before: on `Ok` the batch is stored but not durable nor visible until
+    /// [`Staged::commit`], and undone if the `Staged` is dropped. At most two batches are staged at a time
+    /// (one of them possibly committing); the batcher commits a batch only once the one before it is
+    /// committed, and drops it, undone, when that commit fails, so the order holds. A batch whose stage
+    /// failed is written again through `write`. Called only when [`Sink::can_stage`] said yes; by default
+    /// it fails.
     fn stage_new(
         &self,
         _batch: &[Entry],
