@@ -230,7 +230,8 @@ impl State {
 ///
 /// Guarantees, whatever the interleaving of calls:
 /// - entries reach the sink in the order `log()` accepted them, in batches of at most
-///   [`BatcherConfig::max_batch_rows`], one batch at a time;
+///   [`BatcherConfig::max_batch_rows`], one batch at a time, or, with a sink that stages
+///   ([`Sink::can_stage`]), at most two at a time, each committed only once the one before it is;
 /// - a failed write leaves its entries buffered ahead of newer ones, and the next flush sends them again;
 /// - concurrent flushes (and the background writer) share batches rather than race: no entry is sent twice
 ///   by two flushes, and each flush returns once everything buffered when it was called is written;
@@ -1143,7 +1144,7 @@ impl<'a, S> InFlight<'a, S> {
     fn take(batcher: &'a Batcher<S>, st: &mut State, n: usize) -> Self {
         let entries: Vec<Entry> = st.queue.drain(..n).collect();
         let bytes = entries.iter().map(Entry::size_bytes).sum();
-        // The queue's front is the entry after those settled and in flight (one write at a time).
+        // The queue's front is the entry after those settled and in flight (taken in order).
         let first = st.settled + st.in_flight as u64 + 1;
         let new = n > 0 && first > st.sent;
         st.sent = st.sent.max(first + n as u64 - 1);

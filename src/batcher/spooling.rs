@@ -264,7 +264,7 @@ impl<S: Sink> Batcher<S> {
 
     /// Reads the oldest spilled entries back from the spool into the (empty) queue: a batch of at most
     /// `max_batch_rows` and a quarter of the memory bound (within what the bound leaves). The caller
-    /// holds the writer lock, so nothing is in flight. Entries the spool cannot give back (damaged on disk) are counted as dropped and reported
+    /// holds the writer lock and no batch is staged, so nothing is in flight. Entries the spool cannot give back (damaged on disk) are counted as dropped and reported
     /// through the observer; a spool that gives nothing back fails the flush, keeping every entry.
     pub(super) async fn read_back_spilled(&self) -> Result<(), FlushError> {
         let (spool, first, last, budget) = {
@@ -390,10 +390,12 @@ impl<S: Sink> Batcher<S> {
             ..
         }) = synced
         {
-            // With the writer held no batch is in flight: the unsettled entries are the queue's (the
-            // first numbered `settled + 1`), then the spilled ones (on disk only: read back from the
-            // abandoned segments, which stay until their entries settle), then the tail's.
-            let _writer = self.writer.blocking_lock();
+            // With the writer held no batch is being written: the unsettled entries are those of the batch
+            // staged in the writer's slot, if any, then the queue's (the first of them numbered
+            // `settled + 1`), then the spilled ones (on disk only: read back from the abandoned segments,
+            // which stay until their entries settle), then the tail's.
+            let writer = self.writer.blocking_lock();
+            let held: &[Entry] = writer.as_ref().map_or(&[], |h| &h.entries);
             let (spill_from, spilled) = {
                 let st = self.state.lock();
                 (st.first_spilled(), st.spilled as u64)
@@ -418,9 +420,9 @@ impl<S: Sink> Batcher<S> {
             let st = self.state.lock();
             let first = st.settled + 1;
             let tail_first = st.first_spilled() + st.spilled as u64;
-            let queued = st
-                .queue
+            let queued = held
                 .iter()
+                .chain(st.queue.iter())
                 .enumerate()
                 .map(|(i, e)| (first + i as u64, e));
             let read = spilled_again.iter().map(|r| (r.seq, &r.entry));

@@ -1376,6 +1376,47 @@ mod spool {
         assert!(spools_in(&dir.0).is_empty());
     }
 
+    /// A batch staged and not yet committed (kept in the writer's slot for the next flush) is unsettled:
+    /// a failed sync appends it again, numbered as it was, and it survives a crash.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn after_a_failed_sync_a_staged_batch_is_appended_again() {
+        let dir = TempDir::new("syncstaged");
+        let (b, sink) = spooled(&dir.0, BatcherConfig::default(), small());
+        sink.stages.store(true, Ordering::SeqCst);
+        close_gate(&sink.stage_gate);
+        let first = log_actors(&b, &["a1", "a2", "a3"]);
+        let one = tokio::spawn({
+            let b = b.clone();
+            async move { b.flush().await }
+        });
+        while sink.staged.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let second = log_actors(&b, &["b1", "b2"]);
+        let _asked = b.begin_flush().unwrap(); // asks for them, and never runs
+        release(&sink.stage_gate);
+        one.await.unwrap().unwrap();
+        assert_eq!(*sink.batches.lock(), [first]);
+        assert!(sink.events.lock().iter().any(|e| e == "stage b1"));
+        assert_eq!(b.pending(), 2, "b1 and b2 staged, not committed");
+
+        b.state.lock().spool.as_ref().unwrap().fail_next_syncs(1);
+        assert!(maintain(&b).await);
+        let s = b.stats().spool.unwrap().spool;
+        assert_eq!(s.sync_failures, 1, "{s:?}");
+        assert_eq!(
+            s.appended,
+            5 + 2,
+            "the staged batch went again to a new segment"
+        );
+        drop(b); // a crash: the staged batch is undone
+
+        // The next start writes it (and, from the abandoned segment, entries already written, which
+        // PostgreSQL's ON CONFLICT (id) DO NOTHING would keep once).
+        let again = written_by_next_start(&dir.0).await;
+        assert!(second.iter().all(|id| again.contains(id)), "{again:?}");
+    }
+
     // ---- Past the memory bound: entries held on disk only ----
 
     /// A batcher whose memory bound is 64 KiB, with a spool of 64 KiB segments, its sink failing.
