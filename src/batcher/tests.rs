@@ -1382,19 +1382,7 @@ mod spool {
     async fn after_a_failed_sync_a_staged_batch_is_appended_again() {
         let dir = TempDir::new("syncstaged");
         let (b, sink) = spooled(&dir.0, BatcherConfig::default(), small());
-        sink.stages.store(true, Ordering::SeqCst);
-        close_gate(&sink.stage_gate);
-        let first = log_actors(&b, &["a1", "a2", "a3"]);
-        let one = tokio::spawn({
-            let b = b.clone();
-            async move { b.flush().await }
-        });
-        while sink.staged.load(Ordering::SeqCst) == 0 {
-            tokio::task::yield_now().await;
-        }
-        let second = log_actors(&b, &["b1", "b2"]);
-        let _asked = b.begin_flush().unwrap(); // asks for them, and never runs
-        release(&sink.stage_gate);
+        let (one, _never_run, first, second) = stage_then_ask(&b, &sink).await;
         one.await.unwrap().unwrap();
         assert_eq!(*sink.batches.lock(), [first]);
         assert!(sink.events.lock().iter().any(|e| e == "stage b1"));
@@ -1648,6 +1636,34 @@ async fn a_pair_dropped_before_its_commits_puts_both_batches_back_in_order() {
     assert_eq!(b.stats().written, 25);
 }
 
+/// With `sink` staging: logs `a1..a3` and starts a flush of them; while their batch is being staged
+/// (held at the stage gate), logs `b1, b2` and asks for them with a second flush, returned unrun; then
+/// opens the stage gate. Returns the first flush's task, the second flush, and the two groups of ids.
+async fn stage_then_ask(
+    b: &TestBatcher,
+    sink: &TestSink,
+) -> (
+    tokio::task::JoinHandle<Result<FlushOutcome, FlushError>>,
+    FlushTicket,
+    Vec<Uuid>,
+    Vec<Uuid>,
+) {
+    sink.stages.store(true, Ordering::SeqCst);
+    close_gate(&sink.stage_gate);
+    let first = log_actors(b, &["a1", "a2", "a3"]);
+    let one = tokio::spawn({
+        let b = b.clone();
+        async move { b.flush().await }
+    });
+    while sink.staged.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    let second = log_actors(b, &["b1", "b2"]);
+    let ticket = b.begin_flush().unwrap();
+    release(&sink.stage_gate);
+    (one, ticket, first, second)
+}
+
 /// Waits until `sink` has recorded `event`.
 async fn event(sink: &TestSink, event: &str) {
     while !sink.events.lock().iter().any(|e| e == event) {
@@ -1660,25 +1676,12 @@ async fn event(sink: &TestSink, event: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flush_commits_its_batch_while_the_next_flush_stages_its_own() {
     let (b, sink) = batcher(100);
-    sink.stages.store(true, Ordering::SeqCst);
-    close_gate(&sink.stage_gate);
     close_gate(&sink.commit_gate);
-    let first = log_actors(&b, &["a1", "a2", "a3"]);
-    let one = tokio::spawn({
-        let b = b.clone();
-        async move { b.flush().await }
-    });
-    while sink.staged.load(Ordering::SeqCst) == 0 {
-        tokio::task::yield_now().await;
-    }
-    // A later flush asks for the next entries while the first batch is being staged.
-    let second = log_actors(&b, &["b1", "b2"]);
-    let ticket = b.begin_flush().unwrap();
+    let (one, ticket, first, second) = stage_then_ask(&b, &sink).await;
     let two = tokio::spawn({
         let b = b.clone();
         async move { ticket.run(&b).await }
     });
-    release(&sink.stage_gate);
     event(&sink, "stage b1").await;
     assert_eq!(*sink.events.lock(), ["stage a1", "stage b1"]);
     assert!(sink.batches.lock().is_empty(), "nothing committed yet");
@@ -1698,23 +1701,11 @@ async fn a_flush_commits_its_batch_while_the_next_flush_stages_its_own() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_commit_undoes_the_batch_staged_beside_it() {
     let (b, sink) = batcher(100);
-    sink.stages.store(true, Ordering::SeqCst);
     *sink.fail_commit_actor.lock() = Some("a1".into());
-    close_gate(&sink.stage_gate);
-    let first = log_actors(&b, &["a1", "a2"]);
-    let one = tokio::spawn({
-        let b = b.clone();
-        async move { b.flush().await }
-    });
-    while sink.staged.load(Ordering::SeqCst) == 0 {
-        tokio::task::yield_now().await;
-    }
-    let second = log_actors(&b, &["b1", "b2"]);
-    let ticket = b.begin_flush().unwrap();
-    release(&sink.stage_gate);
+    let (one, ticket, first, second) = stage_then_ask(&b, &sink).await;
     assert!(matches!(
         one.await.unwrap(),
-        Err(FlushError::Failed { pending: 4, .. })
+        Err(FlushError::Failed { pending: 5, .. })
     ));
     assert!(sink.batches.lock().is_empty());
     assert_eq!(

@@ -95,6 +95,22 @@ impl TestTable {
         client.query_one(sql, params).await.unwrap().get(0)
     }
 
+    /// Runs statements through the observer.
+    async fn observe_batch(&self, sql: &str) {
+        let client = self.observer.pool.get().await.unwrap();
+        client.batch_execute(sql).await.unwrap();
+    }
+
+    /// The first column of every row of a query run by the observer.
+    async fn observe_column<T>(&self, sql: &str) -> Vec<T>
+    where
+        T: for<'a> tokio_postgres::types::FromSql<'a>,
+    {
+        let client = self.observer.pool.get().await.unwrap();
+        let rows = client.query(sql, &[]).await.unwrap();
+        rows.iter().map(|r| r.get(0)).collect()
+    }
+
     /// The rows of the table.
     async fn count(&self) -> i64 {
         self.observe(&format!("SELECT count(*) FROM \"{}\"", self.table), &[])
@@ -348,22 +364,17 @@ async fn a_backlog_is_written_two_copies_at_a_time_each_batch_in_its_own_transac
         return;
     };
     let by = format!("{}_by", t.table);
-    let client = t.observer.pool.get().await.unwrap();
-    client
-        .batch_execute(&format!(
+    t.observe_batch(&format!(
             "CREATE TABLE \"{by}\" (id uuid, pid int, xid bigint); \
              CREATE FUNCTION \"{by}\"() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
                INSERT INTO \"{by}\" VALUES (NEW.id, pg_backend_pid(), txid_current()); RETURN NEW; END $$; \
              CREATE TRIGGER \"{by}\" AFTER INSERT ON \"{t}\" FOR EACH ROW EXECUTE FUNCTION \"{by}\"()",
             t = t.table
         ))
-        .await
-        .unwrap();
+        .await;
     for (pool_size, backends) in [(2, 2), (1, 1)] {
-        client
-            .batch_execute(&format!("TRUNCATE \"{}\", \"{by}\"", t.table))
-            .await
-            .unwrap();
+        t.observe_batch(&format!("TRUNCATE \"{}\", \"{by}\"", t.table))
+            .await;
         let sink = t.another_sink(pool_size);
         sink.ensure_schema().await.unwrap();
         let batcher = crate::batcher::Batcher::new(
@@ -380,34 +391,20 @@ async fn a_backlog_is_written_two_copies_at_a_time_each_batch_in_its_own_transac
             })
             .collect();
         batcher.flush().await.unwrap();
-        let stored: Vec<String> = client
-            .query(
-                &format!("SELECT id::text FROM \"{}\" ORDER BY id", t.table),
-                &[],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let stored: Vec<String> = t
+            .observe_column(&format!("SELECT id::text FROM \"{}\" ORDER BY id", t.table))
+            .await;
         assert_eq!(stored, ids, "pool of {pool_size}");
         // Each batch in one transaction of its own: 500, 500, 500, 500 and the last 200.
-        let sizes: Vec<i64> = client
-            .query(
-                &format!("SELECT count(*) FROM \"{by}\" GROUP BY xid ORDER BY min(id::text)"),
-                &[],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let sizes: Vec<i64> = t
+            .observe_column(&format!(
+                "SELECT count(*) FROM \"{by}\" GROUP BY xid ORDER BY min(id::text)"
+            ))
+            .await;
         assert_eq!(sizes, [500, 500, 500, 500, 200], "pool of {pool_size}");
-        let pids: i64 = client
-            .query_one(&format!("SELECT count(DISTINCT pid) FROM \"{by}\""), &[])
-            .await
-            .unwrap()
-            .get(0);
+        let pids: i64 = t
+            .observe(&format!("SELECT count(DISTINCT pid) FROM \"{by}\""), &[])
+            .await;
         assert_eq!(pids, backends, "pool of {pool_size}");
         assert_eq!(batcher.stats().written, 2200);
     }
