@@ -239,6 +239,36 @@ describe('binary COPY for large batches', () => {
     );
   });
 
+  it('a row a deferred trigger refuses at COMMIT: the same flush writes the good rows once, in order, and dead-letters it', async () => {
+    const table = uniqueTable();
+    const audit = batcher(table);
+    await audit.ensureSchema();
+    await withClient(db.url, (c) =>
+      c.query(`
+        CREATE FUNCTION ${table}_late() RETURNS trigger LANGUAGE plpgsql AS $$
+          BEGIN IF NEW.actor = 'late' THEN RAISE EXCEPTION 'refused at commit'; END IF; RETURN NULL; END $$;
+        CREATE CONSTRAINT TRIGGER ${table}_late AFTER INSERT ON ${table} DEFERRABLE INITIALLY DEFERRED
+          FOR EACH ROW EXECUTE FUNCTION ${table}_late();`),
+    );
+    const t = await trace(table);
+
+    const good = logMany(audit, 600, 'a');
+    const badId = audit.log({ action: 'tool.call', actor: 'late' });
+    good.push(...logMany(audit, LARGE - 601, 'b'));
+    // The COPY is staged, its COMMIT refused: the rows go again through the INSERT, which finds the bad one.
+    expect(await audit.flush()).toMatchObject({ pending: 0 });
+
+    expect(await t.copyOffered()).toBe(LARGE);
+    expect(await t.stored()).toEqual({ INSERT: LARGE - 1 });
+    expect(await readRows(db.url, table)).toEqual(good);
+    expect(await deadLetters(table)).toEqual([{ id: badId, sqlstate: 'P0001' }]);
+    const s = audit.stats();
+    expect(s).toMatchObject({ written: LARGE - 1, deadLettered: 1, buffered: 0 });
+    expect(s.failedFlushes).toBeGreaterThanOrEqual(1);
+    expectBooksBalance(s);
+    await audit.close();
+  });
+
   it('a json payload and varchar(n) columns get COPY; a value too long falls back and is dead-lettered', async () => {
     const table = uniqueTable();
     await withClient(db.url, (c) =>

@@ -792,8 +792,7 @@ impl<S: Sink> Batcher<S> {
             Err(cause) => {
                 drop(next);
                 drop(pair);
-                first.progress.error = Some(cause);
-                return self.finish(first);
+                return self.commit_failed(first, cause);
             }
         }
         match (pair.second.take(), next) {
@@ -843,10 +842,9 @@ impl<S: Sink> Batcher<S> {
             }
             Err(cause) => {
                 drop(b);
-                let mut first = pair.first.take().expect("checked above");
+                let first = pair.first.take().expect("checked above");
                 drop(pair);
-                first.progress.error = Some(cause);
-                return self.finish(first);
+                return self.commit_failed(first, cause);
             }
         }
         let committed = b.commit().await;
@@ -855,10 +853,28 @@ impl<S: Sink> Batcher<S> {
             Ok(()) => {
                 self.record_statement(started, second.entries().len());
                 second.progress = Progress::all(second.entries().len());
+                self.finish(second)
             }
-            Err(cause) => second.progress.error = Some(cause),
+            Err(cause) => self.commit_failed(second, cause),
         }
-        self.finish(second)
+    }
+
+    /// After the commit of a staged `batch` failed (anything staged after it already undone): a row the
+    /// table refuses at commit (a deferred constraint) nothing committed, so the batch goes back and is
+    /// written again at once, one statement at a time, which finds the row; any other failure fails the
+    /// flush, keeping the batch.
+    fn commit_failed(
+        &self,
+        mut batch: InFlight<'_, S>,
+        cause: WriteError,
+    ) -> Result<(), FlushError> {
+        if cause.kind == FailureKind::Rejected {
+            drop(batch);
+            self.record_failed_attempt(cause);
+            return Ok(());
+        }
+        batch.progress.error = Some(cause);
+        self.finish(batch)
     }
 
     /// Writes `batch`, which the sink rejected, in order: halves are tried in turn, down to single entries;

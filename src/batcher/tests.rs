@@ -37,6 +37,8 @@ struct TestSink {
     fail_stage_actor: Mutex<Option<String>>,
     /// Fail, once and without storing it, the commit of a staged batch holding an entry with this actor.
     fail_commit_actor: Mutex<Option<String>>,
+    /// The failed commit (`fail_commit_actor`) is a row the table refuses, not a lost connection.
+    commit_rejects: AtomicBool,
     /// Commits wait for this gate while it is set (released by `release`).
     commit_gate: Mutex<Option<Arc<tokio::sync::Notify>>>,
     /// Stages wait for this gate while it is set.
@@ -95,6 +97,7 @@ impl Sink for Arc<TestSink> {
             return Err(WriteError::new("stage failed"));
         }
         let fail_commit = holds(&self.fail_commit_actor.lock());
+        let rejects = self.commit_rejects.load(Ordering::SeqCst);
         let (sink, batch) = (self.clone(), batch.to_vec());
         Ok(Staged::new(move || {
             Box::pin(async move {
@@ -105,7 +108,11 @@ impl Sink for Arc<TestSink> {
                 sink.events.lock().push(format!("commit {first}"));
                 if fail_commit {
                     sink.fail_commit_actor.lock().take();
-                    return Err(WriteError::new("connection reset"));
+                    return Err(if rejects {
+                        WriteError::rejected("deferred constraint violated", Some("23514".into()))
+                    } else {
+                        WriteError::new("connection reset")
+                    });
                 }
                 sink.batches
                     .lock()
@@ -1600,6 +1607,22 @@ async fn a_failed_commit_of_the_second_batch_keeps_the_first_written() {
     b.flush().await.unwrap();
     assert_eq!(*sink.batches.lock(), chunks(&ids, &[10, 10, 5]));
     assert_eq!(b.stats().written, 25);
+}
+
+#[tokio::test]
+async fn a_commit_refused_for_a_row_writes_the_batches_again_one_at_a_time_in_the_same_flush() {
+    let (b, sink, ids) = staging_batcher();
+    *sink.fail_commit_actor.lock() = Some("u0".into());
+    sink.commit_rejects.store(true, Ordering::SeqCst);
+    b.flush().await.unwrap();
+    assert_eq!(*sink.batches.lock(), chunks(&ids, &[10, 10, 5]));
+    assert_eq!(*sink.new_writes.lock(), vec![false, false]);
+    let stats = b.stats();
+    assert_eq!((stats.written, stats.failed_flushes), (25, 1));
+    assert_eq!(
+        stats.last_error.unwrap().0.sqlstate.as_deref(),
+        Some("23514")
+    );
 }
 
 #[tokio::test]
