@@ -123,6 +123,15 @@ function logMany(audit: AuditBatcher, n: number, tag = 'x'): Logged[] {
   return out;
 }
 
+/** Waits until a server-side trigger has taken a value from `sequence` (what `message` says happened). */
+async function sequenceUsed(sequence: string, message: string): Promise<void> {
+  await waitFor(
+    () => withClient(db.url, async (c) => (await c.query(`SELECT is_called FROM ${sequence}`)).rows[0]?.is_called === true),
+    10_000,
+    { message },
+  );
+}
+
 async function deadLetters(table: string): Promise<{ id: string; sqlstate: string }[]> {
   return withClient(db.url, async (c) => (await c.query(`SELECT id::text, sqlstate FROM ${table}_dead_letter ORDER BY id`)).rows);
 }
@@ -360,11 +369,7 @@ describe('binary COPY for large batches', () => {
       const logged = logMany(audit, LARGE, 'a');
       const flush = audit.flush();
       // The server is committing the COPY: the client has sent the data and the COMMIT.
-      await waitFor(
-        () => withClient(db.url, async (c) => (await c.query(`SELECT is_called FROM ${table}_gate`)).rows[0]?.is_called === true),
-        10_000,
-        { message: 'the COPY is committing on the server' },
-      );
+      await sequenceUsed(`${table}_gate`, 'the COPY is committing on the server');
       proxy.pause(); // no reply comes back
       await waitFor(async () => (await countRows(db.url, table)) === LARGE, 10_000, { message: 'the COPY committed' });
       expect(proxy.cutAll('reset')).toBeGreaterThan(0);
@@ -418,11 +423,7 @@ describe('binary COPY for large batches', () => {
 
       const slow = logMany(audit, 1, 'slow');
       const slowFlush = audit.flush();
-      await waitFor(
-        () => withClient(db.url, async (c) => (await c.query(`SELECT is_called FROM ${table}_slow`)).rows[0]?.is_called === true),
-        10_000,
-        { message: 'the slow row is being written' },
-      );
+      await sequenceUsed(`${table}_slow`, 'the slow row is being written');
       // Batches of 500: the first 500 of `before`; then its last 250, the duplicate and 249 of `after`
       // (these two go at once); then the last 251 of `after`.
       const before = logMany(audit, ROWS + ROWS / 2, 'a');

@@ -782,19 +782,14 @@ impl<S: Sink> Batcher<S> {
                 None => None,
             }
         });
-        let mut first = pair.first.take().expect("set above");
-        match committed {
-            Ok(()) => {
-                self.record_statement(started, first.entries().len());
-                first.progress = Progress::all(first.entries().len());
-                self.finish(first)?;
-            }
-            Err(cause) => {
-                drop(next);
-                drop(pair);
-                return self.commit_failed(first, cause);
-            }
+        let first = pair.first.take().expect("set above");
+        if committed.is_err() {
+            // The batch after it goes back first, undone, so that this one ends up in front of it.
+            drop(next);
+            drop(pair);
+            return self.settle_commit(first, started, committed);
         }
+        self.settle_commit(first, started, committed)?;
         match (pair.second.take(), next) {
             (Some(second), Some(Ok(staged))) => {
                 *slot = Some(Held::new(second, staged, next_started))
@@ -833,47 +828,41 @@ impl<S: Sink> Batcher<S> {
         };
         // Each batch stays in `pair` until its outcome is known, so that a flush dropped meanwhile puts
         // both back in order.
-        match a.commit().await {
-            Ok(()) => {
-                let mut first = pair.first.take().expect("checked above");
-                self.record_statement(started, first.entries().len());
-                first.progress = Progress::all(first.entries().len());
-                self.finish(first)?;
-            }
-            Err(cause) => {
-                drop(b);
-                let first = pair.first.take().expect("checked above");
-                drop(pair);
-                return self.commit_failed(first, cause);
-            }
+        let committed = a.commit().await;
+        let first = pair.first.take().expect("checked above");
+        if committed.is_err() {
+            drop(b);
+            drop(pair);
+            return self.settle_commit(first, started, committed);
         }
+        self.settle_commit(first, started, committed)?;
         let committed = b.commit().await;
-        let mut second = pair.second.take().expect("checked above");
-        match committed {
-            Ok(()) => {
-                self.record_statement(started, second.entries().len());
-                second.progress = Progress::all(second.entries().len());
-                self.finish(second)
-            }
-            Err(cause) => self.commit_failed(second, cause),
-        }
+        let second = pair.second.take().expect("checked above");
+        self.settle_commit(second, started, committed)
     }
 
-    /// After the commit of a staged `batch` failed (anything staged after it already undone): a row the
-    /// table refuses at commit (a deferred constraint) nothing committed, so the batch goes back and is
-    /// written again at once, one statement at a time, which finds the row; any other failure fails the
-    /// flush, keeping the batch.
-    fn commit_failed(
+    /// Settles a staged `batch` by the outcome of its commit (anything staged after it already undone
+    /// when that failed). Committed: counted as a statement and written. Refused for a row (a deferred
+    /// constraint): nothing was committed, so the batch goes back and is written again at once, one
+    /// statement at a time, which finds the row. Any other failure fails the flush, keeping the batch.
+    fn settle_commit(
         &self,
         mut batch: InFlight<'_, S>,
-        cause: WriteError,
+        started: Instant,
+        committed: Result<(), WriteError>,
     ) -> Result<(), FlushError> {
-        if cause.kind == FailureKind::Rejected {
-            drop(batch);
-            self.record_failed_attempt(cause);
-            return Ok(());
+        match committed {
+            Ok(()) => {
+                self.record_statement(started, batch.entries().len());
+                batch.progress = Progress::all(batch.entries().len());
+            }
+            Err(cause) if cause.kind == FailureKind::Rejected => {
+                drop(batch);
+                self.record_failed_attempt(cause);
+                return Ok(());
+            }
+            Err(cause) => batch.progress.error = Some(cause),
         }
-        batch.progress.error = Some(cause);
         self.finish(batch)
     }
 

@@ -185,6 +185,11 @@ fn critical(action: &str) -> EntryDraft {
     draft
 }
 
+/// The ids of the entries waiting in memory, oldest first.
+fn buffered_ids(b: &TestBatcher) -> Vec<Uuid> {
+    b.buffered_entries().iter().map(Entry::id).collect()
+}
+
 fn log_n(b: &TestBatcher, n: usize) -> Vec<Uuid> {
     (0..n).map(|i| b.log(entry(i)).unwrap().id).collect()
 }
@@ -430,7 +435,7 @@ async fn close_retries_until_its_deadline_then_reports_and_keeps_what_it_could_n
         sink.closed.load(Ordering::SeqCst),
         "the sink is closed even so"
     );
-    let kept: Vec<Uuid> = b.buffered_entries().iter().map(Entry::id).collect();
+    let kept = buffered_ids(&b);
     assert_eq!(kept, ids);
     // Later calls report the same outcome without trying again.
     let writes = sink.writes_started.load(Ordering::SeqCst);
@@ -815,13 +820,7 @@ async fn a_flush_abandoned_while_isolating_keeps_what_it_settled_and_counts_noth
     let s = b.stats();
     assert_eq!((s.written, s.dead_lettered, s.buffered), (1, 1, 2));
     assert_books_balance(&s);
-    assert_eq!(
-        b.buffered_entries()
-            .iter()
-            .map(Entry::id)
-            .collect::<Vec<_>>(),
-        ids[2..]
-    );
+    assert_eq!(buffered_ids(&b), ids[2..]);
     *sink.hold_actor.lock() = None;
     b.flush().await.unwrap();
     assert_eq!(written_ids(&sink), [ids[0], ids[2], ids[3]]);
@@ -1578,13 +1577,7 @@ async fn when_the_first_staged_batch_fails_to_commit_the_second_is_never_committ
         "{err:?}"
     );
     assert!(sink.batches.lock().is_empty());
-    assert_eq!(
-        b.buffered_entries()
-            .iter()
-            .map(Entry::id)
-            .collect::<Vec<_>>(),
-        ids
-    );
+    assert_eq!(buffered_ids(&b), ids);
     b.flush().await.unwrap();
     // Sent before, so written again one at a time through the idempotent write, in order; the last 5,
     // never sent, staged.
@@ -1645,13 +1638,7 @@ async fn a_pair_dropped_before_its_commits_puts_both_batches_back_in_order() {
     assert!(cut.is_err(), "the commit was held");
     assert_eq!(sink.staged.load(Ordering::SeqCst), 2);
     assert!(sink.batches.lock().is_empty());
-    assert_eq!(
-        b.buffered_entries()
-            .iter()
-            .map(Entry::id)
-            .collect::<Vec<_>>(),
-        ids
-    );
+    assert_eq!(buffered_ids(&b), ids);
     assert_eq!(b.pending(), 25);
     *sink.commit_gate.lock() = None;
     b.flush().await.unwrap();
@@ -1731,13 +1718,7 @@ async fn a_failed_commit_undoes_the_batch_staged_beside_it() {
         Err(FlushError::Failed { pending: 5, .. })
     ));
     assert!(sink.batches.lock().is_empty());
-    assert_eq!(
-        b.buffered_entries()
-            .iter()
-            .map(Entry::id)
-            .collect::<Vec<_>>(),
-        [first.clone(), second.clone()].concat()
-    );
+    assert_eq!(buffered_ids(&b), [first.clone(), second.clone()].concat());
     assert_eq!(ticket.run(&b).await.unwrap().pending, 0);
     assert_eq!(
         *sink.batches.lock(),
